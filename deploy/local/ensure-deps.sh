@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Makes sure everything Atelier needs locally is present and running:
+# PostgreSQL, NATS with JetStream, cargo and cargo-nextest.
+# Idempotent: when everything is already there it only probes and prints one
+# "ok" line per dependency. It installs (apt-get) and starts things only when
+# they are missing.
+#
+# Environment overrides:
+#   ATELIER_PG_HOST (127.0.0.1)  ATELIER_PG_PORT (5432)  ATELIER_NATS_PORT (4222)
+#   ATELIER_NATS_STORE_DIR       JetStream store dir, used only when we start NATS
+#   ATELIER_DEPS_WAIT_SECS (30)  how long to wait for a server we started
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+pg_host="${ATELIER_PG_HOST:-127.0.0.1}"
+pg_port="${ATELIER_PG_PORT:-5432}"
+nats_host=127.0.0.1
+nats_port="${ATELIER_NATS_PORT:-4222}"
+wait_secs="${ATELIER_DEPS_WAIT_SECS:-30}"
+
+die() { printf 'ensure-deps: %s\n' "$*" >&2; exit 1; }
+warn() { printf 'ensure-deps: warning: %s\n' "$*" >&2; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Installing packages and managing the PostgreSQL cluster need root: run
+# directly when we are root, through sudo when it exists, otherwise give up.
+as_root() {
+  if is_root; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root to run '$*' (not root and sudo is not installed)"
+  fi
+}
+
+# apt-get update only once, and only when something actually has to be installed.
+apt_updated=0
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 \
+    || die "apt-get not found; install $* with your package manager and re-run"
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# Finds a tool that may live in an sbin directory that is not on a non-root PATH.
+find_tool() {
+  local p
+  p="$(command -v "$1" 2>/dev/null)" && { printf '%s\n' "$p"; return 0; }
+  for p in "/usr/sbin/$1" "/sbin/$1" "/usr/local/sbin/$1"; do
+    [ -x "$p" ] && { printf '%s\n' "$p"; return 0; }
+  done
+  return 1
+}
+
+# TCP probe without nc/curl: bash's /dev/tcp, bounded by timeout.
+port_open() {
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" >/dev/null 2>&1
+}
+
+# Polls (bounded) until $1 succeeds; the rest of the arguments are its arguments.
+wait_until() {
+  local deadline=$((SECONDS + wait_secs))
+  until "$@"; do
+    [ "$SECONDS" -ge "$deadline" ] && return 1
+    sleep 0.5
+  done
+}
+
+is_local_host() {
+  case "$1" in 127.0.0.1 | localhost | ::1) return 0 ;; *) return 1 ;; esac
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_ready() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -h "$pg_host" -p "$pg_port" -t 2
+  else
+    port_open "$pg_host" "$pg_port"
+  fi
+}
+
+# Tests and run.sh connect as postgres without a password, so check exactly that.
+pg_login_check() {
+  local err
+  if ! err="$(PGCONNECT_TIMEOUT=5 psql -w -X -h "$pg_host" -p "$pg_port" -U postgres -d postgres \
+    -tAc 'select 1' 2>&1 >/dev/null)"; then
+    die "postgres: reachable at $pg_host:$pg_port but 'psql -h $pg_host -U postgres' failed: $err
+  Allow password-less access for user postgres, e.g. set the 127.0.0.1/32 and ::1/128
+  'host' lines of pg_hba.conf to 'trust' and reload PostgreSQL."
+  fi
+}
+
+# Only for a cluster we installed/created ourselves: trust TCP logins from
+# loopback, so 'psql -h 127.0.0.1 -U postgres' works without a password.
+pg_trust_loopback() {
+  local ver="$1" cluster="$2" hba
+  hba="/etc/postgresql/$ver/$cluster/pg_hba.conf"
+  [ -f "$hba" ] || die "postgres: $hba not found"
+  as_root sed -i -E \
+    's#^(host[[:space:]]+[^[:space:]]+[[:space:]]+[^[:space:]]+[[:space:]]+(127\.0\.0\.1/32|::1/128)[[:space:]]+)[^[:space:]]+#\1trust#' \
+    "$hba"
+  # Make sure an IPv4 loopback line exists even if the file had none.
+  if ! as_root grep -qE '^host[[:space:]]+all[[:space:]]+all[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust' "$hba"; then
+    printf 'host    all    all    127.0.0.1/32    trust\n' | as_root tee -a "$hba" >/dev/null
+  fi
+}
+
+ensure_postgres() {
+  # psql is needed for the login check here and by run.sh to create the database.
+  if ! command -v psql >/dev/null 2>&1; then
+    apt_install postgresql-client
+  fi
+
+  # Fast path: already running (the normal case on a dev machine).
+  if pg_ready; then
+    pg_login_check
+    echo "postgres: ok (already running at $pg_host:$pg_port)"
+    return
+  fi
+
+  is_local_host "$pg_host" \
+    || die "postgres: nothing answers at $pg_host:$pg_port and ATELIER_PG_HOST is not local; start it there"
+
+  local how="started"
+  if ! find_tool pg_ctlcluster >/dev/null || ! find_tool pg_lsclusters >/dev/null; then
+    apt_install postgresql
+    how="installed and started"
+  fi
+  local pg_ctlcluster pg_lsclusters
+  pg_ctlcluster="$(find_tool pg_ctlcluster)" || die "postgres: pg_ctlcluster not found after install"
+  pg_lsclusters="$(find_tool pg_lsclusters)" || die "postgres: pg_lsclusters not found after install"
+
+  # No cluster at all (e.g. create_main_cluster=false): create 'main' on our port.
+  if [ -z "$("$pg_lsclusters" -h 2>/dev/null)" ]; then
+    local ver
+    ver="$(ls -1 /usr/lib/postgresql 2>/dev/null | sort -V | tail -n1)"
+    [ -n "$ver" ] || die "postgres: no PostgreSQL server version found under /usr/lib/postgresql"
+    local pg_createcluster
+    pg_createcluster="$(find_tool pg_createcluster)" || die "postgres: pg_createcluster not found"
+    as_root "$pg_createcluster" "$ver" main --port "$pg_port" >&2
+    if [ "$how" = "started" ]; then how="created and started"; fi
+  fi
+
+  # Pick the cluster configured for our port (the default 'main' uses 5432).
+  local line ver cluster status
+  line="$("$pg_lsclusters" -h | awk -v p="$pg_port" '$3 == p { print $1, $2, $4; exit }')"
+  [ -n "$line" ] || die "postgres: no local cluster is configured for port $pg_port:
+$("$pg_lsclusters")"
+  read -r ver cluster status <<<"$line"
+
+  if [ "$how" != "started" ]; then
+    pg_trust_loopback "$ver" "$cluster"
+  fi
+
+  case "$status" in
+    online*)
+      if [ "$how" = "started" ]; then
+        # Online but not ready: maybe still starting up, so give it the usual
+        # bounded wait; if it never answers at host:port, explain rather than guess.
+        wait_until pg_ready \
+          || die "postgres: cluster $ver/$cluster is online but not accepting connections at $pg_host:$pg_port (check listen_addresses in /etc/postgresql/$ver/$cluster/postgresql.conf)"
+        pg_login_check
+        echo "postgres: ok (already running at $pg_host:$pg_port)"
+        return
+      fi
+      # The package's postinst may have started it already: apply the new pg_hba.conf.
+      as_root "$pg_ctlcluster" --skip-systemctl-redirect "$ver" "$cluster" reload >&2
+      ;;
+    *)
+      as_root "$pg_ctlcluster" --skip-systemctl-redirect "$ver" "$cluster" start >&2
+      ;;
+  esac
+
+  wait_until pg_ready \
+    || die "postgres: cluster $ver/$cluster did not accept connections at $pg_host:$pg_port within ${wait_secs}s (see /var/log/postgresql/)"
+  pg_login_check
+  echo "postgres: ok ($how cluster $ver/$cluster at $pg_host:$pg_port)"
+}
+
+# ---------------------------------------------------------------------- NATS
+
+# A NATS server greets every client with an INFO line; it contains
+# "jetstream":true when JetStream is enabled, so no curl/monitoring port needed.
+nats_jetstream_enabled() {
+  local info
+  info="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && IFS= read -r line <&3 && printf "%s" "$line"' \
+    _ "$nats_host" "$nats_port" 2>/dev/null)" || return 1
+  [[ $info == *'"jetstream":true'* ]]
+}
+
+ensure_nats() {
+  if port_open "$nats_host" "$nats_port"; then
+    nats_jetstream_enabled \
+      || die "nats: a server is running on $nats_host:$nats_port without JetStream; restart it with -js"
+    echo "nats: ok (already running at $nats_host:$nats_port, JetStream enabled)"
+    return
+  fi
+
+  local how="started"
+  if ! find_tool nats-server >/dev/null; then
+    apt_install nats-server
+    how="installed and started"
+    # On systemd machines the package starts its own service from
+    # /etc/nats-server.conf, which has no JetStream. We just installed it, so
+    # replace it with our own JetStream-enabled instance.
+    if port_open "$nats_host" "$nats_port" && ! nats_jetstream_enabled; then
+      if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nats-server 2>/dev/null; then
+        as_root systemctl disable --now nats-server >&2
+      else
+        die "nats: the freshly installed server on $nats_host:$nats_port has no JetStream; restart it with -js"
+      fi
+    elif port_open "$nats_host" "$nats_port"; then
+      echo "nats: ok (installed; running at $nats_host:$nats_port, JetStream enabled)"
+      return
+    fi
+  fi
+  local nats_bin
+  nats_bin="$(find_tool nats-server)" || die "nats: nats-server not found after install"
+
+  # root uses the system locations; everyone else keeps state inside the repo
+  # (.data is git-ignored). A non-default port gets its own store so two
+  # servers never share one JetStream directory.
+  local store log
+  if is_root; then
+    store=/var/lib/nats-server
+    log=/var/log/nats-server.log
+    if [ "$nats_port" != 4222 ]; then
+      store="/var/lib/nats-server-$nats_port"
+      log="/var/log/nats-server-$nats_port.log"
+    fi
+  else
+    store="$repo/.data/nats"
+    if [ "$nats_port" != 4222 ]; then store="$repo/.data/nats-$nats_port"; fi
+    log="$store.log"
+  fi
+  if [ -n "${ATELIER_NATS_STORE_DIR:-}" ]; then
+    store="${ATELIER_NATS_STORE_DIR%/}"
+    log="$store.log"
+  fi
+  mkdir -p "$store" "$(dirname "$log")"
+
+  local args=(-a "$nats_host" -p "$nats_port" -js -sd "$store" -l "$log")
+  local ssd
+  if ssd="$(find_tool start-stop-daemon)"; then
+    # The port-specific pidfile stops --oknodo from mistaking a nats-server
+    # on some other port for "already running".
+    "$ssd" --start --oknodo --background --make-pidfile --pidfile "$store/nats-server.pid" \
+      --exec "$nats_bin" -- "${args[@]}"
+  else
+    setsid nohup "$nats_bin" "${args[@]}" </dev/null >/dev/null 2>&1 &
+  fi
+
+  if ! wait_until port_open "$nats_host" "$nats_port"; then
+    tail -n 20 "$log" >&2 2>/dev/null || true
+    die "nats: not accepting connections at $nats_host:$nats_port within ${wait_secs}s (log: $log)"
+  fi
+  nats_jetstream_enabled || die "nats: started, but JetStream is not enabled (log: $log)"
+  echo "nats: ok ($how at $nats_host:$nats_port, JetStream enabled, store $store, log $log)"
+}
+
+# --------------------------------------------------------------------- cargo
+
+ensure_cargo() {
+  # rustup installs into ~/.cargo/bin, which is not always on PATH (e.g. in CI shells).
+  local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$cargo_bin/cargo" ]; then
+    export PATH="$cargo_bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo: not found. Install the Rust toolchain with rustup:
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh
+then open a new shell (or 'source \"\$HOME/.cargo/env\"') and re-run."
+  local version
+  version="$(cargo --version 2>&1)" \
+    || die "cargo: present but not usable: $version (with rustup: 'rustup default stable')"
+  echo "cargo: ok ($version)"
+
+  # test.sh needs rustfmt and clippy; run.sh does not, so only warn here.
+  cargo fmt --version >/dev/null 2>&1 \
+    || warn "rustfmt is missing ('rustup component add rustfmt'); test.sh will fail at 'cargo fmt'"
+  cargo clippy --version >/dev/null 2>&1 \
+    || warn "clippy is missing ('rustup component add clippy'); test.sh will fail at 'cargo clippy'"
+}
+
+ensure_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    echo "cargo-nextest: ok (already installed)"
+    return
+  fi
+  cargo install cargo-nextest --locked >&2
+  cargo nextest --version >/dev/null 2>&1 \
+    || die "cargo-nextest: 'cargo install cargo-nextest --locked' finished but 'cargo nextest' still does not run"
+  echo "cargo-nextest: ok (installed)"
+}
+
+ensure_postgres
+ensure_nats
+ensure_cargo
+ensure_nextest

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's test command (what CI runs via .ci/run):
+#   dependencies -> rustfmt -> buf lint -> clippy -> nextest.
+# Cheap checks run first so formatting/lint mistakes fail fast, before compiling.
+set -euo pipefail
+
+# Run from the repo root no matter where we were called from.
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo"
+
+# rustup installs into ~/.cargo/bin, which is not always on PATH (e.g. CI shells).
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$cargo_bin/cargo" ]; then
+  export PATH="$cargo_bin:$PATH"
+fi
+
+# CI logs are plain text; colour codes only add noise there.
+if [ -n "${CI:-}" ]; then
+  export CARGO_TERM_COLOR=never
+fi
+
+# Tests create their own databases from this URL and their own streams on this
+# server; the defaults follow the same overrides ensure-deps.sh uses.
+export ATELIER_TEST_DATABASE_URL="${ATELIER_TEST_DATABASE_URL:-postgres://postgres@${ATELIER_PG_HOST:-127.0.0.1}:${ATELIER_PG_PORT:-5432}/postgres}"
+export ATELIER_TEST_NATS_URL="${ATELIER_TEST_NATS_URL:-nats://127.0.0.1:${ATELIER_NATS_PORT:-4222}}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+bash deploy/local/ensure-deps.sh
+echo "tests use ATELIER_TEST_DATABASE_URL=$ATELIER_TEST_DATABASE_URL ATELIER_TEST_NATS_URL=$ATELIER_TEST_NATS_URL"
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "buf lint"
+if command -v npx >/dev/null 2>&1; then
+  # npx must never stop to ask whether to download buf.
+  export npm_config_yes=true
+  npx --yes @bufbuild/buf lint
+else
+  echo "skipping buf lint: npm not installed"
+fi
+
+step "cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo nextest run --workspace --locked --no-fail-fast"
+cargo nextest run --workspace --locked --no-fail-fast

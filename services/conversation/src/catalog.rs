@@ -1,0 +1,199 @@
+//! The model catalog: which image models exist, their size limits and their prices.
+//!
+//! The catalog is configuration (`ATELIER_MODEL_CATALOG_FILE`, JSON; the embedded
+//! `catalog.json` by default), so adding a model or changing a price is a deploy, not a
+//! code change. Prices are whole credits; a message costs its image count times the price
+//! of one image of its size.
+
+use serde::Deserialize;
+
+/// The catalog this service is built with.
+const EMBEDDED_CATALOG: &str = include_str!("../catalog.json");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// The model used when a request names none.
+    pub default_model: String,
+    pub models: Vec<ModelSpec>,
+}
+
+/// Which kind of API renders a model's images.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Builtin,
+    Openai,
+    Automatic1111,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub provider: Provider,
+    #[serde(default)]
+    pub description: String,
+    /// Credits per image, whatever its size.
+    pub price_per_image: i64,
+    /// Credits per started megapixel of each image, on top of `price_per_image`.
+    pub price_per_megapixel: i64,
+    /// Smallest and largest width or height, in pixels.
+    pub min_side: u32,
+    pub max_side: u32,
+    pub default_width: u32,
+    pub default_height: u32,
+}
+
+/// Image sides must be multiples of this: every diffusion model works on 8x8 latent cells.
+pub const SIDE_MULTIPLE: u32 = 8;
+
+impl Catalog {
+    /// The embedded catalog (`catalog.json` beside this crate's Cargo.toml).
+    pub fn embedded() -> Self {
+        Self::from_json(EMBEDDED_CATALOG).expect("the embedded catalog is valid: see its test")
+    }
+
+    /// Parses and checks a catalog.
+    pub fn from_json(json: &str) -> anyhow::Result<Self> {
+        let catalog: Catalog = serde_json::from_str(json)?;
+        catalog.check()?;
+        Ok(catalog)
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|model| model.name == name)
+    }
+
+    pub fn model_names(&self) -> Vec<&str> {
+        self.models
+            .iter()
+            .map(|model| model.name.as_str())
+            .collect()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.models.is_empty(), "the catalog has no model");
+        anyhow::ensure!(
+            self.model(&self.default_model).is_some(),
+            "default_model {:?} is not in the catalog",
+            self.default_model
+        );
+        for (index, model) in self.models.iter().enumerate() {
+            let name = &model.name;
+            anyhow::ensure!(!name.is_empty(), "model #{index} has no name");
+            anyhow::ensure!(
+                self.models[..index].iter().all(|other| &other.name != name),
+                "model {name:?} appears twice"
+            );
+            anyhow::ensure!(
+                model.price_per_image >= 0 && model.price_per_megapixel >= 0,
+                "model {name:?} has a negative price"
+            );
+            anyhow::ensure!(
+                model.price_per_image + model.price_per_megapixel > 0,
+                "model {name:?} is free: every image must cost at least one credit"
+            );
+            anyhow::ensure!(
+                SIDE_MULTIPLE <= model.min_side && model.min_side <= model.max_side,
+                "model {name:?} has min_side > max_side or a side under {SIDE_MULTIPLE}"
+            );
+            for side in [model.default_width, model.default_height] {
+                anyhow::ensure!(
+                    model.accepts_side(side),
+                    "model {name:?} has a default size outside its own limits"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ModelSpec {
+    /// Whether `side` pixels is an acceptable width or height for this model.
+    pub fn accepts_side(&self, side: u32) -> bool {
+        (self.min_side..=self.max_side).contains(&side) && side % SIDE_MULTIPLE == 0
+    }
+
+    /// Credits for one image of `width` x `height`: the per-image price plus the
+    /// per-megapixel price for every started megapixel.
+    pub fn price_per_image_of(&self, width: u32, height: u32) -> i64 {
+        let pixels = i64::from(width) * i64::from(height);
+        let megapixels_started = (pixels + 999_999) / 1_000_000;
+        self.price_per_image + self.price_per_megapixel * megapixels_started
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_catalog_is_valid_and_has_three_priced_models() {
+        let catalog = Catalog::from_json(EMBEDDED_CATALOG).expect("valid");
+        assert_eq!(catalog.default_model, "builtin");
+        assert_eq!(catalog.model_names(), ["builtin", "sdxl", "gpt-image-1"]);
+    }
+
+    #[test]
+    fn prices_depend_on_model_and_size() {
+        let catalog = Catalog::embedded();
+        let price = |model: &str, width, height| {
+            catalog
+                .model(model)
+                .expect("in catalog")
+                .price_per_image_of(width, height)
+        };
+        // 0.26 MP starts one megapixel.
+        assert_eq!(price("builtin", 512, 512), 2);
+        // Exactly one megapixel is one started megapixel, one pixel more is two.
+        assert_eq!(price("builtin", 1000, 1000), 2);
+        assert_eq!(price("builtin", 1000, 1008), 3);
+        // 1.05 MP: two started megapixels.
+        assert_eq!(price("sdxl", 1024, 1024), 4 + 4 * 2);
+        assert_eq!(price("gpt-image-1", 1024, 1024), 10 + 8 * 2);
+        assert_eq!(price("gpt-image-1", 1536, 1024), 10 + 8 * 2);
+        assert_eq!(price("gpt-image-1", 1536, 1536), 10 + 8 * 3);
+    }
+
+    #[test]
+    fn sides_must_be_in_range_and_multiples_of_eight() {
+        let catalog = Catalog::embedded();
+        let sdxl = catalog.model("sdxl").expect("in catalog");
+        assert!(sdxl.accepts_side(512));
+        assert!(sdxl.accepts_side(1536));
+        assert!(!sdxl.accepts_side(504));
+        assert!(!sdxl.accepts_side(1544));
+        assert!(!sdxl.accepts_side(1020));
+    }
+
+    #[test]
+    fn broken_catalogs_are_refused_with_a_reason() {
+        let cases = [
+            (r#"{"default_model":"x","models":[]}"#, "no model"),
+            (
+                r#"{"default_model":"nope","models":[{"name":"a","provider":"builtin","price_per_image":1,"price_per_megapixel":0,"min_side":64,"max_side":128,"default_width":64,"default_height":64}]}"#,
+                "not in the catalog",
+            ),
+            (
+                r#"{"default_model":"a","models":[{"name":"a","provider":"builtin","price_per_image":0,"price_per_megapixel":0,"min_side":64,"max_side":128,"default_width":64,"default_height":64}]}"#,
+                "free",
+            ),
+            (
+                r#"{"default_model":"a","models":[{"name":"a","provider":"builtin","price_per_image":1,"price_per_megapixel":0,"min_side":64,"max_side":128,"default_width":256,"default_height":64}]}"#,
+                "default size",
+            ),
+            (
+                r#"{"default_model":"a","models":[{"name":"a","provider":"dalle","price_per_image":1,"price_per_megapixel":0,"min_side":64,"max_side":128,"default_width":64,"default_height":64}]}"#,
+                "unknown variant",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = Catalog::from_json(json).expect_err(expected).to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The conversation service's settings, from the environment (see the README's table).
+
+use std::str::FromStr;
+
+use atelier_runtime::config::{ConfigError, optional_var, var_or};
+use atelier_runtime::internal_call::ServiceToken;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::catalog::Catalog;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database: PgConnectOptions,
+    /// Connections this process may hold; PostgreSQL's own limit is shared by all replicas.
+    pub max_connections: u32,
+    /// Apply `migrations/` at start-up (under sqlx's advisory lock, so replicas may race).
+    pub run_migrations: bool,
+    pub service_token: ServiceToken,
+    /// Credits a new account starts with.
+    pub starting_credits: i64,
+    /// The largest image budget a conversation may have.
+    pub max_generations_per_conversation: u32,
+    pub catalog: Catalog,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/atelier";
+pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let url: String = var_or("ATELIER_DATABASE_URL", DEFAULT_DATABASE_URL.to_owned())?;
+        let database = PgConnectOptions::from_str(&url)
+            .map_err(|err| ConfigError::new("ATELIER_DATABASE_URL", "<hidden>", err))?;
+        let catalog = match optional_var::<String>("ATELIER_MODEL_CATALOG_FILE")? {
+            None => Catalog::embedded(),
+            Some(path) => {
+                let json = std::fs::read_to_string(&path)
+                    .map_err(|err| ConfigError::new("ATELIER_MODEL_CATALOG_FILE", &path, err))?;
+                Catalog::from_json(&json)
+                    .map_err(|err| ConfigError::new("ATELIER_MODEL_CATALOG_FILE", &path, err))?
+            }
+        };
+        let starting_credits = var_or("ATELIER_STARTING_CREDITS", 100)?;
+        if starting_credits < 0 {
+            Err(ConfigError::new(
+                "ATELIER_STARTING_CREDITS",
+                starting_credits.to_string(),
+                "must not be negative",
+            ))?;
+        }
+        Ok(Self {
+            database,
+            max_connections: var_or("ATELIER_DATABASE_MAX_CONNECTIONS", 16)?,
+            run_migrations: var_or("ATELIER_DATABASE_MIGRATE", true)?,
+            service_token: ServiceToken::new(var_or::<String>(
+                "ATELIER_SERVICE_TOKEN",
+                DEFAULT_SERVICE_TOKEN.to_owned(),
+            )?),
+            starting_credits,
+            max_generations_per_conversation: var_or(
+                "ATELIER_MAX_GENERATIONS_PER_CONVERSATION",
+                200,
+            )?,
+            catalog,
+        })
+    }
+}

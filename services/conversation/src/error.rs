@@ -1,0 +1,125 @@
+//! Every way a conversation RPC can fail, and the one place each becomes a gRPC status.
+//!
+//! Handlers return [`ServiceError`]; the mapping below is exhaustive (no wildcard arm), so
+//! a new failure cannot reach a client without a deliberate status. Internal errors keep
+//! their cause chain in the log and send the client only a generic message.
+
+use std::collections::HashMap;
+
+use atelier_proto::error_reason;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request breaks field rules: every violation is reported at once.
+    #[error("invalid request: {0:?}")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The resource does not exist or belongs to another user: the two are
+    /// indistinguishable on purpose, so ids cannot be probed.
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("conversation {0} is archived")]
+    Archived(String),
+    /// A state that forbids the call, in words for the user.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(
+        "conversation {conversation_id} allows {max} images, {used} used, {requested} requested"
+    )]
+    GenerationLimitReached {
+        conversation_id: String,
+        max: i32,
+        used: i32,
+        requested: i32,
+    },
+    #[error("balance {balance} does not cover cost {cost}")]
+    CreditsExhausted { balance: i64, cost: i64 },
+    /// An RPC whose implementation arrives with a later capability.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ServiceError {
+    pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Unexpected(anyhow::Error::new(err).context("database call failed"))
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::InvalidArgument(violations) => {
+                let summary = violations
+                    .iter()
+                    .map(|violation| format!("{}: {}", violation.field, violation.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    summary,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            err @ ServiceError::NotFound { .. } => Status::not_found(err.to_string()),
+            err @ ServiceError::Archived(_) => {
+                Status::failed_precondition(format!("{err}: archived conversations are read-only"))
+            }
+            ServiceError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ServiceError::GenerationLimitReached {
+                conversation_id,
+                max,
+                used,
+                requested,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "this conversation allows {max} images; {used} used, {requested} more requested"
+                ),
+                ErrorDetails::with_error_info(
+                    error_reason::GENERATION_LIMIT_REACHED,
+                    error_reason::DOMAIN,
+                    HashMap::from([
+                        ("conversation_id".to_owned(), conversation_id),
+                        ("max_generations".to_owned(), max.to_string()),
+                        ("generation_count".to_owned(), used.to_string()),
+                    ]),
+                ),
+            ),
+            ServiceError::CreditsExhausted { balance, cost } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!("this message costs {cost} credits; the balance is {balance}"),
+                ErrorDetails::with_error_info(
+                    error_reason::CREDITS_EXHAUSTED,
+                    error_reason::DOMAIN,
+                    HashMap::from([
+                        ("balance".to_owned(), balance.to_string()),
+                        ("cost".to_owned(), cost.to_string()),
+                    ]),
+                ),
+            ),
+            ServiceError::Unimplemented(what) => Status::unimplemented(format!(
+                "{what} is not implemented yet; it arrives with the generation pipeline"
+            )),
+            ServiceError::Unexpected(err) => {
+                tracing::error!(error = ?err, "internal error");
+                Status::internal("internal error; it has been logged")
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The conversation service: the only process that opens a PostgreSQL connection.
+//!
+//! It owns conversations, messages, generations, credits and the outbox, and serves them
+//! on an internal port (`atelier.conversation.v1.ConversationService`) to the edge and the
+//! workers. Its hot path, SendMessage, is one transaction of one statement: see
+//! [`messages::send`] and [`db::messages::insert_new`].
+
+pub mod catalog;
+pub mod config;
+mod conversations;
+mod credits;
+pub mod db;
+mod error;
+mod favorites;
+mod messages;
+pub mod outbox;
+mod pagination;
+mod requests;
+mod service;
+mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use atelier_proto::CONVERSATION_SERVICE_NAME;
+use atelier_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
+use atelier_runtime::grpc;
+use atelier_runtime::internal_call::RequireServiceToken;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+pub use crate::config::Config;
+pub use crate::messages::automatic_title;
+
+/// What every handler shares.
+pub struct State {
+    pub pool: PgPool,
+    pub config: Config,
+}
+
+/// Serves the conversation service on `listener` until `shutdown` resolves, then drains
+/// in-flight calls and closes the pool.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = db::connect(config.database.clone(), config.max_connections)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    if config.run_migrations {
+        db::MIGRATOR
+            .run(&pool)
+            .await
+            .context("cannot apply the database migrations")?;
+    }
+    let token = RequireServiceToken(config.service_token.clone());
+    let state = Arc::new(State {
+        pool: pool.clone(),
+        config,
+    });
+
+    let (health, reflection_and_health) =
+        grpc::health_and_reflection(&[CONVERSATION_SERVICE_NAME])?;
+    let api =
+        ConversationServiceServer::with_interceptor(service::ConversationApi { state }, token);
+    Server::builder()
+        // Outermost: one span per RPC, joined to the caller's trace.
+        .layer(grpc::trace_layer())
+        .add_routes(reflection_and_health)
+        .add_service(api)
+        .serve_with_incoming_shutdown(
+            grpc::incoming(listener),
+            grpc::serve_until(health, vec![CONVERSATION_SERVICE_NAME], shutdown),
+        )
+        .await
+        .context("the conversation server failed")?;
+    pool.close().await;
+    Ok(())
+}

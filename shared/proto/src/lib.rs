@@ -1,0 +1,58 @@
+//! Every Atelier protobuf type and gRPC stub, generated once from `proto/`.
+//!
+//! Services never run codegen themselves: they depend on this crate. [`FILE_DESCRIPTOR_SET`]
+//! feeds server reflection so grpcurl and buf curl can call any service without the
+//! .proto files.
+
+/// The public API: resources, the event envelope and `ChatService`.
+pub mod v1 {
+    tonic::include_proto!("atelier.v1");
+}
+
+/// Payloads of the jobs carried by the ATELIER_JOBS stream.
+pub mod jobs {
+    pub mod v1 {
+        tonic::include_proto!("atelier.jobs.v1");
+    }
+}
+
+/// The conversation service's internal API.
+pub mod conversation {
+    pub mod v1 {
+        tonic::include_proto!("atelier.conversation.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every file above, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/atelier_descriptor.bin"));
+
+/// The fully qualified name of the public service, as reflection and health report it.
+pub const CHAT_SERVICE_NAME: &str = "atelier.v1.ChatService";
+/// The fully qualified name of the conversation service's internal API.
+pub const CONVERSATION_SERVICE_NAME: &str = "atelier.conversation.v1.ConversationService";
+
+/// The `ErrorInfo` reasons a client can act on, part of the public API contract. Each
+/// RESOURCE_EXHAUSTED status carries one, so a client tells "buy credits" from "slow
+/// down" without parsing messages.
+pub mod error_reason {
+    /// The `ErrorInfo.domain` of every Atelier error.
+    pub const DOMAIN: &str = "atelier.v1";
+    /// The balance does not cover the message's cost.
+    pub const CREDITS_EXHAUSTED: &str = "CREDITS_EXHAUSTED";
+    /// The conversation's image budget (max_generations) would be exceeded.
+    pub const GENERATION_LIMIT_REACHED: &str = "GENERATION_LIMIT_REACHED";
+    /// Too many calls: wait for the RetryInfo delay.
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+}
+
+/// The style presets `GenerationSettings.style_preset` accepts (empty means none).
+pub const STYLE_PRESETS: &[&str] = &[
+    "photographic",
+    "digital-art",
+    "anime",
+    "cinematic",
+    "watercolor",
+    "line-art",
+    "pixel-art",
+];

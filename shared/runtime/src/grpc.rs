@@ -1,0 +1,110 @@
+//! The frame every Atelier gRPC server shares: health, reflection, the request span, and
+//! the listener set-up. Each service still builds its own `Server::builder()` in one
+//! function with a comment per layer; this module supplies the parts.
+
+use std::future::Future;
+
+use opentelemetry::propagation::Extractor;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{MakeSpan, TraceLayer};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
+const REFLECTION_SERVICE_NAMES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Health and reflection for a server that serves `services` (fully qualified names).
+///
+/// Reflection advertises only those services (plus health and reflection), so an internal
+/// API never shows up on the public port. Both reflection versions are served: grpcurl 1.8
+/// speaks only v1alpha, newer clients v1.
+pub fn health_and_reflection(services: &[&str]) -> anyhow::Result<(HealthReporter, Routes)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(atelier_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in services
+            .iter()
+            .copied()
+            .chain([HEALTH_SERVICE_NAME])
+            .chain(REFLECTION_SERVICE_NAMES)
+        {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let routes = Routes::new(health)
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?);
+    Ok((reporter, routes))
+}
+
+/// Marks `services` SERVING now and NOT_SERVING once `shutdown` resolves, then returns:
+/// pass the result to `serve_with_incoming_shutdown` so load balancers stop routing here
+/// before in-flight calls drain.
+pub async fn serve_until(
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    shutdown: impl Future<Output = ()>,
+) {
+    for name in &services {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    shutdown.await;
+    for name in services.iter().copied().chain([""]) {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// The accepted connections of `listener`, with Nagle off: these are small RPCs where
+/// delaying a packet costs a round trip.
+pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Opens a span per request, named after the RPC and joined to the caller's trace when the
+/// request carries a W3C `traceparent`.
+pub fn trace_layer() -> TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, RpcSpan> {
+    TraceLayer::new_for_grpc().make_span_with(RpcSpan)
+}
+
+/// The [`MakeSpan`] of [`trace_layer`].
+#[derive(Clone, Copy, Debug)]
+pub struct RpcSpan;
+
+impl<B> MakeSpan<B> for RpcSpan {
+    fn make_span(&mut self, request: &http::Request<B>) -> Span {
+        let span = tracing::info_span!("rpc", rpc.method = %request.uri().path());
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        // A request without a valid traceparent simply starts a new trace.
+        let _ = span.set_parent(parent);
+        span
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}

@@ -1,0 +1,25 @@
+//! Test support shared by the service and end-to-end tests.
+//!
+//! - [`TestDatabase`]: a fresh, uniquely named PostgreSQL database per test, dropped at
+//!   the end, so tests run in parallel against the real server.
+//! - [`spawn_server`]: runs any service's `run(config, listener, shutdown)` on 127.0.0.1:0.
+//! - [`StatementCounter`]: counts the SQL statements sqlx sends, to prove query budgets.
+//! - [`init_logging`]: test output stays quiet unless `TEST_LOG` is set.
+
+mod database;
+mod server;
+mod statements;
+
+pub use database::TestDatabase;
+pub use server::{RunningServer, spawn_server};
+pub use statements::StatementCounter;
+
+/// Logs to the test's output when `TEST_LOG` is set (its value is the filter, e.g. `debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
