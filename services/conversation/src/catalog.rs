@@ -112,7 +112,7 @@ impl Catalog {
 impl ModelSpec {
     /// Whether `side` pixels is an acceptable width or height for this model.
     pub fn accepts_side(&self, side: u32) -> bool {
-        (self.min_side..=self.max_side).contains(&side) && side % SIDE_MULTIPLE == 0
+        (self.min_side..=self.max_side).contains(&side) && side.is_multiple_of(SIDE_MULTIPLE)
     }
 
     /// Credits for one image of `width` x `height`: the per-image price plus the

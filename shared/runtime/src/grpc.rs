@@ -87,7 +87,11 @@ pub struct RpcSpan;
 
 impl<B> MakeSpan<B> for RpcSpan {
     fn make_span(&mut self, request: &http::Request<B>) -> Span {
-        let span = tracing::info_span!("rpc", rpc.method = %request.uri().path());
+        let span = tracing::info_span!(
+            "rpc",
+            rpc.method = %request.uri().path(),
+            user_id = tracing::field::Empty,
+        );
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
@@ -107,4 +111,20 @@ impl Extractor for HeaderExtractor<'_> {
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
     }
+}
+
+/// Serves only health and reflection until `shutdown`: the frame of a service whose own
+/// RPCs are not yet part of the mesh, so orchestration, probes and the local scripts
+/// already treat it like every other service.
+pub async fn serve_frame(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, reflection_and_health) = health_and_reflection(&[])?;
+    tonic::transport::Server::builder()
+        .layer(trace_layer())
+        .add_routes(reflection_and_health)
+        .serve_with_incoming_shutdown(incoming(listener), serve_until(health, vec![], shutdown))
+        .await?;
+    Ok(())
 }

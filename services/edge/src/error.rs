@@ -1,0 +1,125 @@
+//! Every way an edge call can fail, and the one place each becomes the client's status.
+//!
+//! Statuses from the conversation service are relayed with their code, message and
+//! details (field violations, ErrorInfo), but without its headers, and with the few
+//! codes that would mislead a user (a credential problem between services, transport
+//! errors naming internal addresses) replaced by what the user can act on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use atelier_proto::error_reason;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::AuthError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    #[error("rate limited; retry in {0:?}")]
+    RateLimited(Duration),
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    #[error("upstream: {0}")]
+    Upstream(Status),
+}
+
+impl From<EdgeError> for Status {
+    fn from(err: EdgeError) -> Self {
+        match err {
+            EdgeError::Unauthenticated(auth) => Status::unauthenticated(auth.to_string()),
+            EdgeError::RateLimited(wait) => {
+                let mut details = ErrorDetails::with_retry_info(Some(wait));
+                details.set_error_info(
+                    error_reason::RATE_LIMITED,
+                    error_reason::DOMAIN,
+                    HashMap::from([("retry_after_ms".to_owned(), wait.as_millis().to_string())]),
+                );
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("too many calls; retry in {} ms", wait.as_millis().max(1)),
+                    details,
+                )
+            }
+            EdgeError::Unimplemented(what) => Status::unimplemented(format!(
+                "{what} is not implemented yet; it arrives with the live event stream"
+            )),
+            EdgeError::Upstream(status) => relay(status),
+        }
+    }
+}
+
+fn relay(status: Status) -> Status {
+    match status.code() {
+        // The edge and the conversation service disagree on the service credential, or
+        // the edge forgot the user: a deployment bug, not the caller's.
+        Code::Unauthenticated | Code::PermissionDenied => {
+            tracing::error!(upstream = ?status, "the conversation service refused the edge");
+            Status::internal("internal error; it has been logged")
+        }
+        // Transport errors name internal hosts and ports: keep them in the log.
+        Code::Unavailable => {
+            tracing::warn!(upstream = ?status, "conversation service unavailable");
+            Status::unavailable("the service is temporarily unavailable; retry shortly")
+        }
+        code => Status::with_details(code, status.message(), status.details().to_vec().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::FieldViolation;
+
+    use super::*;
+
+    #[test]
+    fn field_violations_survive_the_relay() {
+        let upstream = Status::with_error_details(
+            Code::InvalidArgument,
+            "prompt: must not be empty",
+            ErrorDetails::with_bad_request(vec![FieldViolation::new(
+                "prompt",
+                "must not be empty",
+            )]),
+        );
+        let relayed = Status::from(EdgeError::Upstream(upstream));
+        assert_eq!(relayed.code(), Code::InvalidArgument);
+        assert_eq!(relayed.message(), "prompt: must not be empty");
+        let violations = relayed
+            .get_details_bad_request()
+            .expect("details")
+            .field_violations;
+        assert_eq!(violations[0].field, "prompt");
+    }
+
+    #[test]
+    fn internal_addresses_and_credentials_do_not_leak() {
+        let unavailable = Status::from(EdgeError::Upstream(Status::unavailable(
+            "tcp connect error: 10.0.0.7:50052",
+        )));
+        assert_eq!(unavailable.code(), Code::Unavailable);
+        assert!(!unavailable.message().contains("10.0.0.7"));
+        let credential = Status::from(EdgeError::Upstream(Status::unauthenticated(
+            "invalid service credential",
+        )));
+        assert_eq!(credential.code(), Code::Internal);
+    }
+
+    #[test]
+    fn rate_limits_say_when_to_retry() {
+        let status = Status::from(EdgeError::RateLimited(Duration::from_millis(250)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            status.get_details_error_info().map(|info| info.reason),
+            Some(error_reason::RATE_LIMITED.to_owned())
+        );
+    }
+}
