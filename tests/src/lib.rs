@@ -1,1 +1,123 @@
-//! placeholder
+//! The whole Atelier mesh started in one process, for the end-to-end tests and the load
+//! generator: a fresh PostgreSQL database, every service on its own 127.0.0.1:0 port,
+//! wired exactly as in deployment (the edge reaches the conversation service over gRPC
+//! with the service credential).
+
+use std::time::Duration;
+
+use atelier_conversation::catalog::Catalog;
+use atelier_edge::auth::{JwtVerifier, mint_hs256};
+use atelier_edge::rate_limit::RateLimit;
+use atelier_runtime::internal_call::ServiceToken;
+use atelier_testkit::{RunningServer, TestDatabase, spawn_server};
+use tonic::transport::{Channel, Endpoint};
+
+const JWT_SECRET: &[u8] = b"mesh-jwt-secret";
+const SERVICE_TOKEN: &str = "mesh-service-token";
+
+/// Knobs a mesh test or benchmark turns; everything else is the deployment default.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    pub starting_credits: i64,
+    pub max_generations_per_conversation: u32,
+    pub rate_limit: RateLimit,
+    pub database_connections: u32,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            starting_credits: 100,
+            max_generations_per_conversation: 200,
+            rate_limit: RateLimit {
+                per_second: 20.0,
+                burst: 40,
+                idle_eviction: Duration::from_secs(600),
+            },
+            database_connections: 16,
+        }
+    }
+}
+
+/// A running mesh; dropping it stops every service and drops the database.
+pub struct Mesh {
+    pub edge: RunningServer,
+    pub conversation: RunningServer,
+    pub workers: Vec<RunningServer>,
+    pub db: TestDatabase,
+}
+
+impl Mesh {
+    pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
+        let db = TestDatabase::create().await?;
+        let conversation_config = atelier_conversation::Config {
+            database: db.options(),
+            max_connections: options.database_connections,
+            run_migrations: true,
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            starting_credits: options.starting_credits,
+            max_generations_per_conversation: options.max_generations_per_conversation,
+            catalog: Catalog::embedded(),
+        };
+        let conversation = spawn_server(|listener, shutdown| {
+            atelier_conversation::run(conversation_config, listener, shutdown)
+        })
+        .await?;
+        let edge_config = atelier_edge::Config {
+            conversation_url: conversation.url(),
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            jwt: JwtVerifier::hs256(JWT_SECRET),
+            cors_origins: vec![],
+            rate_limit: options.rate_limit,
+        };
+        let edge =
+            spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))
+                .await?;
+        let workers = vec![
+            spawn_server(|listener, shutdown| {
+                atelier_intent::run(atelier_intent::Config::default(), listener, shutdown)
+            })
+            .await?,
+            spawn_server(|listener, shutdown| {
+                atelier_enhancement::run(atelier_enhancement::Config::default(), listener, shutdown)
+            })
+            .await?,
+            spawn_server(|listener, shutdown| {
+                atelier_title::run(atelier_title::Config::default(), listener, shutdown)
+            })
+            .await?,
+            spawn_server(|listener, shutdown| {
+                atelier_generation::run(atelier_generation::Config::default(), listener, shutdown)
+            })
+            .await?,
+        ];
+        Ok(Self {
+            edge,
+            conversation,
+            workers,
+            db,
+        })
+    }
+
+    /// A new HTTP/2 connection to the edge, as a separate client would open.
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(self.edge.url())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?)
+    }
+
+    /// A valid `authorization` value for `user`.
+    pub fn bearer(&self, user: &str) -> anyhow::Result<String> {
+        Ok(format!("Bearer {}", mint_hs256(JWT_SECRET, user, 3600)?))
+    }
+}
+
+/// Wraps `message` in a request carrying `bearer` as its authorization.
+pub fn authorized<T>(message: T, bearer: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse()?);
+    Ok(request)
+}

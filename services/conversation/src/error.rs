@@ -35,6 +35,10 @@ pub enum ServiceError {
     },
     #[error("balance {balance} does not cover cost {cost}")]
     CreditsExhausted { balance: i64, cost: i64 },
+    /// PostgreSQL cannot be reached right now (connection refused, pool exhausted): the
+    /// caller may retry.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
     /// An RPC whose implementation arrives with a later capability.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -57,7 +61,13 @@ impl ServiceError {
 
 impl From<sqlx::Error> for ServiceError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Unexpected(anyhow::Error::new(err).context("database call failed"))
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed => Self::Unavailable(err),
+            err => Self::Unexpected(anyhow::Error::new(err).context("database call failed")),
+        }
     }
 }
 
@@ -113,6 +123,10 @@ impl From<ServiceError> for Status {
                     ]),
                 ),
             ),
+            ServiceError::Unavailable(err) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Status::unavailable("the service is temporarily unavailable; retry shortly")
+            }
             ServiceError::Unimplemented(what) => Status::unimplemented(format!(
                 "{what} is not implemented yet; it arrives with the generation pipeline"
             )),
@@ -121,5 +135,36 @@ impl From<ServiceError> for Status {
                 Status::internal("internal error; it has been logged")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_not_internal() {
+        for err in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            let status = Status::from(ServiceError::from(err));
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(!status.message().contains("pool"), "{}", status.message());
+        }
+        let status = Status::from(ServiceError::from(sqlx::Error::RowNotFound));
+        assert_eq!(status.code(), Code::Internal);
+    }
+
+    #[test]
+    fn field_violations_are_listed_in_the_message_and_the_details() {
+        let status = Status::from(ServiceError::InvalidArgument(vec![
+            FieldViolation::new("prompt", "must not be empty"),
+            FieldViolation::new("settings.width", "too small"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "prompt: must not be empty; settings.width: too small"
+        );
+        let details = status.get_details_bad_request().expect("details");
+        assert_eq!(details.field_violations.len(), 2);
     }
 }

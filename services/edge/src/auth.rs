@@ -186,6 +186,40 @@ mod tests {
     }
 
     #[test]
+    fn rs256_verifies_with_the_public_key_and_refuses_hs256_tokens() {
+        // A key pair made for this test only.
+        let private = include_bytes!("../tests/fixtures/rs256-test-private.pem");
+        let public = include_bytes!("../tests/fixtures/rs256-test-public.pem");
+        let verifier = JwtVerifier::rs256(public).expect("public key");
+        let claims = Claims {
+            sub: "alice".to_owned(),
+            exp: 4_102_444_800,
+        };
+        let signed = jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(private).expect("private key"),
+        )
+        .expect("sign");
+        assert_eq!(
+            verifier.user_of(Some(&bearer(&signed))),
+            Ok("alice".to_owned())
+        );
+
+        // Algorithm confusion: an HS256 token "signed" with the public key is refused.
+        let confused = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(public),
+        )
+        .expect("sign");
+        assert!(matches!(
+            verifier.user_of(Some(&bearer(&confused))),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn subjects_must_fit_in_metadata() {
         let verifier = JwtVerifier::hs256(SECRET);
         for subject in ["", "has space", "ünïcode"] {

@@ -31,7 +31,9 @@ pub fn health_and_reflection(services: &[&str]) -> anyhow::Result<(HealthReporte
     let builder = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(atelier_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest, ErrorInfo, RetryInfo: lets grpcurl print error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
         for name in services
             .iter()
             .copied()
