@@ -90,11 +90,16 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
     let spent: i64 = sent.iter().map(|message| message.cost).sum();
     assert_eq!(balance, 100 - spent);
 
-    // Every process of the mesh answers its health check.
-    for server in std::iter::once(&mesh.edge)
-        .chain(std::iter::once(&mesh.conversation))
-        .chain(&mesh.workers)
-    {
+    // Every process of the mesh answers its health check: the edge and the conversation
+    // service for their own API by name (they mark it SERVING once started), the workers
+    // for the server as a whole.
+    let checks = [
+        (&mesh.edge, atelier_proto::CHAT_SERVICE_NAME),
+        (&mesh.conversation, atelier_proto::CONVERSATION_SERVICE_NAME),
+    ]
+    .into_iter()
+    .chain(mesh.workers.iter().map(|worker| (worker, "")));
+    for (server, service) in checks {
         let mut health = HealthClient::new(
             tonic::transport::Channel::from_shared(server.url())
                 .expect("url")
@@ -103,7 +108,9 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
                 .expect("connect"),
         );
         let status = health
-            .check(tonic_health::pb::HealthCheckRequest::default())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
             .await
             .expect("health")
             .into_inner();

@@ -48,6 +48,15 @@ impl Config {
                 "must not be negative",
             ))?;
         }
+        let max_generations_per_conversation: u32 =
+            var_or("ATELIER_MAX_GENERATIONS_PER_CONVERSATION", 200)?;
+        if !(1..=i32::MAX as u32).contains(&max_generations_per_conversation) {
+            Err(ConfigError::new(
+                "ATELIER_MAX_GENERATIONS_PER_CONVERSATION",
+                max_generations_per_conversation.to_string(),
+                "must be at least 1",
+            ))?;
+        }
         Ok(Self {
             database,
             max_connections: var_or("ATELIER_DATABASE_MAX_CONNECTIONS", 16)?,

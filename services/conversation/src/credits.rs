@@ -9,6 +9,9 @@ use crate::db;
 use crate::error::ServiceError;
 use crate::outbox::EventContext;
 
+/// The largest single grant: far beyond any purchase, far below a bigint overflow.
+const MAX_GRANT: i64 = 1_000_000_000_000;
+
 pub async fn balance(
     state: &State,
     user_id: &str,
@@ -29,11 +32,19 @@ pub async fn grant(
     request: internal::GrantCreditsRequest,
 ) -> Result<internal::GrantCreditsResponse, ServiceError> {
     let mut violations = Vec::new();
-    if request.user_id.is_empty() || request.user_id.len() > 255 {
-        violations.push(FieldViolation::new("user_id", "must be 1 to 255 bytes"));
+    // The same rule the edge applies to a JWT subject: user ids travel in metadata.
+    let user_id = &request.user_id;
+    if user_id.is_empty() || user_id.len() > 255 || !user_id.bytes().all(|b| b.is_ascii_graphic()) {
+        violations.push(FieldViolation::new(
+            "user_id",
+            "must be 1 to 255 printable ASCII characters",
+        ));
     }
-    if request.amount <= 0 {
-        violations.push(FieldViolation::new("amount", "must be positive"));
+    if !(1..=MAX_GRANT).contains(&request.amount) {
+        violations.push(FieldViolation::new(
+            "amount",
+            format!("must be 1 to {MAX_GRANT}"),
+        ));
     }
     let reference = request.reference.trim();
     if reference.is_empty() || reference.chars().count() > 200 {

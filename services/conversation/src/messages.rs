@@ -133,50 +133,58 @@ pub async fn send(
 
     let mut tx = state.pool.begin().await?;
     let outcome = db::messages::insert_new(&mut tx, &rows).await;
-    match outcome {
+    let refusal = match outcome {
         Ok(SendOutcome::Accepted) => {
             tx.commit().await?;
-            Ok(proto::SendMessageResponse {
+            return Ok(proto::SendMessageResponse {
                 message: Some(message),
-            })
+            });
         }
         Ok(SendOutcome::Replay(existing)) => {
             tx.rollback().await?;
-            replay(state, user_id, existing).await
+            return replay(state, user_id, existing).await;
         }
         Ok(SendOutcome::ConversationRefused) => {
             tx.rollback().await?;
-            Err(conversation_refusal(state, user_id, &new).await)
+            None
         }
         Ok(SendOutcome::CreditsRefused) => {
             tx.rollback().await?;
-            let balance = db::credits::balance(&state.pool, user_id)
-                .await?
-                .unwrap_or(0);
-            Err(ServiceError::CreditsExhausted {
-                balance,
-                cost: settings.cost(),
-            })
+            Some(settings.cost())
         }
         // The same client_request_id committed by a concurrent call after this statement's
-        // snapshot: that call won, and this one answers with its message.
+        // snapshot: that call won, and the replay below answers with its message.
         Err(sqlx::Error::Database(err))
             if err.constraint() == Some("messages_conversation_id_client_request_id_key") =>
         {
-            drop(tx);
-            let client_request_id = new.client_request_id.as_deref().unwrap_or_default();
-            let existing = db::messages::by_client_request_id(
-                &state.pool,
-                new.conversation_id,
-                client_request_id,
-            )
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!("unique violation on client_request_id without a row")
-            })?;
-            replay(state, user_id, existing).await
+            tx.rollback().await?;
+            None
         }
-        Err(err) => Err(err.into()),
+        Err(err) => return Err(err.into()),
+    };
+
+    // Refused, or lost a race on the idempotency key. A retry whose first call committed
+    // after this statement's snapshot (and spent the last credits or images) must still
+    // get the first answer: a fresh read finds it. Only refused calls pay this read.
+    if let Some(client_request_id) = new.client_request_id.as_deref()
+        && let Some(existing) = db::messages::by_client_request_id(
+            &state.pool,
+            user_id,
+            new.conversation_id,
+            client_request_id,
+        )
+        .await?
+    {
+        return replay(state, user_id, existing).await;
+    }
+    match refusal {
+        Some(cost) => {
+            let balance = db::credits::balance(&state.pool, user_id)
+                .await?
+                .unwrap_or(0);
+            Err(ServiceError::CreditsExhausted { balance, cost })
+        }
+        None => Err(conversation_refusal(state, user_id, &new).await),
     }
 }
 
@@ -216,7 +224,8 @@ async fn conversation_refusal(state: &State, user_id: &str, new: &NewMessage) ->
 /// generation id's random bits) and stored, so every image can be made again.
 fn seed_of(requested: Option<u64>, position: u32, generation_id: Uuid) -> i64 {
     match requested {
-        Some(seed) => i64::try_from(seed).unwrap_or(0) + i64::from(position),
+        // Consecutive modulo 2^32: providers take 32-bit seeds.
+        Some(seed) => i64::from((seed as u32).wrapping_add(position)),
         None => {
             let bytes = generation_id.as_bytes();
             i64::from(u32::from_be_bytes([
@@ -387,6 +396,7 @@ mod tests {
         let id = Uuid::now_v7();
         assert_eq!(seed_of(Some(41), 0, id), 41);
         assert_eq!(seed_of(Some(41), 3, id), 44);
+        assert_eq!(seed_of(Some(u64::from(u32::MAX)), 1, id), 0);
         let random = seed_of(None, 0, id);
         assert!((0..=i64::from(u32::MAX)).contains(&random));
     }

@@ -78,6 +78,11 @@ impl Cursor {
             return None;
         }
         let micros: i64 = parts.next()?.parse().ok()?;
+        // Rows are stamped by this service: a cursor outside 1970..10000 is forged, and
+        // PostgreSQL would reject some such timestamps (before 4713 BC) as out of range.
+        if !(0..=253_402_300_799_000_000).contains(&micros) {
+            return None;
+        }
         let id = Uuid::parse_str(parts.next()?).ok()?;
         Some(Self {
             at: DateTime::from_timestamp_micros(micros)?,
@@ -109,7 +114,14 @@ mod tests {
 
     #[test]
     fn foreign_tokens_are_invalid_arguments() {
-        for token in ["garbage!", "djI6MTox", &URL_SAFE_NO_PAD.encode("v1:x:y")] {
+        let forged_time =
+            URL_SAFE_NO_PAD.encode(format!("v1:-300000000000000000:{}", Uuid::now_v7()));
+        for token in [
+            "garbage!",
+            "djI6MTox",
+            &URL_SAFE_NO_PAD.encode("v1:x:y"),
+            &forged_time,
+        ] {
             match PageRequest::parse(10, token) {
                 Err(ServiceError::InvalidArgument(violations)) => {
                     assert_eq!(violations[0].field, "page_token");

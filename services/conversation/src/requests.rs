@@ -38,6 +38,19 @@ impl Violations {
     }
 }
 
+/// Checks a free-text field: no NUL character (PostgreSQL cannot store one in text, so
+/// it would surface as an internal error), and `min..=max` characters.
+fn text(violations: &mut Violations, field: &str, value: &str, min: usize, max: usize) {
+    let chars = value.chars().count();
+    if value.contains('\0') {
+        violations.add(field, "must not contain NUL characters");
+    } else if chars < min {
+        violations.add(field, "must not be empty");
+    } else if chars > max {
+        violations.add(field, format!("at most {max} characters, got {chars}"));
+    }
+}
+
 /// A resource id: must be a UUID. `None` after recording a violation.
 fn parse_id(violations: &mut Violations, field: &str, value: &str) -> Option<Uuid> {
     if value.is_empty() {
@@ -64,15 +77,7 @@ pub fn id(field: &str, value: &str) -> Result<Uuid, ServiceError> {
 /// A title: trimmed, 1 to 200 characters.
 fn title(violations: &mut Violations, field: &str, value: &str) -> String {
     let title = value.trim();
-    let chars = title.chars().count();
-    if chars == 0 {
-        violations.add(field, "must not be empty");
-    } else if chars > MAX_TITLE_CHARS {
-        violations.add(
-            field,
-            format!("at most {MAX_TITLE_CHARS} characters, got {chars}"),
-        );
-    }
+    text(violations, field, title, 1, MAX_TITLE_CHARS);
     title.to_owned()
 }
 
@@ -172,23 +177,16 @@ impl NewMessage {
             parse_id(&mut violations, "conversation_id", &request.conversation_id);
 
         let prompt = request.prompt.trim();
-        let prompt_chars = prompt.chars().count();
-        if prompt_chars == 0 {
-            violations.add("prompt", "must not be empty");
-        } else if prompt_chars > MAX_PROMPT_CHARS {
-            violations.add(
-                "prompt",
-                format!("at most {MAX_PROMPT_CHARS} characters, got {prompt_chars}"),
-            );
-        }
+        text(&mut violations, "prompt", prompt, 1, MAX_PROMPT_CHARS);
 
         let client_request_id = request.client_request_id.trim();
-        if client_request_id.chars().count() > MAX_CLIENT_REQUEST_ID_CHARS {
-            violations.add(
-                "client_request_id",
-                format!("at most {MAX_CLIENT_REQUEST_ID_CHARS} characters"),
-            );
-        }
+        text(
+            &mut violations,
+            "client_request_id",
+            client_request_id,
+            0,
+            MAX_CLIENT_REQUEST_ID_CHARS,
+        );
 
         let settings = settings(
             &mut violations,
@@ -277,13 +275,13 @@ fn settings(
     }
 
     let negative_prompt = settings.negative_prompt.trim();
-    let negative_chars = negative_prompt.chars().count();
-    if negative_chars > MAX_NEGATIVE_PROMPT_CHARS {
-        violations.add(
-            "settings.negative_prompt",
-            format!("at most {MAX_NEGATIVE_PROMPT_CHARS} characters, got {negative_chars}"),
-        );
-    }
+    text(
+        violations,
+        "settings.negative_prompt",
+        negative_prompt,
+        0,
+        MAX_NEGATIVE_PROMPT_CHARS,
+    );
 
     let model = model?;
     let (width, height) = (width?, height?);

@@ -265,6 +265,7 @@ async fn each_bad_input_is_invalid_argument_naming_its_field() {
         ("prompt", send_request(&id, "")),
         ("prompt", send_request(&id, " \n\t ")),
         ("prompt", send_request(&id, &"x".repeat(4001))),
+        ("prompt", send_request(&id, "a fox\0")),
         (
             "settings.model",
             proto::SendMessageRequest {
@@ -345,6 +346,20 @@ async fn each_bad_input_is_invalid_argument_naming_its_field() {
                 ..send_request(&id, "fox")
             },
         ),
+        (
+            "client_request_id",
+            proto::SendMessageRequest {
+                client_request_id: "key\0".into(),
+                ..send_request(&id, "fox")
+            },
+        ),
+        (
+            "settings.negative_prompt",
+            proto::SendMessageRequest {
+                settings: settings(|s| s.negative_prompt = "blur\0".into()),
+                ..send_request(&id, "fox")
+            },
+        ),
     ];
     for (field, request) in send_cases {
         let status = alice.send_message(request).await.expect_err(field);
@@ -388,15 +403,28 @@ async fn each_bad_input_is_invalid_argument_naming_its_field() {
             .map(drop),
         "title",
     );
+    for title in ["   ", "nul\0title"] {
+        expect_field(
+            alice
+                .rename_conversation(proto::RenameConversationRequest {
+                    conversation_id: id.clone(),
+                    title: title.into(),
+                })
+                .await
+                .map(drop),
+            "title",
+        );
+    }
     expect_field(
-        alice
-            .rename_conversation(proto::RenameConversationRequest {
-                conversation_id: id.clone(),
-                title: "   ".into(),
+        app.admin()
+            .grant_credits(internal::GrantCreditsRequest {
+                user_id: "has space".into(),
+                amount: 10,
+                reference: "order-1".into(),
             })
             .await
             .map(drop),
-        "title",
+        "user_id",
     );
     expect_field(
         alice
@@ -1126,4 +1154,90 @@ async fn the_internal_port_refuses_calls_without_the_service_credential() {
         .expect_err("no user");
     assert_eq!(status.code(), Code::Unauthenticated);
     drop(app.server);
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_the_last_affordable_message_all_get_it() {
+    // Two credits: exactly one message. Every retry must see that message, not
+    // CREDITS_EXHAUSTED, even when it waited behind the first call's locks.
+    let app = TestApp::spawn_with(|config| config.starting_credits = 2).await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let mut client = app.client("alice");
+        let request = proto::SendMessageRequest {
+            client_request_id: "only-one".into(),
+            ..send_request(&conversation.id, "the last fox")
+        };
+        calls.spawn(async move { client.send_message(request).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        answers.push(
+            result
+                .expect("task")
+                .expect("a retry is never refused")
+                .into_inner(),
+        );
+    }
+    assert!(answers.iter().all(|answer| answer == &answers[0]));
+    assert_eq!(balance(&mut alice).await, 0);
+}
+
+#[tokio::test]
+async fn another_users_idempotency_key_reveals_nothing() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let request = proto::SendMessageRequest {
+        client_request_id: "alices-key".into(),
+        ..send_request(&conversation.id, "a fox")
+    };
+    let hers = alice
+        .send_message(request.clone())
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    let status = app
+        .client("bob")
+        .send_message(request)
+        .await
+        .expect_err("not his conversation");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("conversation"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains(&hers.id), "{}", status.message());
+}
+
+#[tokio::test]
+async fn a_new_users_first_calls_at_once_all_see_the_starting_balance() {
+    let app = TestApp::spawn().await;
+    let mut calls = tokio::task::JoinSet::new();
+    for call in 0..20 {
+        let mut client = app.client("newcomer");
+        calls.spawn(async move {
+            if call % 2 == 0 {
+                balance(&mut client).await
+            } else {
+                create_conversation(&mut client, None).await;
+                balance(&mut client).await
+            }
+        });
+    }
+    while let Some(balance) = calls.join_next().await {
+        assert_eq!(balance.expect("no call fails"), 100);
+    }
+    let pool = app.db.pool().await.expect("pool");
+    let welcome: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE kind = 'grant'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(welcome, 1, "the welcome grant is made once");
 }

@@ -21,6 +21,8 @@ pub struct Config {
 
 /// The HS256 secret of the local mesh: fine on a laptop, never in production.
 pub const DEFAULT_JWT_SECRET: &str = "atelier-local-jwt-secret";
+/// The service credential of the local mesh (the conversation service has the same).
+pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
 pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_CORS_ORIGINS: &[&str] = &["http://localhost:5173", "http://127.0.0.1:5173"];
 
@@ -59,7 +61,7 @@ impl Config {
             )?,
             service_token: ServiceToken::new(var_or::<String>(
                 "ATELIER_SERVICE_TOKEN",
-                "atelier-local-service-token".to_owned(),
+                DEFAULT_SERVICE_TOKEN.to_owned(),
             )?),
             jwt,
             cors_origins: list_or("ATELIER_CORS_ORIGINS", DEFAULT_CORS_ORIGINS)?,

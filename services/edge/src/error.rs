@@ -64,7 +64,26 @@ fn relay(status: Status) -> Status {
             tracing::warn!(upstream = ?status, "conversation service unavailable");
             Status::unavailable("the service is temporarily unavailable; retry shortly")
         }
-        code => Status::with_details(code, status.message(), status.details().to_vec().into()),
+        // The codes the conversation service gives on purpose carry messages and details
+        // meant for the caller.
+        code @ (Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::Aborted
+        | Code::Unimplemented
+        | Code::Cancelled
+        | Code::DeadlineExceeded) => {
+            Status::with_details(code, status.message(), status.details().to_vec().into())
+        }
+        // Internal, Unknown, DataLoss (and Ok, which is no error) may carry transport or
+        // h2 text: logged, not shown.
+        _ => {
+            tracing::error!(upstream = ?status, "conversation service failed");
+            Status::internal("internal error; it has been logged")
+        }
     }
 }
 

@@ -368,6 +368,37 @@ async fn reflection_lists_only_the_public_api_and_health_reports_serving() {
         "internal API visible: {names:?}"
     );
 
+    // grpcurl 1.8 speaks only v1alpha: it lists the same services.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut reflection = ServerReflectionClient::new(mesh.channel.clone());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let response = reflection
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .expect("v1alpha reflection")
+            .into_inner()
+            .next()
+            .await
+            .expect("one answer")
+            .expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected answer: {response:?}");
+        };
+        let v1alpha_names: Vec<String> = list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect();
+        assert_eq!(v1alpha_names, names);
+    }
+
     let mut health = tonic_health::pb::health_client::HealthClient::new(mesh.channel.clone());
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest {

@@ -6,9 +6,10 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, filter};
 
-/// Counts every statement sqlx sends (its `sqlx::query` log events, BEGIN and COMMIT
-/// included), process-wide. nextest runs each test in its own process, so the count is
-/// this test's alone.
+/// Counts the statements sqlx logs (its `sqlx::query` events: every statement and COMMIT,
+/// but not BEGIN, which sqlx sends without logging), process-wide. nextest runs each test
+/// in its own process, so the count is that test's alone; under `cargo test` parallel
+/// tests of one binary would add to each other's counts.
 #[derive(Clone, Default)]
 pub struct StatementCounter(Arc<AtomicUsize>);
 

@@ -90,7 +90,8 @@ pub async fn rename(
 ) -> sqlx::Result<Option<ConversationRow>> {
     sqlx::query_as(concat!(
         "WITH renamed AS ( \
-             UPDATE conversations SET title = $3, auto_titled = false, last_activity_at = $7 \
+             UPDATE conversations SET title = $3, auto_titled = false, \
+                 last_activity_at = GREATEST(last_activity_at, $7) \
              WHERE id = $1 AND owner_id = $2 AND status = 'active' \
              RETURNING ",
         conversation_columns!(),

@@ -14,7 +14,8 @@ use super::OutboxRow;
 pub const WELCOME_GRANT_REFERENCE: &str = "welcome";
 
 /// Opens the user's account with `starting_balance` (and its grant in the ledger) if it does
-/// not exist yet, and returns the balance either way. One statement.
+/// not exist yet, and returns the balance either way. One statement, two when another call
+/// opened the same account concurrently (its row is newer than this statement's snapshot).
 #[tracing::instrument(skip(pool))]
 pub async fn open_account(
     pool: &PgPool,
@@ -22,7 +23,7 @@ pub async fn open_account(
     starting_balance: i64,
     now: DateTime<Utc>,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
+    let balance: Option<i64> = sqlx::query_scalar(
         "WITH opened AS ( \
              INSERT INTO accounts (user_id, balance, created_at, updated_at) \
              VALUES ($1, $2, $3, $3) \
@@ -42,8 +43,17 @@ pub async fn open_account(
     .bind(now)
     .bind(Uuid::now_v7())
     .bind(WELCOME_GRANT_REFERENCE)
-    .fetch_one(pool)
-    .await
+    .fetch_optional(pool)
+    .await?;
+    match balance {
+        Some(balance) => Ok(balance),
+        None => {
+            sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(pool)
+                .await
+        }
+    }
 }
 
 /// Outcome of [`grant`].

@@ -80,12 +80,12 @@ pub async fn insert_new(
         sqlx::query_as(
             "WITH existing AS ( \
                  SELECT id FROM messages \
-                 WHERE conversation_id = $1 AND client_request_id = $13 \
+                 WHERE conversation_id = $1 AND owner_id = $2 AND client_request_id = $13 \
              ), conversation AS ( \
                  UPDATE conversations SET \
                      message_count = message_count + 1, \
                      generation_count = generation_count + $3, \
-                     last_activity_at = $14, \
+                     last_activity_at = GREATEST(last_activity_at, $14), \
                      title = CASE WHEN auto_titled AND message_count = 0 THEN $18 ELSE title END \
                  WHERE id = $1 AND owner_id = $2 AND status = 'active' \
                    AND generation_count + $3 <= max_generations \
@@ -156,17 +156,20 @@ pub async fn insert_new(
     })
 }
 
-/// The message a client_request_id already produced in a conversation.
+/// The message a client_request_id of the owner already produced in a conversation.
 #[tracing::instrument(skip(pool))]
 pub async fn by_client_request_id(
     pool: &PgPool,
+    owner_id: &str,
     conversation_id: Uuid,
     client_request_id: &str,
 ) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
-        "SELECT id FROM messages WHERE conversation_id = $1 AND client_request_id = $2",
+        "SELECT id FROM messages \
+         WHERE conversation_id = $1 AND owner_id = $2 AND client_request_id = $3",
     )
     .bind(conversation_id)
+    .bind(owner_id)
     .bind(client_request_id)
     .fetch_optional(pool)
     .await
