@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure everything Atelier needs locally is present and running:
-# PostgreSQL, NATS with JetStream, cargo and cargo-nextest.
+# PostgreSQL, NATS with JetStream, cargo, cargo-nextest and npm (for buf lint).
 # Idempotent: when everything is already there it only probes and prints one
 # "ok" line per dependency. It installs (apt-get) and starts things only when
 # they are missing.
@@ -299,7 +299,21 @@ ensure_nextest() {
   echo "cargo-nextest: ok (installed)"
 }
 
+# ---------------------------------------------------------------------- npm
+
+# test.sh runs `buf lint` through npx; Debian's npm package brings node and npx.
+ensure_npm() {
+  if command -v npx >/dev/null 2>&1; then
+    echo "npm: ok ($(npm --version 2>/dev/null || echo present))"
+    return
+  fi
+  apt_install npm
+  command -v npx >/dev/null 2>&1 || die "npm: installed, but npx is still not on PATH"
+  echo "npm: ok (installed $(npm --version 2>/dev/null))"
+}
+
 ensure_postgres
 ensure_nats
 ensure_cargo
 ensure_nextest
+ensure_npm

@@ -40,7 +40,8 @@ if command -v npx >/dev/null 2>&1; then
   # Pinned: a new buf release may add lint rules; move the pin on purpose.
   npx --yes @bufbuild/buf@1.75.0 lint
 else
-  echo "skipping buf lint: npm not installed"
+  echo "buf lint needs npx: run deploy/local/ensure-deps.sh (it installs npm)" >&2
+  exit 1
 fi
 
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
