@@ -12,6 +12,8 @@ const FILES: &[&str] = &[
     "atelier/v1/chat_service.proto",
     "atelier/jobs/v1/jobs.proto",
     "atelier/conversation/v1/conversation_service.proto",
+    "atelier/intent/v1/intent_service.proto",
+    "atelier/enhancement/v1/enhancement_service.proto",
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use atelier_conversation::catalog::Catalog;
 use atelier_edge::auth::{JwtVerifier, mint_hs256};
 use atelier_edge::rate_limit::RateLimit;
 use atelier_runtime::internal_call::ServiceToken;
-use atelier_testkit::{RunningServer, TestDatabase, spawn_server};
+use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use tonic::transport::{Channel, Endpoint};
 
 const JWT_SECRET: &[u8] = b"mesh-jwt-secret";
@@ -45,11 +45,13 @@ pub struct Mesh {
     pub conversation: RunningServer,
     pub workers: Vec<RunningServer>,
     pub db: TestDatabase,
+    pub nats: TestNats,
 }
 
 impl Mesh {
     pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
+        let nats = TestNats::new();
         let conversation_config = atelier_conversation::Config {
             database: db.options(),
             max_connections: options.database_connections,
@@ -58,6 +60,9 @@ impl Mesh {
             starting_credits: options.starting_credits,
             max_generations_per_conversation: options.max_generations_per_conversation,
             catalog: Catalog::embedded(),
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            sweep_interval: Duration::from_millis(500),
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
@@ -96,6 +101,7 @@ impl Mesh {
             conversation,
             workers,
             db,
+            nats,
         })
     }
 

@@ -27,6 +27,17 @@ pub enum Provider {
     Automatic1111,
 }
 
+impl Provider {
+    /// The name the catalog and the generation worker use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::Openai => "openai",
+            Self::Automatic1111 => "automatic1111",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {

@@ -21,6 +21,13 @@ pub struct Config {
     /// The largest image budget a conversation may have.
     pub max_generations_per_conversation: u32,
     pub catalog: Catalog,
+    /// NATS, for the outbox relay. Unreachable NATS delays jobs and events; it never fails
+    /// a call.
+    pub nats_url: String,
+    /// The prefix of every subject and stream name.
+    pub subject_prefix: String,
+    /// How often the sweeper looks for rows a crash or an outage left unpublished.
+    pub sweep_interval: std::time::Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/atelier";
@@ -66,11 +73,14 @@ impl Config {
                 DEFAULT_SERVICE_TOKEN.to_owned(),
             )?),
             starting_credits,
-            max_generations_per_conversation: var_or(
-                "ATELIER_MAX_GENERATIONS_PER_CONVERSATION",
-                200,
-            )?,
+            max_generations_per_conversation,
             catalog,
+            nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
+            subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
+            sweep_interval: std::time::Duration::from_millis(var_or(
+                "ATELIER_OUTBOX_SWEEP_MS",
+                1000,
+            )?),
         })
     }
 }

@@ -94,9 +94,12 @@ pub async fn rename(
     )
     .await?;
     match renamed {
-        Some(row) => Ok(proto::RenameConversationResponse {
-            conversation: Some(wire::conversation(row)),
-        }),
+        Some(row) => {
+            state.relay.hand_off(vec![event]);
+            Ok(proto::RenameConversationResponse {
+                conversation: Some(wire::conversation(row)),
+            })
+        }
         None => Err(refusal(state, user_id, rename.conversation_id).await),
     }
 }

@@ -15,6 +15,8 @@ mod favorites;
 mod messages;
 pub mod outbox;
 mod pagination;
+mod pipeline;
+pub mod relay;
 mod requests;
 mod service;
 mod wire;
@@ -38,6 +40,7 @@ pub use crate::messages::automatic_title;
 pub struct State {
     pub pool: PgPool,
     pub config: Config,
+    pub relay: Arc<relay::Relay>,
 }
 
 /// Serves the conversation service on `listener` until `shutdown` resolves, then drains
@@ -57,9 +60,17 @@ pub async fn run(
             .context("cannot apply the database migrations")?;
     }
     let token = RequireServiceToken(config.service_token.clone());
+    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
+    // Connects in the background: SendMessage answers while NATS is down.
+    let nats = atelier_events::connect(&config.nats_url, "atelier-conversation").await?;
+    let relay = relay::Relay::new(pool.clone(), nats, subjects);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sweeper =
+        tokio::spawn(Arc::clone(&relay).sweep_until(config.sweep_interval, until_stopped(stopped)));
     let state = Arc::new(State {
         pool: pool.clone(),
         config,
+        relay,
     });
 
     let (health, reflection_and_health) =
@@ -73,10 +84,18 @@ pub async fn run(
         .add_service(api)
         .serve_with_incoming_shutdown(
             grpc::incoming(listener),
-            grpc::serve_until(health, vec![CONVERSATION_SERVICE_NAME], shutdown),
+            grpc::serve_until(health, vec![CONVERSATION_SERVICE_NAME], async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            }),
         )
         .await
         .context("the conversation server failed")?;
+    let _ = sweeper.await;
     pool.close().await;
     Ok(())
+}
+
+async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stopped| *stopped).await;
 }

@@ -134,8 +134,15 @@ pub async fn send(
     let mut tx = state.pool.begin().await?;
     let outcome = db::messages::insert_new(&mut tx, &rows).await;
     let refusal = match outcome {
-        Ok(SendOutcome::Accepted) => {
+        Ok(SendOutcome::Accepted { titled }) => {
             tx.commit().await?;
+            // After the commit, never before: a job must not reach a worker before its
+            // message exists. The fast path does not wait for NATS.
+            let mut announced = rows.outbox;
+            if titled {
+                announced.extend(rows.outbox_if_titled);
+            }
+            state.relay.hand_off(announced);
             return Ok(proto::SendMessageResponse {
                 message: Some(message),
             });
@@ -310,7 +317,7 @@ pub async fn get(
     })
 }
 
-async fn load_message(
+pub(crate) async fn load_message(
     state: &State,
     user_id: &str,
     id: Uuid,
@@ -320,35 +327,6 @@ async fn load_message(
         .ok_or_else(|| ServiceError::not_found("message", id))?;
     let generations = db::generations::of_messages(&state.pool, &[id]).await?;
     Ok(wire::message(row, generations))
-}
-
-pub async fn cancel(
-    state: &State,
-    user_id: &str,
-    request: proto::CancelGenerationRequest,
-) -> Result<proto::CancelGenerationResponse, ServiceError> {
-    // Ownership is checked now so that ids never leak, even before cancelling exists.
-    match request.target {
-        Some(proto::cancel_generation_request::Target::MessageId(id)) => {
-            let id = requests::id("message_id", &id)?;
-            db::messages::get(&state.pool, user_id, id)
-                .await?
-                .ok_or_else(|| ServiceError::not_found("message", id))?;
-        }
-        Some(proto::cancel_generation_request::Target::GenerationId(id)) => {
-            let id = requests::id("generation_id", &id)?;
-            db::generations::get(&state.pool, user_id, id)
-                .await?
-                .ok_or_else(|| ServiceError::not_found("generation", id))?;
-        }
-        None => {
-            return Err(ServiceError::invalid(
-                "target",
-                "set message_id or generation_id",
-            ));
-        }
-    }
-    Err(ServiceError::Unimplemented("CancelGeneration"))
 }
 
 fn group_by_message(rows: Vec<GenerationRow>) -> HashMap<Uuid, Vec<GenerationRow>> {

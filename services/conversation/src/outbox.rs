@@ -3,8 +3,6 @@
 
 use atelier_proto::jobs::v1 as jobs;
 use atelier_proto::v1 as proto;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
 use uuid::Uuid;
@@ -12,17 +10,7 @@ use uuid::Uuid;
 use crate::db::OutboxRow;
 use crate::wire::timestamp;
 
-/// Subject of generation jobs, relative to the NATS subject prefix.
-pub const GENERATE_JOB_SUBJECT: &str = "jobs.generate";
-/// Subject of title jobs, relative to the NATS subject prefix.
-pub const TITLE_JOB_SUBJECT: &str = "jobs.title";
-
-/// The subject of a user's events, relative to the NATS subject prefix. User ids are JWT
-/// subjects and may hold `.`, `*` or `>`, which NATS reads as subject syntax: base64url
-/// keeps every id one safe, reversible token.
-pub fn user_events_subject(user_id: &str) -> String {
-    format!("events.user.{}", URL_SAFE_NO_PAD.encode(user_id))
-}
+pub use atelier_events::subjects::{GENERATE_JOBS, TITLE_JOBS, user_events as user_events_subject};
 
 /// The common part of every event of one user.
 pub struct EventContext<'a> {
@@ -63,7 +51,7 @@ pub fn generate_job(user_id: &str, conversation_id: Uuid, message_id: Uuid) -> O
     };
     OutboxRow {
         id: Uuid::now_v7(),
-        subject: GENERATE_JOB_SUBJECT.to_owned(),
+        subject: GENERATE_JOBS.to_owned(),
         payload: job.encode_to_vec(),
     }
 }
@@ -76,7 +64,7 @@ pub fn title_job(user_id: &str, conversation_id: Uuid, prompt: &str) -> OutboxRo
     };
     OutboxRow {
         id: Uuid::now_v7(),
-        subject: TITLE_JOB_SUBJECT.to_owned(),
+        subject: TITLE_JOBS.to_owned(),
         payload: job.encode_to_vec(),
     }
 }
@@ -84,22 +72,6 @@ pub fn title_job(user_id: &str, conversation_id: Uuid, prompt: &str) -> OutboxRo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_subjects_are_one_safe_token() {
-        for user in ["alice", "a.b@example.com", "x*y>z", "üser"] {
-            let subject = user_events_subject(user);
-            let token = subject.strip_prefix("events.user.").expect("prefix");
-            assert!(
-                token
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-                "{subject}"
-            );
-            let decoded = URL_SAFE_NO_PAD.decode(token).expect("base64url");
-            assert_eq!(decoded, user.as_bytes());
-        }
-    }
 
     #[test]
     fn an_event_row_carries_its_own_id() {

@@ -371,3 +371,82 @@ mod tests {
         );
     }
 }
+
+/// A RecordIntent request, checked: what the pipeline stores for a message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedIntent {
+    pub kind: &'static str,
+    pub resolved_prompt: String,
+    pub edit_type: String,
+    pub strength: f32,
+    pub enhanced_prompt: String,
+    pub negative_prompt: String,
+    pub init_generation_id: Option<Uuid>,
+}
+
+impl ResolvedIntent {
+    pub fn parse(
+        request: &atelier_proto::conversation::v1::RecordIntentRequest,
+    ) -> Result<Self, ServiceError> {
+        let mut violations = Violations::default();
+        let intent = request.intent.clone().unwrap_or_default();
+        let kind = match intent.kind() {
+            proto::IntentKind::New => "new",
+            proto::IntentKind::Edit => "edit",
+            proto::IntentKind::Unspecified => {
+                violations.add("intent.kind", "must be NEW or EDIT");
+                "new"
+            }
+        };
+        if !(0.0..=1.0).contains(&intent.strength) {
+            violations.add("intent.strength", "must be 0 to 1");
+        }
+        text(
+            &mut violations,
+            "intent.resolved_prompt",
+            &intent.resolved_prompt,
+            0,
+            MAX_PROMPT_CHARS * 2,
+        );
+        text(
+            &mut violations,
+            "intent.edit_type",
+            &intent.edit_type,
+            0,
+            40,
+        );
+        text(
+            &mut violations,
+            "enhanced_prompt",
+            &request.enhanced_prompt,
+            1,
+            MAX_PROMPT_CHARS * 2,
+        );
+        text(
+            &mut violations,
+            "negative_prompt",
+            &request.negative_prompt,
+            0,
+            MAX_NEGATIVE_PROMPT_CHARS * 2,
+        );
+        let init_generation_id = if request.init_generation_id.is_empty() {
+            None
+        } else {
+            parse_id(
+                &mut violations,
+                "init_generation_id",
+                &request.init_generation_id,
+            )
+        };
+        violations.finish()?;
+        Ok(Self {
+            kind,
+            resolved_prompt: intent.resolved_prompt,
+            edit_type: intent.edit_type,
+            strength: intent.strength,
+            enhanced_prompt: request.enhanced_prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            init_generation_id,
+        })
+    }
+}

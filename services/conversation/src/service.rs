@@ -10,7 +10,7 @@ use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::caller_user_id;
 use tonic::{Request, Response, Status};
 
-use crate::{State, conversations, credits, favorites, messages};
+use crate::{State, conversations, credits, favorites, messages, pipeline};
 
 pub struct ConversationApi {
     pub state: Arc<State>,
@@ -106,7 +106,7 @@ impl ConversationService for ConversationApi {
     ) -> Reply<proto::CancelGenerationResponse> {
         let user = caller_user_id(&request)?;
         Ok(Response::new(
-            messages::cancel(&self.state, &user, request.into_inner()).await?,
+            pipeline::cancel(&self.state, &user, request.into_inner()).await?,
         ))
     }
 
@@ -144,6 +144,56 @@ impl ConversationService for ConversationApi {
     ) -> Reply<internal::GrantCreditsResponse> {
         Ok(Response::new(
             credits::grant(&self.state, request.into_inner()).await?,
+        ))
+    }
+
+    async fn start_generation(
+        &self,
+        request: Request<internal::StartGenerationRequest>,
+    ) -> Reply<internal::StartGenerationResponse> {
+        let user = caller_user_id(&request)?;
+        Ok(Response::new(
+            pipeline::start(&self.state, &user, request.into_inner()).await?,
+        ))
+    }
+
+    async fn record_intent(
+        &self,
+        request: Request<internal::RecordIntentRequest>,
+    ) -> Reply<internal::RecordIntentResponse> {
+        let user = caller_user_id(&request)?;
+        Ok(Response::new(
+            pipeline::record_intent(&self.state, &user, request.into_inner()).await?,
+        ))
+    }
+
+    async fn complete_generation(
+        &self,
+        request: Request<internal::CompleteGenerationRequest>,
+    ) -> Reply<internal::CompleteGenerationResponse> {
+        let user = caller_user_id(&request)?;
+        Ok(Response::new(
+            pipeline::complete(&self.state, &user, request.into_inner()).await?,
+        ))
+    }
+
+    async fn fail_generation(
+        &self,
+        request: Request<internal::FailGenerationRequest>,
+    ) -> Reply<internal::FailGenerationResponse> {
+        let user = caller_user_id(&request)?;
+        Ok(Response::new(
+            pipeline::fail(&self.state, &user, request.into_inner()).await?,
+        ))
+    }
+
+    async fn apply_title(
+        &self,
+        request: Request<internal::ApplyTitleRequest>,
+    ) -> Reply<internal::ApplyTitleResponse> {
+        let user = caller_user_id(&request)?;
+        Ok(Response::new(
+            pipeline::apply_title(&self.state, &user, request.into_inner()).await?,
         ))
     }
 }

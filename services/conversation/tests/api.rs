@@ -2,150 +2,19 @@
 //! isolation between users, exact credits and limits under concurrency, idempotency and
 //! the statement budget of ListMessages.
 
+mod common;
+
 use std::collections::HashSet;
 
-use atelier_conversation::catalog::Catalog;
-use atelier_conversation::{Config, run};
 use atelier_proto::conversation::v1 as internal;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
-use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
-use atelier_testkit::{RunningServer, StatementCounter, TestDatabase, spawn_server};
+use atelier_testkit::StatementCounter;
+use common::{AsUser, TestApp, balance, create_conversation, reason, send_request};
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
-
-const SERVICE_TOKEN: &str = "test-service-token";
-
-struct TestApp {
-    db: TestDatabase,
-    server: RunningServer,
-    channel: Channel,
-}
-
-/// Adds what the edge adds: the service credential and the user.
-#[derive(Clone)]
-struct AsUser {
-    user: Option<String>,
-    token: Option<AsciiMetadataValue>,
-}
-
-impl tonic::service::Interceptor for AsUser {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.token {
-            request
-                .metadata_mut()
-                .insert(SERVICE_TOKEN_HEADER, token.clone());
-        }
-        if let Some(user) = &self.user {
-            on_behalf_of(&mut request, user)?;
-        }
-        Ok(request)
-    }
-}
-
-type Client = ConversationServiceClient<InterceptedService<Channel, AsUser>>;
-
-impl TestApp {
-    async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
-    }
-
-    async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
-        atelier_testkit::init_logging();
-        let db = TestDatabase::create().await.expect("test database");
-        let mut config = Config {
-            database: db.options(),
-            max_connections: 16,
-            run_migrations: true,
-            service_token: ServiceToken::new(SERVICE_TOKEN),
-            starting_credits: 100,
-            max_generations_per_conversation: 1000,
-            catalog: Catalog::embedded(),
-        };
-        configure(&mut config);
-        let server = spawn_server(|listener, shutdown| run(config, listener, shutdown))
-            .await
-            .expect("server starts");
-        let channel = Channel::from_shared(server.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connects");
-        Self {
-            db,
-            server,
-            channel,
-        }
-    }
-
-    fn client(&self, user: &str) -> Client {
-        ConversationServiceClient::with_interceptor(
-            self.channel.clone(),
-            AsUser {
-                user: Some(user.to_owned()),
-                token: Some(AsciiMetadataValue::from_static(SERVICE_TOKEN)),
-            },
-        )
-    }
-
-    fn admin(&self) -> Client {
-        ConversationServiceClient::with_interceptor(
-            self.channel.clone(),
-            AsUser {
-                user: None,
-                token: Some(AsciiMetadataValue::from_static(SERVICE_TOKEN)),
-            },
-        )
-    }
-}
-
-async fn create_conversation(
-    client: &mut Client,
-    max_generations: Option<u32>,
-) -> proto::Conversation {
-    client
-        .create_conversation(proto::CreateConversationRequest {
-            title: String::new(),
-            max_generations,
-        })
-        .await
-        .expect("create conversation")
-        .into_inner()
-        .conversation
-        .expect("conversation")
-}
-
-fn send_request(conversation_id: &str, prompt: &str) -> proto::SendMessageRequest {
-    proto::SendMessageRequest {
-        conversation_id: conversation_id.to_owned(),
-        prompt: prompt.to_owned(),
-        settings: None,
-        client_request_id: String::new(),
-    }
-}
-
-async fn balance(client: &mut Client) -> i64 {
-    client
-        .get_balance(proto::GetBalanceRequest {})
-        .await
-        .expect("balance")
-        .into_inner()
-        .balance
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn send_message_answers_with_queued_generations_and_reserves_their_cost() {

@@ -10,7 +10,7 @@ use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_runtime::internal_call::ServiceToken;
-use atelier_testkit::{RunningServer, TestDatabase, spawn_server};
+use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use prost::Message as _;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -24,6 +24,7 @@ const ALLOWED_ORIGIN: &str = "https://app.atelier.test";
 
 struct Mesh {
     _db: TestDatabase,
+    _nats: TestNats,
     _conversation: RunningServer,
     edge: RunningServer,
     channel: Channel,
@@ -33,6 +34,7 @@ impl Mesh {
     async fn start(rate_limit: RateLimit) -> Self {
         atelier_testkit::init_logging();
         let db = TestDatabase::create().await.expect("database");
+        let nats = TestNats::new();
         let conversation_config = atelier_conversation::Config {
             database: db.options(),
             max_connections: 8,
@@ -41,6 +43,9 @@ impl Mesh {
             starting_credits: 100,
             max_generations_per_conversation: 100,
             catalog: Catalog::embedded(),
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            sweep_interval: Duration::from_millis(500),
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
@@ -65,6 +70,7 @@ impl Mesh {
             .expect("connect");
         Self {
             _db: db,
+            _nats: nats,
             _conversation: conversation,
             edge,
             channel,

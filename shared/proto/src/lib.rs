@@ -25,6 +25,20 @@ pub mod conversation {
     }
 }
 
+/// The intent service's internal API.
+pub mod intent {
+    pub mod v1 {
+        tonic::include_proto!("atelier.intent.v1");
+    }
+}
+
+/// The enhancement service's internal API.
+pub mod enhancement {
+    pub mod v1 {
+        tonic::include_proto!("atelier.enhancement.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every file above, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/atelier_descriptor.bin"));
@@ -33,6 +47,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const CHAT_SERVICE_NAME: &str = "atelier.v1.ChatService";
 /// The fully qualified name of the conversation service's internal API.
 pub const CONVERSATION_SERVICE_NAME: &str = "atelier.conversation.v1.ConversationService";
+/// The fully qualified name of the intent service's API.
+pub const INTENT_SERVICE_NAME: &str = "atelier.intent.v1.IntentService";
+/// The fully qualified name of the enhancement service's API.
+pub const ENHANCEMENT_SERVICE_NAME: &str = "atelier.enhancement.v1.EnhancementService";
 
 /// The `ErrorInfo` reasons a client can act on, part of the public API contract. Each
 /// RESOURCE_EXHAUSTED status carries one, so a client tells "buy credits" from "slow

@@ -2,15 +2,22 @@
 //!
 //! - [`TestDatabase`]: a fresh, uniquely named PostgreSQL database per test, dropped at
 //!   the end, so tests run in parallel against the real server.
+//! - [`TestNats`]: a subject prefix of its own on the real NATS, its streams deleted at
+//!   the end.
+//! - [`TcpProxy`]: a connection a test can cut, to play a broker or service outage.
 //! - [`spawn_server`]: runs any service's `run(config, listener, shutdown)` on 127.0.0.1:0.
 //! - [`StatementCounter`]: counts the SQL statements sqlx sends, to prove query budgets.
 //! - [`init_logging`]: test output stays quiet unless `TEST_LOG` is set.
 
 mod database;
+mod nats;
+mod proxy;
 mod server;
 mod statements;
 
 pub use database::TestDatabase;
+pub use nats::TestNats;
+pub use proxy::TcpProxy;
 pub use server::{RunningServer, spawn_server};
 pub use statements::StatementCounter;
 

@@ -37,8 +37,8 @@ pub struct NewMessageRows<'a> {
 /// What the SendMessage statement did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendOutcome {
-    /// Written; to be committed.
-    Accepted,
+    /// Written; to be committed. `titled`: the conditional outbox rows were written too.
+    Accepted { titled: bool },
     /// A message with this client_request_id exists already: nothing was written.
     Replay(Uuid),
     /// The conversation is missing, not the owner's, archived or at its image limit;
@@ -76,7 +76,12 @@ pub async fn insert_new(
         only_if_titled.push(conditional);
     }
 
-    let (existing, conversation_accepted, credits_reserved): (Option<Uuid>, bool, bool) =
+    let (existing, conversation_accepted, credits_reserved, titled): (
+        Option<Uuid>,
+        bool,
+        bool,
+        bool,
+    ) =
         sqlx::query_as(
             "WITH existing AS ( \
                  SELECT id FROM messages \
@@ -120,7 +125,8 @@ pub async fn insert_new(
              ) \
              SELECT (SELECT id FROM existing), \
                     EXISTS (SELECT 1 FROM conversation), \
-                    EXISTS (SELECT 1 FROM account)",
+                    EXISTS (SELECT 1 FROM account), \
+                    COALESCE((SELECT sets_title FROM conversation), false)",
         )
         .bind(rows.conversation_id) // $1
         .bind(rows.owner_id) // $2
@@ -152,7 +158,7 @@ pub async fn insert_new(
         (Some(existing), _, _) => SendOutcome::Replay(existing),
         (None, false, _) => SendOutcome::ConversationRefused,
         (None, true, false) => SendOutcome::CreditsRefused,
-        (None, true, true) => SendOutcome::Accepted,
+        (None, true, true) => SendOutcome::Accepted { titled },
     })
 }
 

@@ -32,6 +32,8 @@ pub mod conversations;
 pub mod credits;
 pub mod generations;
 pub mod messages;
+pub mod outbox;
+pub mod pipeline;
 
 use std::time::Duration;
 

@@ -1,0 +1,67 @@
+//! The outbox table: rows written with the change they announce, published by the relay.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::OutboxRow;
+
+/// Marks rows as published.
+#[tracing::instrument(skip_all, fields(rows = ids.len()))]
+pub async fn mark_published<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    ids: &[Uuid],
+) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Locks up to `limit` unpublished rows older than `grace`, oldest first, skipping rows
+/// another sweeper holds.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_unpublished(
+    tx: &mut sqlx::PgConnection,
+    grace: Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, subject, payload FROM outbox \
+         WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+         ORDER BY id \
+         LIMIT $2 \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, subject, payload)| OutboxRow {
+            id,
+            subject,
+            payload,
+        })
+        .collect())
+}
+
+/// Deletes rows published longer ago than `age`.
+pub async fn delete_published_before<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    age: Duration,
+) -> sqlx::Result<u64> {
+    let result =
+        sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
+            .bind(age.as_secs_f64())
+            .execute(executor)
+            .await?;
+    Ok(result.rows_affected())
+}

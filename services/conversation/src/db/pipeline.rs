@@ -1,0 +1,360 @@
+//! The generation pipeline's writes: start, record intent, complete, fail or cancel, title.
+//!
+//! Every write that changes a message's generations first locks the message row
+//! ([`lock_message`]), so the calls for one message (two images completing at once, a
+//! cancel racing a completion) run one after the other and each sees the others' results.
+//! Status changes are conditional (`WHERE status IN ('queued', 'running')`): only the call
+//! that moves a generation writes its ledger row, and the ledger's unique key backs that
+//! up, so credits are captured or released exactly once whatever is retried.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{GenerationRow, OutboxRow};
+
+/// The message row, locked for the rest of the transaction.
+#[derive(Debug, sqlx::FromRow)]
+pub struct LockedMessage {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Locks the owner's message; `None` when it is not theirs or does not exist.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_message(
+    tx: &mut sqlx::PgConnection,
+    owner_id: &str,
+    message_id: Uuid,
+) -> sqlx::Result<Option<LockedMessage>> {
+    sqlx::query_as(
+        "SELECT id, conversation_id, status, created_at FROM messages \
+         WHERE id = $1 AND owner_id = $2 FOR UPDATE",
+    )
+    .bind(message_id)
+    .bind(owner_id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// The message of the owner's generation, locked; `None` when not theirs.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_message_of_generation(
+    tx: &mut sqlx::PgConnection,
+    owner_id: &str,
+    generation_id: Uuid,
+) -> sqlx::Result<Option<LockedMessage>> {
+    sqlx::query_as(
+        "SELECT m.id, m.conversation_id, m.status, m.created_at \
+         FROM messages m JOIN generations g ON g.message_id = m.id \
+         WHERE g.id = $1 AND g.owner_id = $2 \
+         FOR UPDATE OF m",
+    )
+    .bind(generation_id)
+    .bind(owner_id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Moves the message's queued generations to running (running ones stay: a redelivered
+/// job makes them again). Returns every generation to make and whether any was queued
+/// until now (the first start of this message).
+#[tracing::instrument(skip(tx))]
+pub async fn start(
+    tx: &mut sqlx::PgConnection,
+    message_id: Uuid,
+    now: DateTime<Utc>,
+) -> sqlx::Result<(Vec<Uuid>, bool)> {
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+        "WITH before AS ( \
+             SELECT id, status FROM generations \
+             WHERE message_id = $1 AND status IN ('queued', 'running') \
+         ), started AS ( \
+             UPDATE generations g SET status = 'running', started_at = COALESCE(g.started_at, $2) \
+             FROM before WHERE g.id = before.id \
+             RETURNING g.id, g.position, before.status = 'queued' AS first_start \
+         ), processing AS ( \
+             UPDATE messages SET status = 'processing', updated_at = $2 \
+             WHERE id = $1 AND status = 'queued' AND EXISTS (SELECT 1 FROM started) \
+         ) \
+         SELECT id, first_start FROM started ORDER BY position",
+    )
+    .bind(message_id)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let first_start = rows.iter().any(|(_, first)| *first);
+    Ok((rows.into_iter().map(|(id, _)| id).collect(), first_start))
+}
+
+/// The conversation's message before `message`: its prompt (resolved prompt of an edit,
+/// else its content) and its first completed image.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PreviousRow {
+    pub id: Uuid,
+    pub prompt: String,
+    pub generation_id: Option<Uuid>,
+    pub image_key: Option<String>,
+}
+
+#[tracing::instrument(skip(tx))]
+pub async fn previous_message(
+    tx: &mut sqlx::PgConnection,
+    conversation_id: Uuid,
+    before: (DateTime<Utc>, Uuid),
+) -> sqlx::Result<Option<PreviousRow>> {
+    sqlx::query_as(
+        "SELECT m.id, COALESCE(NULLIF(m.resolved_prompt, ''), m.content) AS prompt, \
+                g.id AS generation_id, g.image_key \
+         FROM messages m \
+         LEFT JOIN LATERAL ( \
+             SELECT id, image_key FROM generations \
+             WHERE message_id = m.id AND status = 'completed' AND image_key IS NOT NULL \
+             ORDER BY position LIMIT 1 \
+         ) g ON true \
+         WHERE m.conversation_id = $1 AND (m.created_at, m.id) < ($2, $3) \
+         ORDER BY m.created_at DESC, m.id DESC \
+         LIMIT 1",
+    )
+    .bind(conversation_id)
+    .bind(before.0)
+    .bind(before.1)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// What the pipeline resolved for a message.
+pub struct ResolvedRow<'a> {
+    pub intent_kind: &'a str,
+    pub resolved_prompt: &'a str,
+    pub edit_type: &'a str,
+    pub strength: f32,
+    pub enhanced_prompt: &'a str,
+    pub negative_prompt: &'a str,
+    pub init_generation_id: Option<Uuid>,
+}
+
+/// Stores the resolved intent and prompts on the message and its unfinished generations.
+/// Returns false when nothing changed (a redelivered job resolving the same again).
+#[tracing::instrument(skip_all, fields(%message_id))]
+pub async fn record_intent(
+    tx: &mut sqlx::PgConnection,
+    message_id: Uuid,
+    resolved: &ResolvedRow<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let changed: bool = sqlx::query_scalar(
+        "WITH message AS ( \
+             UPDATE messages SET intent_kind = $2, resolved_prompt = $3, edit_type = $4, \
+                 strength = $5, enhanced_prompt = $6, negative_prompt = $7, updated_at = $8 \
+             WHERE id = $1 AND (intent_kind, resolved_prompt, edit_type, strength, \
+                 enhanced_prompt, negative_prompt) IS DISTINCT FROM ($2, $3, $4, $5, $6, $7) \
+             RETURNING id \
+         ), images AS ( \
+             UPDATE generations SET prompt = $6, negative_prompt = $7, \
+                 init_generation_id = $9, strength = CASE WHEN $9::uuid IS NULL THEN NULL ELSE $5 END \
+             WHERE message_id = $1 AND status IN ('queued', 'running') \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM message)",
+    )
+    .bind(message_id)
+    .bind(resolved.intent_kind)
+    .bind(resolved.resolved_prompt)
+    .bind(resolved.edit_type)
+    .bind(resolved.strength)
+    .bind(resolved.enhanced_prompt)
+    .bind(resolved.negative_prompt)
+    .bind(now)
+    .bind(resolved.init_generation_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(changed)
+}
+
+/// Completes a running (or queued) generation and captures its credits. `None` when it had
+/// already ended: nothing changes.
+#[tracing::instrument(skip(tx))]
+pub async fn complete(
+    tx: &mut sqlx::PgConnection,
+    generation_id: Uuid,
+    image_key: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<GenerationRow>> {
+    sqlx::query_as(concat!(
+        "WITH done AS ( \
+             UPDATE generations SET status = 'completed', image_key = $2, completed_at = $3 \
+             WHERE id = $1 AND status IN ('queued', 'running') \
+             RETURNING ",
+        generation_columns!(),
+        ", owner_id \
+         ), capture AS ( \
+             INSERT INTO credit_ledger (id, user_id, kind, amount, reference, created_at) \
+             SELECT $4, owner_id, 'capture', cost, id::text, $3 FROM done WHERE cost > 0 \
+             ON CONFLICT (user_id, kind, reference) DO NOTHING \
+         ) \
+         SELECT ",
+        generation_columns!(),
+        " FROM done"
+    ))
+    .bind(generation_id)
+    .bind(image_key)
+    .bind(now)
+    .bind(Uuid::now_v7())
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// How generations end without an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Failed,
+    Cancelled,
+}
+
+impl Ending {
+    fn status(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Ends the given unfinished generations of one message (all of them when `ids` is
+/// `None`) and releases their credits to the owner once. Returns the ids that ended now
+/// and the credits released.
+#[tracing::instrument(skip(tx))]
+pub async fn end(
+    tx: &mut sqlx::PgConnection,
+    message_id: Uuid,
+    ids: Option<&[Uuid]>,
+    ending: Ending,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<(Vec<Uuid>, i64)> {
+    let (ended, released): (Vec<Uuid>, i64) = sqlx::query_as(
+        "WITH ended AS ( \
+             UPDATE generations SET status = $3, error = NULLIF($4, ''), completed_at = $5 \
+             WHERE message_id = $1 AND status IN ('queued', 'running') \
+               AND ($2::uuid[] IS NULL OR id = ANY($2)) \
+             RETURNING id, position, cost, owner_id \
+         ), entries AS ( \
+             INSERT INTO credit_ledger (id, user_id, kind, amount, reference, created_at) \
+             SELECT ($6::uuid[])[position + 1], owner_id, 'release', cost, id::text, $5 \
+             FROM ended WHERE cost > 0 \
+             ON CONFLICT (user_id, kind, reference) DO NOTHING \
+             RETURNING user_id, amount \
+         ), refunded AS ( \
+             UPDATE accounts a SET balance = a.balance + r.total, updated_at = $5 \
+             FROM (SELECT user_id, sum(amount)::bigint AS total FROM entries GROUP BY user_id) r \
+             WHERE a.user_id = r.user_id \
+             RETURNING r.total \
+         ) \
+         SELECT ARRAY(SELECT id FROM ended ORDER BY position), \
+                COALESCE((SELECT sum(total) FROM refunded), 0)::bigint",
+    )
+    .bind(message_id)
+    .bind(ids)
+    .bind(ending.status())
+    .bind(reason)
+    .bind(now)
+    // Ledger ids by position: a message has at most four generations.
+    .bind(
+        (0..crate::requests::MAX_IMAGES_PER_MESSAGE)
+            .map(|_| Uuid::now_v7())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((ended, released))
+}
+
+/// Gives the message its final status once none of its generations is unfinished:
+/// completed if any image was made, else failed if any failed, else cancelled.
+#[tracing::instrument(skip(tx))]
+pub async fn settle_message(
+    tx: &mut sqlx::PgConnection,
+    message_id: Uuid,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "UPDATE messages m SET status = CASE \
+                 WHEN s.any_completed THEN 'completed' \
+                 WHEN s.any_failed THEN 'failed' \
+                 ELSE 'cancelled' END, \
+             updated_at = $2 \
+         FROM ( \
+             SELECT bool_or(status IN ('queued', 'running')) AS unfinished, \
+                    bool_or(status = 'completed') AS any_completed, \
+                    bool_or(status = 'failed') AS any_failed \
+             FROM generations WHERE message_id = $1 \
+         ) s \
+         WHERE m.id = $1 AND NOT s.unfinished AND m.status IN ('queued', 'processing') \
+         RETURNING m.status",
+    )
+    .bind(message_id)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Sets an LLM title if the owner's conversation is still auto-titled, with its event.
+/// False when the user's own title stays (or the conversation is not theirs).
+#[tracing::instrument(skip(pool, event))]
+pub async fn apply_title(
+    pool: &sqlx::PgPool,
+    owner_id: &str,
+    conversation_id: Uuid,
+    title: &str,
+    event: &OutboxRow,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "WITH titled AS ( \
+             UPDATE conversations SET title = $3 \
+             WHERE id = $1 AND owner_id = $2 AND auto_titled AND title IS DISTINCT FROM $3 \
+             RETURNING id \
+         ), announced AS ( \
+             INSERT INTO outbox (id, subject, payload, created_at) \
+             SELECT $4, $5, $6, $7 FROM titled \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM titled)",
+    )
+    .bind(conversation_id)
+    .bind(owner_id)
+    .bind(title)
+    .bind(event.id)
+    .bind(&event.subject)
+    .bind(&event.payload)
+    .bind(now)
+    .fetch_one(pool)
+    .await
+}
+
+/// Inserts outbox rows in the caller's transaction.
+#[tracing::instrument(skip_all, fields(rows = rows.len()))]
+pub async fn insert_outbox(
+    tx: &mut sqlx::PgConnection,
+    rows: &[OutboxRow],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let subjects: Vec<&str> = rows.iter().map(|row| row.subject.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (id, subject, payload, created_at) \
+         SELECT id, subject, payload, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) \
+             AS o(id, subject, payload)",
+    )
+    .bind(&ids)
+    .bind(&subjects)
+    .bind(&payloads)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The generation worker's RPCs: StartGeneration, RecordIntent, CompleteGeneration,
+//! FailGeneration, ApplyTitle; and the public CancelGeneration, which ends generations the
+//! same way a failure does.
+//!
+//! Each runs one transaction that locks the message, changes it conditionally and writes
+//! its events to the outbox; after the commit it publishes those events and waits for
+//! NATS, so the worker's next step (and its own events) come after them in the stream.
+//! Repeating any call changes nothing and announces nothing twice.
+
+use atelier_proto::conversation::v1 as internal;
+use atelier_proto::v1 as proto;
+use uuid::Uuid;
+
+use crate::db::pipeline::{Ending, LockedMessage, ResolvedRow};
+use crate::db::{self, OutboxRow};
+use crate::error::ServiceError;
+use crate::messages::load_message;
+use crate::outbox::EventContext;
+use crate::requests;
+use crate::{State, wire};
+
+/// The longest failure reason stored and shown.
+const MAX_REASON_CHARS: usize = 500;
+
+fn events_of<'a>(user_id: &'a str, message: &LockedMessage) -> EventContext<'a> {
+    EventContext {
+        user_id,
+        conversation_id: Some(message.conversation_id),
+        message_id: Some(message.id),
+        at: db::now(),
+    }
+}
+
+/// Commits, then publishes the events and waits for the stream (a failed publish is left
+/// to the sweeper: order is then best effort, nothing is lost).
+async fn commit_and_announce(
+    state: &State,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    events: Vec<OutboxRow>,
+) -> Result<(), ServiceError> {
+    db::pipeline::insert_outbox(&mut tx, &events, db::now()).await?;
+    tx.commit().await?;
+    state.relay.publish(&events).await;
+    Ok(())
+}
+
+pub async fn start(
+    state: &State,
+    user_id: &str,
+    request: internal::StartGenerationRequest,
+) -> Result<internal::StartGenerationResponse, ServiceError> {
+    let message_id = requests::id("message_id", &request.message_id)?;
+    let now = db::now();
+    let mut tx = state.pool.begin().await?;
+    let locked = db::pipeline::lock_message(&mut tx, user_id, message_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+    let (generation_ids, first_start) = db::pipeline::start(&mut tx, message_id, now).await?;
+    let previous = db::pipeline::previous_message(
+        &mut tx,
+        locked.conversation_id,
+        (locked.created_at, locked.id),
+    )
+    .await?;
+    let mut events = Vec::new();
+    if first_start {
+        events.push(
+            events_of(user_id, &locked).event(proto::event::Payload::GenerationStarted(
+                proto::GenerationStarted {
+                    generation_ids: generation_ids.iter().map(Uuid::to_string).collect(),
+                },
+            )),
+        );
+    }
+    commit_and_announce(state, tx, events).await?;
+
+    let message = load_message(state, user_id, message_id).await?;
+    let model = message
+        .settings
+        .as_ref()
+        .map(|settings| settings.model.as_str())
+        .unwrap_or_default();
+    // A model removed from the catalog since the message was sent has no provider: the
+    // worker fails its images with that reason.
+    let provider = state
+        .config
+        .catalog
+        .model(model)
+        .map(|spec| spec.provider.as_str().to_owned())
+        .unwrap_or_default();
+    Ok(internal::StartGenerationResponse {
+        message: Some(message),
+        user_id: user_id.to_owned(),
+        generation_ids: generation_ids.iter().map(Uuid::to_string).collect(),
+        provider,
+        previous: previous.map(|row| internal::PreviousMessage {
+            message_id: row.id.to_string(),
+            prompt: row.prompt,
+            generation_id: row
+                .generation_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            image_key: row.image_key.unwrap_or_default(),
+        }),
+    })
+}
+
+pub async fn record_intent(
+    state: &State,
+    user_id: &str,
+    request: internal::RecordIntentRequest,
+) -> Result<internal::RecordIntentResponse, ServiceError> {
+    let message_id = requests::id("message_id", &request.message_id)?;
+    let resolved = requests::ResolvedIntent::parse(&request)?;
+    let mut tx = state.pool.begin().await?;
+    let locked = db::pipeline::lock_message(&mut tx, user_id, message_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+    let row = ResolvedRow {
+        intent_kind: resolved.kind,
+        resolved_prompt: &resolved.resolved_prompt,
+        edit_type: &resolved.edit_type,
+        strength: resolved.strength,
+        enhanced_prompt: &resolved.enhanced_prompt,
+        negative_prompt: &resolved.negative_prompt,
+        init_generation_id: resolved.init_generation_id,
+    };
+    let changed = db::pipeline::record_intent(&mut tx, message_id, &row, db::now()).await?;
+    let mut events = Vec::new();
+    if changed {
+        events.push(
+            events_of(user_id, &locked).event(proto::event::Payload::IntentResolved(
+                proto::IntentResolved {
+                    intent: request.intent.clone(),
+                    enhanced_prompt: resolved.enhanced_prompt.clone(),
+                },
+            )),
+        );
+    }
+    commit_and_announce(state, tx, events).await?;
+    Ok(internal::RecordIntentResponse {})
+}
+
+pub async fn complete(
+    state: &State,
+    user_id: &str,
+    request: internal::CompleteGenerationRequest,
+) -> Result<internal::CompleteGenerationResponse, ServiceError> {
+    let generation_id = requests::id("generation_id", &request.generation_id)?;
+    let image_key = request.image_key.trim();
+    if image_key.is_empty() || image_key.len() > 1024 || image_key.contains('\0') {
+        return Err(ServiceError::invalid(
+            "image_key",
+            "must be 1 to 1024 bytes, without NUL",
+        ));
+    }
+    let now = db::now();
+    let mut tx = state.pool.begin().await?;
+    let locked = db::pipeline::lock_message_of_generation(&mut tx, user_id, generation_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("generation", generation_id))?;
+    let Some(row) = db::pipeline::complete(&mut tx, generation_id, image_key, now).await? else {
+        // Ended before (a redelivered job, or cancelled meanwhile): report it as it is.
+        tx.rollback().await?;
+        let row = db::generations::get(&state.pool, user_id, generation_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("generation", generation_id))?;
+        return Ok(internal::CompleteGenerationResponse {
+            generation: Some(wire::generation(row)),
+            completed: false,
+        });
+    };
+    db::pipeline::settle_message(&mut tx, locked.id, now).await?;
+    let generation = wire::generation(row);
+    let events =
+        vec![
+            events_of(user_id, &locked).event(proto::event::Payload::GenerationCompleted(
+                proto::GenerationCompleted {
+                    generations: vec![generation.clone()],
+                },
+            )),
+        ];
+    commit_and_announce(state, tx, events).await?;
+    Ok(internal::CompleteGenerationResponse {
+        generation: Some(generation),
+        completed: true,
+    })
+}
+
+pub async fn fail(
+    state: &State,
+    user_id: &str,
+    request: internal::FailGenerationRequest,
+) -> Result<internal::FailGenerationResponse, ServiceError> {
+    let ids = generation_ids(&request.generation_ids)?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS || reason.contains('\0') {
+        return Err(ServiceError::invalid(
+            "reason",
+            format!("must be 1 to {MAX_REASON_CHARS} characters, without NUL"),
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
+    let locked = db::pipeline::lock_message_of_generation(&mut tx, user_id, ids[0])
+        .await?
+        .ok_or_else(|| ServiceError::not_found("generation", ids[0]))?;
+    let refunded = end(
+        state,
+        tx,
+        user_id,
+        &locked,
+        Some(&ids),
+        Ending::Failed,
+        reason,
+    )
+    .await?;
+    Ok(internal::FailGenerationResponse { refunded })
+}
+
+/// The public CancelGeneration: the message's unfinished images, or one of them.
+pub async fn cancel(
+    state: &State,
+    user_id: &str,
+    request: proto::CancelGenerationRequest,
+) -> Result<proto::CancelGenerationResponse, ServiceError> {
+    use proto::cancel_generation_request::Target;
+    let mut tx = state.pool.begin().await?;
+    let (locked, only) = match request.target {
+        Some(Target::MessageId(id)) => {
+            let id = requests::id("message_id", &id)?;
+            let locked = db::pipeline::lock_message(&mut tx, user_id, id)
+                .await?
+                .ok_or_else(|| ServiceError::not_found("message", id))?;
+            (locked, None)
+        }
+        Some(Target::GenerationId(id)) => {
+            let id = requests::id("generation_id", &id)?;
+            let locked = db::pipeline::lock_message_of_generation(&mut tx, user_id, id)
+                .await?
+                .ok_or_else(|| ServiceError::not_found("generation", id))?;
+            (locked, Some(vec![id]))
+        }
+        None => {
+            return Err(ServiceError::invalid(
+                "target",
+                "set message_id or generation_id",
+            ));
+        }
+    };
+    let message_id = locked.id;
+    end(
+        state,
+        tx,
+        user_id,
+        &locked,
+        only.as_deref(),
+        Ending::Cancelled,
+        "",
+    )
+    .await?;
+    Ok(proto::CancelGenerationResponse {
+        message: Some(load_message(state, user_id, message_id).await?),
+    })
+}
+
+/// Ends generations without an image, releases their credits, settles the message and
+/// announces it all. Returns the credits released now.
+async fn end(
+    state: &State,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: &str,
+    locked: &LockedMessage,
+    only: Option<&[Uuid]>,
+    ending: Ending,
+    reason: &str,
+) -> Result<i64, ServiceError> {
+    let now = db::now();
+    let (ended, refunded) =
+        db::pipeline::end(&mut tx, locked.id, only, ending, reason, now).await?;
+    db::pipeline::settle_message(&mut tx, locked.id, now).await?;
+    let context = events_of(user_id, locked);
+    let mut events = Vec::new();
+    if !ended.is_empty() {
+        let generation_ids: Vec<String> = ended.iter().map(Uuid::to_string).collect();
+        events.push(context.event(match ending {
+            Ending::Failed => proto::event::Payload::GenerationFailed(proto::GenerationFailed {
+                generation_ids,
+                reason: reason.to_owned(),
+                refunded,
+            }),
+            Ending::Cancelled => {
+                proto::event::Payload::GenerationCancelled(proto::GenerationCancelled {
+                    generation_ids,
+                    refunded,
+                })
+            }
+        }));
+    }
+    if refunded > 0 {
+        events.push(context.event(proto::event::Payload::CreditsChanged(
+            proto::CreditsChanged {
+                delta: refunded,
+                reason: proto::CreditsChangeReason::Release.into(),
+                reference: locked.id.to_string(),
+            },
+        )));
+    }
+    commit_and_announce(state, tx, events).await?;
+    Ok(refunded)
+}
+
+pub async fn apply_title(
+    state: &State,
+    user_id: &str,
+    request: internal::ApplyTitleRequest,
+) -> Result<internal::ApplyTitleResponse, ServiceError> {
+    let rename = requests::Rename::try_from(proto::RenameConversationRequest {
+        conversation_id: request.conversation_id,
+        title: request.title,
+    })?;
+    let now = db::now();
+    let event = EventContext {
+        user_id,
+        conversation_id: Some(rename.conversation_id),
+        message_id: None,
+        at: now,
+    }
+    .event(proto::event::Payload::TitleUpdated(proto::TitleUpdated {
+        title: rename.title.clone(),
+    }));
+    let applied = db::pipeline::apply_title(
+        &state.pool,
+        user_id,
+        rename.conversation_id,
+        &rename.title,
+        &event,
+        now,
+    )
+    .await?;
+    if applied {
+        state.relay.publish(&[event]).await;
+    }
+    Ok(internal::ApplyTitleResponse { applied })
+}
+
+fn generation_ids(raw: &[String]) -> Result<Vec<Uuid>, ServiceError> {
+    if raw.is_empty() || raw.len() > requests::MAX_IMAGES_PER_MESSAGE as usize {
+        return Err(ServiceError::invalid(
+            "generation_ids",
+            format!("1 to {} ids", requests::MAX_IMAGES_PER_MESSAGE),
+        ));
+    }
+    raw.iter()
+        .map(|id| requests::id("generation_ids", id))
+        .collect()
+}

@@ -1,0 +1,503 @@
+//! The pipeline's side of the conversation service, against real PostgreSQL and NATS:
+//! the outbox relay and sweeper, and the worker RPCs with their exactly-once credits.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use atelier_events::Subjects;
+use atelier_proto::conversation::v1 as internal;
+use atelier_proto::jobs::v1 as jobs;
+use atelier_proto::v1 as proto;
+use atelier_testkit::TcpProxy;
+use common::{TestApp, balance, create_conversation, send_request};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tonic::Code;
+
+/// The next `count` messages on `subject` of `stream`, from its start.
+async fn read_stream(
+    app: &TestApp,
+    stream: &str,
+    subject: String,
+    count: usize,
+) -> Vec<async_nats::jetstream::Message> {
+    let js = app.nats.jetstream().await.expect("jetstream");
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer
+        .fetch()
+        .max_messages(count)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut read = Vec::new();
+    while let Some(message) = messages.next().await {
+        read.push(message.expect("message"));
+        if read.len() == count {
+            break;
+        }
+    }
+    read
+}
+
+fn subjects(app: &TestApp) -> Subjects {
+    Subjects::new(&app.nats.prefix).expect("prefix")
+}
+
+/// Waits (bounded) until the outbox has no unpublished row.
+async fn outbox_drained(app: &TestApp) {
+    let pool = app.db.pool().await.expect("pool");
+    for _ in 0..100 {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the outbox was not drained within 10 s");
+}
+
+#[tokio::test]
+async fn sent_messages_reach_the_streams_in_order() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = alice
+        .send_message(send_request(&conversation.id, "a red fox"))
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    outbox_drained(&app).await;
+
+    let subjects = subjects(&app);
+    let job_messages =
+        read_stream(&app, &subjects.jobs_stream(), subjects.generate_jobs(), 1).await;
+    let job = jobs::GenerateJob::decode(job_messages[0].payload.clone()).expect("job");
+    assert_eq!(job.message_id, message.id);
+    assert_eq!(job.user_id, "alice");
+    let msg_id = job_messages[0]
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("Nats-Msg-Id"))
+        .map(|value| value.as_str().to_owned())
+        .expect("dedup id");
+    assert!(
+        uuid::Uuid::parse_str(&msg_id).is_ok(),
+        "the outbox row id: {msg_id}"
+    );
+
+    let events = read_stream(
+        &app,
+        &subjects.events_stream(),
+        subjects.user_events("alice"),
+        3,
+    )
+    .await;
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|event| {
+            match proto::Event::decode(event.payload.clone())
+                .expect("event")
+                .payload
+            {
+                Some(proto::event::Payload::MessageCreated(_)) => "message_created",
+                Some(proto::event::Payload::CreditsChanged(_)) => "credits_changed",
+                Some(proto::event::Payload::TitleUpdated(_)) => "title_updated",
+                other => panic!("unexpected event {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["message_created", "credits_changed", "title_updated"]
+    );
+}
+
+#[tokio::test]
+async fn messages_sent_while_nats_is_down_are_published_once_it_is_back() {
+    let nats_addr = {
+        let url = atelier_testkit::TestNats::new().url.clone();
+        let host_port = url.trim_start_matches("nats://").to_owned();
+        tokio::net::lookup_host(host_port)
+            .await
+            .expect("resolve")
+            .next()
+            .expect("an address")
+    };
+    let proxy = TcpProxy::start(nats_addr, false).await.expect("proxy");
+    let nats_url = proxy.url("nats");
+    let app = TestApp::spawn_with(|config| config.nats_url = nats_url).await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+
+    // NATS is unreachable: the fast path answers all the same.
+    let mut sent = Vec::new();
+    for index in 0..3 {
+        let message = alice
+            .send_message(send_request(&conversation.id, &format!("fox {index}")))
+            .await
+            .expect("SendMessage does not need NATS")
+            .into_inner()
+            .message
+            .expect("message");
+        sent.push(message.id);
+    }
+    let pool = app.db.pool().await.expect("pool");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert!(pending >= 9, "every row waits in the outbox: {pending}");
+
+    proxy.set_up(true);
+    outbox_drained(&app).await;
+    let subjects = subjects(&app);
+    let job_messages =
+        read_stream(&app, &subjects.jobs_stream(), subjects.generate_jobs(), 3).await;
+    let published: Vec<String> = job_messages
+        .iter()
+        .map(|message| {
+            jobs::GenerateJob::decode(message.payload.clone())
+                .expect("job")
+                .message_id
+        })
+        .collect();
+    assert_eq!(published, sent, "each job once, in order");
+}
+
+#[tokio::test]
+async fn a_completed_image_captures_its_credits_once() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = alice
+        .send_message(proto::SendMessageRequest {
+            settings: Some(proto::GenerationSettings {
+                image_count: Some(2),
+                ..Default::default()
+            }),
+            ..send_request(&conversation.id, "two foxes")
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(balance(&mut alice).await, 96);
+
+    let started = alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.generation_ids.len(), 2);
+    assert_eq!(started.provider, "builtin");
+    assert!(
+        started.previous.is_none(),
+        "a first message has no previous one"
+    );
+    // A redelivered job starts the same images again.
+    let again = alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("restart")
+        .into_inner();
+    assert_eq!(again.generation_ids, started.generation_ids);
+
+    alice
+        .record_intent(internal::RecordIntentRequest {
+            message_id: message.id.clone(),
+            intent: Some(proto::ResolvedIntent {
+                kind: proto::IntentKind::New.into(),
+                resolved_prompt: "two foxes".into(),
+                ..Default::default()
+            }),
+            enhanced_prompt: "two red foxes, detailed".into(),
+            negative_prompt: "blurry".into(),
+            init_generation_id: String::new(),
+        })
+        .await
+        .expect("intent");
+
+    for generation_id in &started.generation_ids {
+        for attempt in 0..2 {
+            let completed = alice
+                .complete_generation(internal::CompleteGenerationRequest {
+                    generation_id: generation_id.clone(),
+                    image_key: format!("images/{generation_id}.png"),
+                })
+                .await
+                .expect("complete")
+                .into_inner();
+            assert_eq!(
+                completed.completed,
+                attempt == 0,
+                "only the first call completes"
+            );
+            let generation = completed.generation.expect("generation");
+            assert_eq!(generation.status(), proto::GenerationStatus::Completed);
+            assert_eq!(generation.prompt, "two red foxes, detailed");
+        }
+    }
+
+    let stored = alice
+        .get_message(proto::GetMessageRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(stored.status(), proto::MessageStatus::Completed);
+    assert_eq!(stored.enhanced_prompt, "two red foxes, detailed");
+    assert_eq!(
+        stored.intent.expect("intent").kind(),
+        proto::IntentKind::New
+    );
+    // Captured, not refunded: the reservation stands, once per image.
+    assert_eq!(balance(&mut alice).await, 96);
+    let pool = app.db.pool().await.expect("pool");
+    let captures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE kind = 'capture'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(captures, 2);
+
+    // The next message sees this one as its previous, with its image.
+    let next = alice
+        .send_message(send_request(&conversation.id, "make it night"))
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    let next_start = alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: next.id,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    let previous = next_start.previous.expect("previous message");
+    assert_eq!(previous.message_id, message.id);
+    assert_eq!(previous.prompt, "two foxes");
+    assert_eq!(previous.generation_id, started.generation_ids[0]);
+    assert_eq!(
+        previous.image_key,
+        format!("images/{}.png", started.generation_ids[0])
+    );
+}
+
+#[tokio::test]
+async fn failed_images_release_their_credits_once() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = alice
+        .send_message(proto::SendMessageRequest {
+            settings: Some(proto::GenerationSettings {
+                image_count: Some(3),
+                ..Default::default()
+            }),
+            ..send_request(&conversation.id, "three foxes")
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    let ids: Vec<String> = message.generations.iter().map(|g| g.id.clone()).collect();
+    assert_eq!(balance(&mut alice).await, 94);
+
+    // One image made, two fail; the failure is reported twice (a retried worker call).
+    alice
+        .complete_generation(internal::CompleteGenerationRequest {
+            generation_id: ids[0].clone(),
+            image_key: "images/a.png".into(),
+        })
+        .await
+        .expect("complete");
+    for expected in [4, 0] {
+        let failed = alice
+            .fail_generation(internal::FailGenerationRequest {
+                generation_ids: ids[1..].to_vec(),
+                reason: "the image provider is down".into(),
+            })
+            .await
+            .expect("fail")
+            .into_inner();
+        assert_eq!(failed.refunded, expected);
+    }
+    assert_eq!(balance(&mut alice).await, 98);
+    let stored = alice
+        .get_message(proto::GetMessageRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(
+        stored.status(),
+        proto::MessageStatus::Completed,
+        "one image was made"
+    );
+    assert_eq!(stored.generations[1].error, "the image provider is down");
+
+    let status = alice
+        .fail_generation(internal::FailGenerationRequest {
+            generation_ids: vec![],
+            reason: "x".into(),
+        })
+        .await
+        .expect_err("no ids");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn cancelling_releases_credits_and_a_late_completion_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = alice
+        .send_message(send_request(&conversation.id, "a fox"))
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("start");
+
+    let cancelled = alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::MessageId(
+                message.id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(cancelled.status(), proto::MessageStatus::Cancelled);
+    assert_eq!(balance(&mut alice).await, 100);
+
+    // The worker finishes anyway: too late, nothing is captured or changed.
+    let late = alice
+        .complete_generation(internal::CompleteGenerationRequest {
+            generation_id: message.generations[0].id.clone(),
+            image_key: "images/late.png".into(),
+        })
+        .await
+        .expect("late completion")
+        .into_inner();
+    assert!(!late.completed);
+    assert_eq!(
+        late.generation.expect("generation").status(),
+        proto::GenerationStatus::Cancelled
+    );
+    assert_eq!(balance(&mut alice).await, 100);
+
+    // Cancelling again is a no-op; a restart finds nothing to do.
+    alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::MessageId(
+                message.id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel again");
+    let restarted = alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message.id,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert!(restarted.generation_ids.is_empty());
+    assert_eq!(balance(&mut alice).await, 100);
+}
+
+#[tokio::test]
+async fn an_llm_title_never_replaces_a_users_rename() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let automatic = create_conversation(&mut alice, None).await;
+    let applied = alice
+        .apply_title(internal::ApplyTitleRequest {
+            conversation_id: automatic.id.clone(),
+            title: "Foxes in the Snow".into(),
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert!(applied.applied);
+
+    let renamed = create_conversation(&mut alice, None).await;
+    alice
+        .rename_conversation(proto::RenameConversationRequest {
+            conversation_id: renamed.id.clone(),
+            title: "Mine".into(),
+        })
+        .await
+        .expect("rename");
+    let applied = alice
+        .apply_title(internal::ApplyTitleRequest {
+            conversation_id: renamed.id.clone(),
+            title: "Foxes in the Snow".into(),
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert!(!applied.applied);
+    let kept = alice
+        .get_conversation(proto::GetConversationRequest {
+            conversation_id: renamed.id,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .conversation
+        .expect("conversation");
+    assert_eq!(kept.title, "Mine");
+
+    // Another user cannot title Alice's conversation.
+    let status = app
+        .client("bob")
+        .apply_title(internal::ApplyTitleRequest {
+            conversation_id: automatic.id,
+            title: "Bob's".into(),
+        })
+        .await
+        .expect("a no-op for a stranger")
+        .into_inner();
+    assert!(!status.applied);
+}

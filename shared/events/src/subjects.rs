@@ -1,0 +1,133 @@
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Subject and stream names under one prefix (`atelier` in production).
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// `prefix` must be one or more NATS tokens of letters, digits, `-` and `_`.
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !prefix.is_empty()
+                && prefix.split('.').all(|token| {
+                    !token.is_empty()
+                        && token
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                }),
+            "subject prefix {prefix:?} must be dot-separated tokens of letters, digits, - and _"
+        );
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// A subject relative to the prefix (as the outbox stores them) made absolute.
+    pub fn absolute(&self, relative: &str) -> String {
+        format!("{}.{relative}", self.prefix)
+    }
+
+    pub fn generate_jobs(&self) -> String {
+        self.absolute(GENERATE_JOBS)
+    }
+
+    pub fn title_jobs(&self) -> String {
+        self.absolute(TITLE_JOBS)
+    }
+
+    /// Where a user's events are stored.
+    pub fn user_events(&self, user_id: &str) -> String {
+        self.absolute(&user_events(user_id))
+    }
+
+    /// Where the stream republishes a user's events for live subscribers.
+    pub fn live_user_events(&self, user_id: &str) -> String {
+        format!("{}.live.user.{}", self.prefix, user_token(user_id))
+    }
+
+    pub fn jobs_stream(&self) -> String {
+        format!("{}_JOBS", self.stream_stem())
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_stem())
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stream names may not hold `.`: the prefix upper-cased with `_` for each dot.
+    fn stream_stem(&self) -> String {
+        self.prefix.replace(['.', '-'], "_").to_ascii_uppercase()
+    }
+}
+
+/// Generation jobs, relative to the prefix.
+pub const GENERATE_JOBS: &str = "jobs.generate";
+/// Title jobs, relative to the prefix.
+pub const TITLE_JOBS: &str = "jobs.title";
+
+/// A user's event subject relative to the prefix, as the outbox stores it.
+pub fn user_events(user_id: &str) -> String {
+    format!("events.user.{}", user_token(user_id))
+}
+
+/// User ids are JWT subjects and may hold `.`, `*` or `>`, which NATS reads as subject
+/// syntax: base64url keeps every id one safe, reversible token.
+fn user_token(user_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(user_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let subjects = Subjects::new("test-42.atelier").expect("valid");
+        assert_eq!(subjects.generate_jobs(), "test-42.atelier.jobs.generate");
+        assert_eq!(subjects.jobs_stream(), "TEST_42_ATELIER_JOBS");
+        assert_eq!(subjects.events_stream(), "TEST_42_ATELIER_EVENTS");
+        assert_eq!(
+            subjects.user_events("a.b@c"),
+            format!(
+                "test-42.atelier.events.user.{}",
+                URL_SAFE_NO_PAD.encode("a.b@c")
+            )
+        );
+        assert!(
+            subjects
+                .live_user_events("alice")
+                .starts_with("test-42.atelier.live.user.")
+        );
+    }
+
+    #[test]
+    fn user_tokens_are_one_safe_token() {
+        for user in ["alice", "a.b@example.com", "x*y>z", "üser"] {
+            let subject = user_events(user);
+            let token = subject.strip_prefix("events.user.").expect("prefix");
+            assert!(
+                token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{subject}"
+            );
+            assert_eq!(
+                URL_SAFE_NO_PAD.decode(token).expect("base64url"),
+                user.as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for prefix in ["", "a..b", "a.*", "with space", "a>"] {
+            assert!(Subjects::new(prefix).is_err(), "{prefix:?}");
+        }
+    }
+}

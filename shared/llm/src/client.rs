@@ -1,0 +1,422 @@
+//! The client: a call is a breaker check, then attempts under one deadline, then the
+//! outcome reported to the breaker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::{StatusCode, redirect};
+use serde::de::DeserializeOwned;
+
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::config::LlmConfig;
+use crate::error::LlmError;
+use crate::wire::{CompletionRequest, CompletionResponse, Message, ResponseFormat};
+
+/// One question to the model: a system prompt and a user message, which is all the
+/// workers need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// Left out of the request when empty.
+    pub system: String,
+    pub user: String,
+    pub temperature: f32,
+    pub max_tokens: u32,
+}
+
+/// A chat-completions client with deadlines, retries and a circuit breaker.
+///
+/// Cloning is cheap and clones share the breaker and the connection pool, so build one
+/// per process and hand out clones.
+#[derive(Debug, Clone)]
+pub struct LlmClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    endpoint: String,
+    config: LlmConfig,
+    breaker: CircuitBreaker,
+}
+
+impl LlmClient {
+    pub fn new(config: LlmConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            // An OpenAI-compatible endpoint does not redirect; one that does points at a
+            // wrong base URL (http for https, a missing /v1), and following it would
+            // turn the POST into a GET and hide the cause behind a 405.
+            .redirect(redirect::Policy::none())
+            .build()
+            .context("building the LLM HTTP client")?;
+        let breaker = CircuitBreaker::new(BreakerConfig {
+            failure_threshold: config.breaker_failure_threshold,
+            open_for: config.breaker_open_for,
+            // No call outlives its deadline, so a trial without an outcome by then was
+            // abandoned by its caller.
+            trial_lease: config.deadline,
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoint: config.endpoint(),
+                config,
+                breaker,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &LlmConfig {
+        &self.inner.config
+    }
+
+    /// The model's answer, as text.
+    pub async fn complete(&self, request: &ChatRequest) -> Result<String, LlmError> {
+        self.call(request, None, Ok).await
+    }
+
+    /// The model's answer parsed as `T`. The request asks for a JSON object; an answer
+    /// that does not parse as `T` is [`LlmError::Malformed`] and counts as a failed call,
+    /// since a model that answers nonsense is as useless to the caller as one that is
+    /// down.
+    pub async fn complete_json<T: DeserializeOwned>(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<T, LlmError> {
+        self.call(request, Some(ResponseFormat::JSON_OBJECT), |content| {
+            parse_json(&content)
+        })
+        .await
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state(Instant::now())
+    }
+
+    async fn call<T>(
+        &self,
+        request: &ChatRequest,
+        response_format: Option<ResponseFormat>,
+        parse: impl FnOnce(String) -> Result<T, LlmError>,
+    ) -> Result<T, LlmError> {
+        let breaker = &self.inner.breaker;
+        if !breaker.allow(Instant::now()) {
+            return Err(LlmError::CircuitOpen);
+        }
+        let result = match self.encode(request, response_format) {
+            Ok(body) => self.attempts(&body).await.and_then(parse),
+            Err(error) => Err(error),
+        };
+        // Every error counts, a 4xx too: a wrong key, model or URL fails every call
+        // alike, and the breaker spares each of them the wait.
+        match &result {
+            Ok(_) => breaker.record_success(),
+            Err(_) => breaker.record_failure(Instant::now()),
+        }
+        result
+    }
+
+    // Encoded once per call, not once per attempt.
+    fn encode(
+        &self,
+        request: &ChatRequest,
+        response_format: Option<ResponseFormat>,
+    ) -> Result<Vec<u8>, LlmError> {
+        let mut messages = Vec::with_capacity(2);
+        if !request.system.is_empty() {
+            messages.push(Message {
+                role: "system",
+                content: &request.system,
+            });
+        }
+        messages.push(Message {
+            role: "user",
+            content: &request.user,
+        });
+        let body = CompletionRequest {
+            model: &self.inner.config.model,
+            messages,
+            temperature: request.temperature,
+            max_tokens: request.max_tokens,
+            response_format,
+        };
+        serde_json::to_vec(&body)
+            .map_err(|err| LlmError::Transport(format!("encoding the request: {err}")))
+    }
+
+    async fn attempts(&self, body: &[u8]) -> Result<String, LlmError> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let remaining = config.deadline.saturating_sub(started.elapsed());
+            let budget = config.call_timeout.min(remaining);
+            let failure = match tokio::time::timeout(budget, self.attempt(body)).await {
+                Ok(Ok(content)) => return Ok(content),
+                Ok(Err(failure)) => failure,
+                Err(_elapsed) => Failure::retry(LlmError::Timeout),
+            };
+
+            let wait = match failure.retry {
+                Retry::Never => None,
+                Retry::Backoff => Some(backoff(config.backoff_base, attempt)),
+                Retry::After(wait) => Some(wait),
+            };
+            // Sleeping into the deadline would only delay the caller's fallback: there
+            // would be no time left for the attempt the sleep is for.
+            let remaining = config.deadline.saturating_sub(started.elapsed());
+            let wait = wait.filter(|wait| attempt <= config.max_retries && *wait < remaining);
+
+            let status = match &failure.error {
+                LlmError::Status { status, .. } => Some(*status),
+                _ => None,
+            };
+            // Not the error's Display: a provider's error body may echo part of the key.
+            let detail = match &failure.error {
+                LlmError::Transport(detail) | LlmError::Malformed(detail) => detail.as_str(),
+                _ => "",
+            };
+            tracing::warn!(
+                attempt,
+                status,
+                error = failure.error.kind(),
+                detail,
+                retry_in_ms = wait.map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+                "LLM attempt failed"
+            );
+
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(failure.error),
+            }
+        }
+    }
+
+    async fn attempt(&self, body: &[u8]) -> Result<String, Failure> {
+        let inner = &*self.inner;
+        let mut request = inner
+            .http
+            .post(&inner.endpoint)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        if let Some(key) = &inner.config.api_key {
+            // bearer_auth marks the header sensitive, which keeps it out of reqwest's
+            // own debug output.
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(Failure::from_reqwest)?;
+        let status = response.status();
+        if status.is_success() {
+            let body = response.bytes().await.map_err(Failure::from_reqwest)?;
+            return parse_completion(&body).map_err(Failure::never);
+        }
+
+        let retry_after = retry_after(response.headers());
+        // The status is the error; a body that cannot be read only loses the excerpt.
+        let body = response.bytes().await.unwrap_or_default();
+        let error = LlmError::Status {
+            status: status.as_u16(),
+            body_excerpt: excerpt(&body, inner.config.api_key.as_deref()),
+        };
+        let retry = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            retry_after.map_or(Retry::Backoff, Retry::After)
+        } else {
+            // Another 4xx (a bad key, an unknown model, a prompt too long) fails the same
+            // way again.
+            Retry::Never
+        };
+        Err(Failure { error, retry })
+    }
+}
+
+/// A failed attempt, and whether another one may succeed.
+struct Failure {
+    error: LlmError,
+    retry: Retry,
+}
+
+enum Retry {
+    Never,
+    Backoff,
+    /// The server said when (`Retry-After`).
+    After(Duration),
+}
+
+impl Failure {
+    fn never(error: LlmError) -> Self {
+        Self {
+            error,
+            retry: Retry::Never,
+        }
+    }
+
+    fn retry(error: LlmError) -> Self {
+        Self {
+            error,
+            retry: Retry::Backoff,
+        }
+    }
+
+    fn from_reqwest(err: reqwest::Error) -> Self {
+        if err.is_timeout() {
+            Self::retry(LlmError::Timeout)
+        } else if err.is_builder() {
+            // The request itself cannot be built; it will not build next time either.
+            Self::never(LlmError::Transport(error_chain(&err)))
+        } else {
+            Self::retry(LlmError::Transport(error_chain(&err)))
+        }
+    }
+}
+
+/// The wait before retry number `attempt` (1-based): `base`, then doubling.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+}
+
+/// `Retry-After` in seconds; the HTTP-date form is not used by LLM providers, and
+/// without a usable value the client falls back to its own backoff.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
+}
+
+fn parse_completion(body: &[u8]) -> Result<String, LlmError> {
+    let completion: CompletionResponse = serde_json::from_slice(body)
+        .map_err(|err| LlmError::Malformed(format!("not a chat completion: {err}")))?;
+    let choice = completion
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| LlmError::Malformed("no choices".to_owned()))?;
+    match choice.message.content {
+        Some(content) if !content.trim().is_empty() => Ok(content),
+        // No caller can use an empty answer, and counting it as a failure lets the
+        // breaker notice a model that only answers with nothing.
+        _ => Err(LlmError::Malformed(
+            "the first choice has no content".to_owned(),
+        )),
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(content: &str) -> Result<T, LlmError> {
+    serde_json::from_str(strip_code_fence(content))
+        .map_err(|err| LlmError::Malformed(format!("not the expected JSON: {err}")))
+}
+
+/// Models asked for JSON often wrap it in a Markdown code block anyway, especially
+/// servers that ignore `response_format`.
+fn strip_code_fence(content: &str) -> &str {
+    let trimmed = content.trim();
+    let Some(inner) = trimmed.strip_prefix("```") else {
+        return trimmed;
+    };
+    // The info string (`json`) runs to the end of the first line.
+    let inner = match inner.split_once('\n') {
+        Some((_info, rest)) => rest,
+        None => inner.trim_start_matches("json"),
+    };
+    inner.trim_end().strip_suffix("```").unwrap_or(inner).trim()
+}
+
+const EXCERPT_CHARS: usize = 200;
+
+/// The start of an error body, for the log: enough to see the provider's message.
+fn excerpt(body: &[u8], api_key: Option<&str>) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    // Before cutting, so a key across the cut cannot leave its start behind.
+    if let Some(key) = api_key.filter(|key| !key.is_empty()) {
+        text = text.replace(key, "<redacted>");
+    }
+    text.trim().chars().take(EXCERPT_CHARS).collect()
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base() {
+        let base = Duration::from_millis(100);
+        assert_eq!(backoff(base, 1), Duration::from_millis(100));
+        assert_eq!(backoff(base, 2), Duration::from_millis(200));
+        assert_eq!(backoff(base, 3), Duration::from_millis(400));
+        // Saturates rather than overflowing; the deadline cuts it short anyway.
+        assert!(backoff(base, u32::MAX) > Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn code_fences_are_stripped() {
+        assert_eq!(strip_code_fence("{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(strip_code_fence("```json\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_code_fence("  ```\n{\"a\":1}\n```  \n"), "{\"a\":1}");
+        assert_eq!(strip_code_fence("```json{\"a\":1}```"), "{\"a\":1}");
+    }
+
+    #[test]
+    fn excerpts_are_short_and_never_hold_the_key() {
+        let body = format!("{{\"error\":\"bad key sk-123\"}}{}", "x".repeat(1000));
+        let short = excerpt(body.as_bytes(), Some("sk-123"));
+        assert!(!short.contains("sk-123"), "{short}");
+        assert_eq!(short.chars().count(), EXCERPT_CHARS);
+
+        // A key that straddles the cut leaves no prefix behind either.
+        let key = "sk-abcdefghijklmnop";
+        let body = format!("{}{key}", "y".repeat(EXCERPT_CHARS - 5));
+        let short = excerpt(body.as_bytes(), Some(key));
+        assert!(!short.contains("sk-ab"), "{short}");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_only() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "7".parse().expect("header value"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT"
+                .parse()
+                .expect("header value"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn completions_without_an_answer_are_malformed() {
+        for body in [
+            "not json",
+            "{}",
+            r#"{"choices":[]}"#,
+            r#"{"choices":[{"message":{"content":null}}]}"#,
+            r#"{"choices":[{"message":{"content":"  "}}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_completion(body.as_bytes()),
+                    Err(LlmError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            parse_completion(br#"{"choices":[{"message":{"role":"assistant","content":"hi"}}]}"#),
+            Ok("hi".to_owned())
+        );
+    }
+}
