@@ -3,6 +3,7 @@
 //! wired exactly as in deployment (the edge reaches the conversation service over gRPC
 //! with the service credential).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use atelier_conversation::catalog::Catalog;
@@ -39,13 +40,24 @@ impl Default for MeshOptions {
     }
 }
 
-/// A running mesh; dropping it stops every service and drops the database.
+/// A running mesh; dropping it stops every service, drops the database, deletes the
+/// streams and the stored images.
 pub struct Mesh {
     pub edge: RunningServer,
     pub conversation: RunningServer,
     pub workers: Vec<RunningServer>,
     pub db: TestDatabase,
     pub nats: TestNats,
+    images: ImagesDir,
+}
+
+/// The worker's image directory, removed with the mesh.
+struct ImagesDir(PathBuf);
+
+impl Drop for ImagesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Mesh {
@@ -78,30 +90,58 @@ impl Mesh {
         let edge =
             spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))
                 .await?;
-        let workers = vec![
-            spawn_server(|listener, shutdown| {
-                atelier_intent::run(atelier_intent::Config::default(), listener, shutdown)
-            })
-            .await?,
-            spawn_server(|listener, shutdown| {
-                atelier_enhancement::run(atelier_enhancement::Config::default(), listener, shutdown)
-            })
-            .await?,
-            spawn_server(|listener, shutdown| {
-                atelier_title::run(atelier_title::Config::default(), listener, shutdown)
-            })
-            .await?,
-            spawn_server(|listener, shutdown| {
-                atelier_generation::run(atelier_generation::Config::default(), listener, shutdown)
-            })
-            .await?,
-        ];
+        let token = || ServiceToken::new(SERVICE_TOKEN);
+        let intent_config = atelier_intent::Config {
+            service_token: token(),
+            ..atelier_intent::Config::default()
+        };
+        let intent = spawn_server(|listener, shutdown| {
+            atelier_intent::run(intent_config, listener, shutdown)
+        })
+        .await?;
+        let enhancement_config = atelier_enhancement::Config {
+            service_token: token(),
+            ..atelier_enhancement::Config::default()
+        };
+        let enhancement = spawn_server(|listener, shutdown| {
+            atelier_enhancement::run(enhancement_config, listener, shutdown)
+        })
+        .await?;
+        let title_config = atelier_title::Config {
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            conversation_url: conversation.url(),
+            service_token: token(),
+            ..atelier_title::Config::default()
+        };
+        let title =
+            spawn_server(|listener, shutdown| atelier_title::run(title_config, listener, shutdown))
+                .await?;
+        let images = ImagesDir(
+            std::env::temp_dir().join(format!("atelier-mesh-images-{}", uuid::Uuid::now_v7())),
+        );
+        let generation_config = atelier_generation::Config {
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            conversation_url: conversation.url(),
+            intent_url: intent.url(),
+            enhancement_url: enhancement.url(),
+            service_token: token(),
+            storage: atelier_generation::config::Storage::Local(images.0.clone()),
+            ..atelier_generation::Config::default()
+        };
+        let generation = spawn_server(|listener, shutdown| {
+            atelier_generation::run(generation_config, listener, shutdown)
+        })
+        .await?;
+        let workers = vec![intent, enhancement, title, generation];
         Ok(Self {
             edge,
             conversation,
             workers,
             db,
             nats,
+            images,
         })
     }
 
@@ -111,6 +151,11 @@ impl Mesh {
             .tcp_nodelay(true)
             .connect()
             .await?)
+    }
+
+    /// The store the generation worker writes images to.
+    pub fn images(&self) -> anyhow::Result<atelier_generation::storage::ImageStore> {
+        atelier_generation::storage::ImageStore::local(&self.images.0)
     }
 
     /// A valid `authorization` value for `user`.

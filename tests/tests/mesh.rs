@@ -41,7 +41,8 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
             .into_inner()
             .message
             .expect("message");
-        // A client retrying after a lost answer gets the same message back.
+        // A client retrying after a lost answer gets the same message back (as it is now:
+        // the pipeline may already be working on it), and is not charged again.
         let retried = chat
             .send_message(authorized(request, &bearer).expect("request"))
             .await
@@ -49,7 +50,15 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
             .into_inner()
             .message
             .expect("message");
-        assert_eq!(retried, message);
+        assert_eq!(retried.id, message.id);
+        assert_eq!(retried.cost, message.cost);
+        let generation_ids = |m: &proto::Message| {
+            m.generations
+                .iter()
+                .map(|g| g.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(generation_ids(&retried), generation_ids(&message));
         sent.push(message);
     }
 
@@ -67,8 +76,51 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
         .await
         .expect("list")
         .into_inner();
+    let ids =
+        |messages: &[proto::Message]| messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
     let newest_first: Vec<_> = sent.iter().rev().cloned().collect();
-    assert_eq!(history.messages, newest_first);
+    assert_eq!(ids(&history.messages), ids(&newest_first));
+
+    // The pipeline makes every image: follow each message to its stored picture.
+    for message in &sent {
+        let mut settled = None;
+        for _ in 0..300 {
+            let current = chat
+                .get_message(
+                    authorized(
+                        proto::GetMessageRequest {
+                            message_id: message.id.clone(),
+                        },
+                        &bearer,
+                    )
+                    .expect("request"),
+                )
+                .await
+                .expect("get")
+                .into_inner()
+                .message
+                .expect("message");
+            if current.status() == proto::MessageStatus::Completed {
+                settled = Some(current);
+                break;
+            }
+            assert_ne!(
+                current.status(),
+                proto::MessageStatus::Failed,
+                "{current:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let settled = settled.expect("completed within 30 s");
+        assert!(!settled.enhanced_prompt.is_empty());
+        let store = mesh.images().expect("store");
+        for generation in &settled.generations {
+            assert_eq!(generation.status(), proto::GenerationStatus::Completed);
+            let key = atelier_generation::storage::key_for("alice", &generation.id);
+            let png = store.get(&key).await.expect("the image is in storage");
+            assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        }
+    }
 
     let listed = chat
         .list_conversations(

@@ -1,29 +1,114 @@
-//! The enhancement service: EnhancePrompt: a better prompt for the image model, from an LLM with a deadline, a cache and a deterministic fallback.
+//! The enhancement service: EnhancePrompt turns a user's prompt into a better one for the
+//! image model, with the style preset applied, and extends the negative prompt.
 //!
-//! Its pipeline work arrives with the background-pipeline capability (issue 3). Until then
-//! the process is a full member of the mesh frame: it parses its config, serves gRPC
-//! health and reflection, and drains on SIGTERM, so deploy/, probes and the local run
-//! script treat it like every other service.
+//! Why it is its own service: the generation worker asks it for every message, in
+//! parallel with intent, and the answer must come within a bounded time and always. So
+//! an LLM rewrites the prompt under the LLM client's deadline and circuit breaker, its
+//! answers are cached, and whenever it is missing, slow or failing, the deterministic
+//! template ([`fallback`]) answers instead: a call fails only on bad input ([`enhance`]
+//! has the details).
+//!
+//! - [`config`]: the environment variables; `Config::default()` is fallback-only mode.
+//! - [`enhance`]: validation, the LLM prompt, the checks on its answer, the fallback.
+//! - [`fallback`]: the template, also applied to every LLM answer.
+//! - [`metrics`]: answers counted by source, in the Prometheus text format.
+//! - `service`: the gRPC trait; `error`: the one mapping to `tonic::Status`.
+//!
+//! The API is internal: it sits behind the service credential, like the conversation
+//! service's.
+
+pub mod config;
+pub mod enhance;
+mod error;
+pub mod fallback;
+pub mod metrics;
+mod service;
 
 use std::future::Future;
+use std::sync::Arc;
 
+use anyhow::Context as _;
+use atelier_llm::LlmClient;
+use atelier_proto::ENHANCEMENT_SERVICE_NAME;
+use atelier_proto::enhancement::v1::enhancement_service_server::EnhancementServiceServer;
+use atelier_runtime::grpc;
+use atelier_runtime::internal_call::{RequireServiceToken, ServiceToken};
+use moka::future::Cache;
 use tokio::net::TcpListener;
+use tonic::transport::Server;
 
-/// The enhancement service's settings; none are needed before its pipeline work exists.
-#[derive(Clone, Debug, Default)]
-pub struct Config {}
+pub use crate::config::Config;
+pub use crate::metrics::EnhancementMetrics;
 
-impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {})
+/// What every EnhancePrompt call shares. Built once per process; hold an `Arc` of it to
+/// read the metrics while [`serve`] runs.
+pub struct State {
+    /// `None` in fallback-only mode. One client per process, so its breaker sees every
+    /// call.
+    pub(crate) llm: Option<LlmClient>,
+    pub(crate) cache: Cache<enhance::Input, fallback::Enhanced>,
+    pub(crate) metrics: EnhancementMetrics,
+}
+
+impl State {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let llm = config
+            .llm
+            .clone()
+            .map(LlmClient::new)
+            .transpose()
+            .context("invalid LLM settings")?;
+        let cache = Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_live(config.cache_ttl)
+            .build();
+        Ok(Self {
+            llm,
+            cache,
+            metrics: EnhancementMetrics::default(),
+        })
+    }
+
+    /// The answer counters, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> &EnhancementMetrics {
+        &self.metrics
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves the enhancement service on `listener` until `shutdown` resolves, then drains
+/// in-flight calls.
 pub async fn run(
-    _config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    atelier_runtime::grpc::serve_frame(listener, shutdown).await
+    let state = Arc::new(State::new(&config)?);
+    serve(state, config.service_token, listener, shutdown).await
+}
+
+/// [`run`] with a state built by the caller, who keeps a handle on it (for the metrics).
+pub async fn serve(
+    state: Arc<State>,
+    service_token: ServiceToken,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, reflection_and_health) = grpc::health_and_reflection(&[ENHANCEMENT_SERVICE_NAME])?;
+    let api = EnhancementServiceServer::with_interceptor(
+        service::EnhancementApi { state },
+        RequireServiceToken(service_token),
+    );
+    Server::builder()
+        // Outermost: one span per RPC, joined to the caller's trace.
+        .layer(grpc::trace_layer())
+        // Health and reflection stay open, for probes and grpcurl; only the API needs
+        // the credential.
+        .add_routes(reflection_and_health)
+        .add_service(api)
+        .serve_with_incoming_shutdown(
+            grpc::incoming(listener),
+            grpc::serve_until(health, vec![ENHANCEMENT_SERVICE_NAME], shutdown),
+        )
+        .await
+        .context("the enhancement server failed")
 }

@@ -1,29 +1,114 @@
-//! The intent service: AnalyzeIntent: whether a prompt asks for a new picture or an edit of the last one (heuristics first, an LLM only when ambiguous).
+//! The intent service: AnalyzeIntent tells whether a prompt asks for a new picture or an
+//! edit of the last one, and for an edit, the prompt of the whole edited picture and the
+//! img2img strength.
 //!
-//! Its pipeline work arrives with the background-pipeline capability (issue 3). Until then
-//! the process is a full member of the mesh frame: it parses its config, serves gRPC
-//! health and reflection, and drains on SIGTERM, so deploy/, probes and the local run
-//! script treat it like every other service.
+//! Why it is its own service: the generation worker asks it for every message, in parallel
+//! with enhancement, and the answer must come fast and always. So the heuristics
+//! ([`heuristics`]) answer the clear cases at once, an LLM is asked only about the
+//! ambiguous ones, and when the LLM is missing, slow or failing the heuristic's best guess
+//! answers instead: a call fails only on bad input. Answers are cached, since a message
+//! is analysed again on every retry of its job ([`analyze`] has the details).
+//!
+//! - [`config`]: the environment variables; `Config::default()` is heuristic mode.
+//! - [`analyze`]: validation, the decision path, the LLM prompt and the checks on its
+//!   answer.
+//! - [`metrics`]: answers counted by source, in the Prometheus text format.
+//! - `service`: the gRPC trait; `error`: the one mapping to `tonic::Status`.
+//!
+//! The API is internal: it sits behind the service credential, like the conversation
+//! service's.
+
+pub mod analyze;
+pub mod config;
+mod error;
+pub mod heuristics;
+pub mod metrics;
+mod service;
 
 use std::future::Future;
+use std::sync::Arc;
 
+use anyhow::Context as _;
+use atelier_llm::LlmClient;
+use atelier_proto::INTENT_SERVICE_NAME;
+use atelier_proto::intent::v1::intent_service_server::IntentServiceServer;
+use atelier_runtime::grpc;
+use atelier_runtime::internal_call::{RequireServiceToken, ServiceToken};
+use moka::future::Cache;
 use tokio::net::TcpListener;
+use tonic::transport::Server;
 
-/// The intent service's settings; none are needed before its pipeline work exists.
-#[derive(Clone, Debug, Default)]
-pub struct Config {}
+pub use crate::config::Config;
+pub use crate::metrics::IntentMetrics;
 
-impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {})
+/// What every AnalyzeIntent call shares. Built once per process; hold an `Arc` of it to
+/// read the metrics while [`serve`] runs.
+pub struct State {
+    /// `None` in heuristic mode. One client per process, so its breaker sees every call.
+    pub(crate) llm: Option<LlmClient>,
+    pub(crate) cache: Cache<analyze::Question, heuristics::Intent>,
+    pub(crate) metrics: IntentMetrics,
+}
+
+impl State {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let llm = config
+            .llm
+            .clone()
+            .map(LlmClient::new)
+            .transpose()
+            .context("invalid LLM settings")?;
+        let cache = Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_live(config.cache_ttl)
+            .build();
+        Ok(Self {
+            llm,
+            cache,
+            metrics: IntentMetrics::default(),
+        })
+    }
+
+    /// The answer counters, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> &IntentMetrics {
+        &self.metrics
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves the intent service on `listener` until `shutdown` resolves, then drains
+/// in-flight calls.
 pub async fn run(
-    _config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    atelier_runtime::grpc::serve_frame(listener, shutdown).await
+    let state = Arc::new(State::new(&config)?);
+    serve(state, config.service_token, listener, shutdown).await
+}
+
+/// [`run`] with a state built by the caller, who keeps a handle on it (for the metrics).
+pub async fn serve(
+    state: Arc<State>,
+    service_token: ServiceToken,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, reflection_and_health) = grpc::health_and_reflection(&[INTENT_SERVICE_NAME])?;
+    let api = IntentServiceServer::with_interceptor(
+        service::IntentApi { state },
+        RequireServiceToken(service_token),
+    );
+    Server::builder()
+        // Outermost: one span per RPC, joined to the caller's trace.
+        .layer(grpc::trace_layer())
+        // Health and reflection stay open, for probes and grpcurl; only the API needs
+        // the credential.
+        .add_routes(reflection_and_health)
+        .add_service(api)
+        .serve_with_incoming_shutdown(
+            grpc::incoming(listener),
+            grpc::serve_until(health, vec![INTENT_SERVICE_NAME], shutdown),
+        )
+        .await
+        .context("the intent server failed")
 }

@@ -1,29 +1,99 @@
-//! The title service: the title worker: consumes title jobs and gives conversations an LLM title unless the user renamed them.
+//! The title worker: consumes title jobs and gives conversations an LLM title unless the
+//! user renamed them.
 //!
-//! Its pipeline work arrives with the background-pipeline capability (issue 3). Until then
-//! the process is a full member of the mesh frame: it parses its config, serves gRPC
-//! health and reflection, and drains on SIGTERM, so deploy/, probes and the local run
-//! script treat it like every other service.
+//! SendMessage already gave a new conversation an automatic title (its first prompt,
+//! truncated) and queued a title job in the same transaction, so a title is never
+//! missing and never on the fast path. This worker only improves it: it asks the LLM for
+//! a short title (with a deadline), checks the answer, and hands it to the conversation
+//! service's ApplyTitle, which sets it only while the title is still automatic, so a
+//! user's rename always wins, however the two race. The conversation service then
+//! publishes `title_updated`.
+//!
+//! Without an LLM (heuristic mode, the default) the automatic title is the title: jobs
+//! are acknowledged and nothing changes.
+//!
+//! The process serves gRPC health and reflection from the first moment, whatever the
+//! state of NATS: the job consumer is set up in the background and retried until it
+//! works (see `worker::consume`), because a worker that crash-loops while the broker
+//! restarts helps nobody.
+
+pub mod config;
+mod suggest;
+mod worker;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use atelier_events::Subjects;
+use atelier_events::jobs::JobConsumerConfig;
+use atelier_llm::LlmClient;
+use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use atelier_runtime::internal_call::OutgoingCall;
 use tokio::net::TcpListener;
+use tonic::transport::Endpoint;
 
-/// The title service's settings; none are needed before its pipeline work exists.
-#[derive(Clone, Debug, Default)]
-pub struct Config {}
+pub use crate::config::Config;
 
-impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {})
-    }
-}
+/// The longest an ApplyTitle call may take; it is one indexed UPDATE.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves health on `listener` and consumes title jobs until `shutdown` resolves; then
+/// stops taking jobs, waits up to `drain_timeout` for the running ones, and returns.
 pub async fn run(
-    _config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    atelier_runtime::grpc::serve_frame(listener, shutdown).await
+    let subjects = Subjects::new(&config.subject_prefix)?;
+    let llm = config
+        .llm
+        .clone()
+        .map(LlmClient::new)
+        .transpose()
+        .context("bad LLM settings")?;
+    // Lazy: the worker starts while the conversation service is still coming up; calls
+    // meanwhile fail UNAVAILABLE and their jobs are retried.
+    let channel = Endpoint::from_shared(config.conversation_url.clone())
+        .with_context(|| format!("bad conversation URL {:?}", config.conversation_url))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(APPLY_TIMEOUT)
+        .connect_lazy();
+    let conversation = ConversationServiceClient::with_interceptor(
+        channel,
+        OutgoingCall::new(&config.service_token)?,
+    );
+    let worker = Arc::new(worker::Worker {
+        llm,
+        conversation,
+        title_deadline: config.title_deadline,
+    });
+    let source = worker::Source {
+        nats_url: config.nats_url.clone(),
+        jobs: JobConsumerConfig {
+            durable_name: worker::DURABLE_NAME.to_owned(),
+            filter_subject: subjects.title_jobs(),
+            max_deliver: config.max_deliver,
+            ack_wait: config.ack_wait,
+            concurrency: config.concurrency,
+            drain_timeout: config.drain_timeout,
+        },
+        subjects,
+    };
+
+    // One trigger for both halves. If the server fails, its future (and the sender with
+    // it) is dropped, which stops the jobs as well.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let consuming = tokio::spawn(worker::consume(worker, source, stopped));
+    let served = atelier_runtime::grpc::serve_frame(listener, async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    })
+    .await;
+    if let Err(err) = consuming.await {
+        tracing::error!(error = %err, "the title job loop panicked");
+    }
+    served
 }

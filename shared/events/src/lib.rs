@@ -15,6 +15,7 @@
 //! stream's acknowledgement before the next, so one producer's messages enter the stream
 //! in order.
 
+pub mod jobs;
 mod publish;
 pub mod subjects;
 mod topology;

@@ -1,0 +1,79 @@
+//! The enhancement service's settings, from the environment.
+//!
+//! `Config::default()` is the local, offline mode: no LLM (every prompt gets the
+//! deterministic fallback), the local service token, and the default cache. The mesh test
+//! harness starts the service with it.
+
+use std::time::Duration;
+
+use atelier_llm::LlmConfig;
+use atelier_runtime::config::{ConfigError, var_or};
+use atelier_runtime::internal_call::ServiceToken;
+
+/// The service credential of a local mesh; every deployment sets its own.
+pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The LLM that rewrites prompts; `None` means every answer is the fallback.
+    pub llm: Option<LlmConfig>,
+    /// The credential callers must present: the API is internal.
+    pub service_token: ServiceToken,
+    /// How long an LLM answer is reused. Long enough to cover the retries of one job and
+    /// the re-enhancement of an edit's resolved prompt, short enough that a new model or
+    /// system prompt takes effect within minutes.
+    pub cache_ttl: Duration,
+    /// Answers kept at most; the least useful are evicted first.
+    pub cache_capacity: u64,
+}
+
+impl Config {
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
+    pub const DEFAULT_CACHE_CAPACITY: u64 = 10_000;
+
+    /// Reads the environment:
+    ///
+    /// - the `ATELIER_LLM_*` variables (see [`LlmConfig::from_env`]); no
+    ///   `ATELIER_LLM_BASE_URL` means the deterministic fallback only;
+    /// - `ATELIER_SERVICE_TOKEN`, default [`DEFAULT_SERVICE_TOKEN`];
+    /// - `ATELIER_ENHANCEMENT_CACHE_TTL_SECS`, default 600;
+    /// - `ATELIER_ENHANCEMENT_CACHE_CAPACITY`, default 10000.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            llm: LlmConfig::from_env()?,
+            service_token: ServiceToken::new(var_or::<String>(
+                "ATELIER_SERVICE_TOKEN",
+                DEFAULT_SERVICE_TOKEN.to_owned(),
+            )?),
+            cache_ttl: Duration::from_secs(positive(
+                "ATELIER_ENHANCEMENT_CACHE_TTL_SECS",
+                Self::DEFAULT_CACHE_TTL.as_secs(),
+            )?),
+            cache_capacity: positive(
+                "ATELIER_ENHANCEMENT_CACHE_CAPACITY",
+                Self::DEFAULT_CACHE_CAPACITY,
+            )?,
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            llm: None,
+            service_token: ServiceToken::new(DEFAULT_SERVICE_TOKEN),
+            cache_ttl: Self::DEFAULT_CACHE_TTL,
+            cache_capacity: Self::DEFAULT_CACHE_CAPACITY,
+        }
+    }
+}
+
+// Zero would silently turn the cache off (or make every answer expire at once); a
+// deployment that wants that should say so some other way than a typo.
+fn positive(name: &str, default: u64) -> Result<u64, ConfigError> {
+    let value = var_or(name, default)?;
+    if value == 0 {
+        return Err(ConfigError::new(name, "0", "must be positive"));
+    }
+    Ok(value)
+}

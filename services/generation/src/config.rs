@@ -1,0 +1,102 @@
+//! The generation worker's settings, from the environment (see the README's table).
+
+use std::time::Duration;
+
+use atelier_runtime::config::var_or;
+use atelier_runtime::internal_call::ServiceToken;
+
+use crate::providers::{ProvidersConfig, RetryPolicy};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub nats_url: String,
+    pub subject_prefix: String,
+    pub conversation_url: String,
+    pub intent_url: String,
+    pub enhancement_url: String,
+    pub service_token: ServiceToken,
+    pub providers: ProvidersConfig,
+    pub provider_retries: RetryPolicy,
+    /// Where images go: `ATELIER_S3_BUCKET` for S3, else `ATELIER_STORAGE_DIR`.
+    pub storage: Storage,
+    /// Jobs handled at once by this process (they wait on providers, not on this CPU).
+    pub concurrency: usize,
+    /// Deliveries of a job before the worker gives up, fails its images and refunds.
+    pub max_deliver: i64,
+    /// How long a job may go silent before JetStream redelivers it.
+    pub ack_wait: Duration,
+    /// Deadlines of the intent and enhancement calls; past them the worker falls back.
+    pub intent_deadline: Duration,
+    pub enhancement_deadline: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Local(std::path::PathBuf),
+    S3FromEnv,
+}
+
+impl Default for Config {
+    /// The local mesh: every service on its default loopback port, the builtin renderer.
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            subject_prefix: "atelier".to_owned(),
+            conversation_url: "http://127.0.0.1:50052".to_owned(),
+            intent_url: "http://127.0.0.1:50053".to_owned(),
+            enhancement_url: "http://127.0.0.1:50054".to_owned(),
+            service_token: ServiceToken::new("atelier-local-service-token"),
+            providers: ProvidersConfig::default(),
+            provider_retries: RetryPolicy::default(),
+            storage: Storage::Local(".data/images".into()),
+            concurrency: 16,
+            max_deliver: 4,
+            ack_wait: Duration::from_secs(30),
+            intent_deadline: Duration::from_secs(3),
+            enhancement_deadline: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let defaults = Self::default();
+        let millis = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+            Ok(Duration::from_millis(var_or(name, default)?))
+        };
+        Ok(Self {
+            nats_url: var_or("ATELIER_NATS_URL", defaults.nats_url)?,
+            subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", defaults.subject_prefix)?,
+            conversation_url: var_or("ATELIER_CONVERSATION_URL", defaults.conversation_url)?,
+            intent_url: var_or("ATELIER_INTENT_URL", defaults.intent_url)?,
+            enhancement_url: var_or("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,
+            service_token: ServiceToken::new(var_or::<String>(
+                "ATELIER_SERVICE_TOKEN",
+                "atelier-local-service-token".to_owned(),
+            )?),
+            providers: ProvidersConfig::from_env()?,
+            provider_retries: RetryPolicy {
+                max_attempts: var_or("ATELIER_PROVIDER_ATTEMPTS", 3)?,
+                ..RetryPolicy::default()
+            },
+            storage: match atelier_runtime::config::optional_var::<String>("ATELIER_S3_BUCKET")? {
+                Some(_) => Storage::S3FromEnv,
+                None => Storage::Local(
+                    var_or::<String>("ATELIER_STORAGE_DIR", ".data/images".to_owned())?.into(),
+                ),
+            },
+            concurrency: var_or("ATELIER_GENERATION_CONCURRENCY", defaults.concurrency)?,
+            max_deliver: var_or("ATELIER_GENERATION_MAX_DELIVER", defaults.max_deliver)?,
+            ack_wait: millis("ATELIER_GENERATION_ACK_WAIT_MS", defaults.ack_wait)?,
+            intent_deadline: millis("ATELIER_INTENT_DEADLINE_MS", defaults.intent_deadline)?,
+            enhancement_deadline: millis(
+                "ATELIER_ENHANCEMENT_DEADLINE_MS",
+                defaults.enhancement_deadline,
+            )?,
+            drain_timeout: defaults.drain_timeout,
+        })
+    }
+}

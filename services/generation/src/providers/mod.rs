@@ -1,0 +1,716 @@
+//! Image providers: one trait in front of every image model the worker can call, and the
+//! one retry policy they all share.
+//!
+//! Three implementations exist, chosen by config ([`ProviderKind`]):
+//!
+//! - [`builtin`]: a local renderer that draws a deterministic picture from the prompt and
+//!   the seed, so the whole mesh runs (and its tests pass) with no network and no GPU;
+//! - [`openai`]: the OpenAI images API, or any server that speaks its shape;
+//! - [`automatic1111`]: the AUTOMATIC1111 web UI API, the one self-hosted API that reports
+//!   real progress.
+//!
+//! Providers make exactly one attempt per call and classify their failures as
+//! [`ProviderError::Retryable`] or [`ProviderError::Permanent`]; retrying is
+//! [`generate_with_retries`]'s job alone. Keeping the policy in one place means every
+//! provider backs off the same way, honours `Retry-After` the same way and logs retries
+//! the same way, and a provider's tests need no clock.
+//!
+//! # Cancellation
+//!
+//! A generation is cancelled by dropping the future that runs it (the worker drops it
+//! when the user cancels or the process drains). Every provider must therefore be
+//! cancel-safe: dropping its future at any `.await` must leave nothing to clean up on
+//! this side. The only thing a provider may do on drop is a best-effort, fire-and-forget
+//! request asking the remote server to stop working on an image nobody will read (the
+//! AUTOMATIC1111 provider does; the OpenAI API has no such call).
+
+pub mod automatic1111;
+pub mod builtin;
+mod http;
+pub mod openai;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use atelier_runtime::config::{ConfigError, optional_var, var_or};
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use automatic1111::Automatic1111Provider;
+pub use builtin::BuiltinProvider;
+pub use openai::OpenAiProvider;
+
+/// One image to make: a text-to-image request, or an image-to-image one when
+/// `init_image` is set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageRequest {
+    /// The provider's own model name; providers that serve one model ignore it.
+    pub model: String,
+    pub prompt: String,
+    /// What the picture must not show; empty for nothing.
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    /// Makes the result reproducible where the provider supports seeds.
+    pub seed: u32,
+    /// A PNG to start from (an edit of the previous image).
+    pub init_image: Option<Bytes>,
+    /// How far an edit may move away from `init_image`: 0 keeps it, 1 ignores it.
+    /// Unused without an init image.
+    pub strength: f32,
+}
+
+/// Something that turns an [`ImageRequest`] into a PNG.
+///
+/// Implementations make one attempt per call (see [`generate_with_retries`]) and must be
+/// cancel-safe (see the module documentation).
+#[tonic::async_trait]
+pub trait ImageProvider: Send + Sync {
+    /// Makes the image and returns it as PNG bytes.
+    ///
+    /// `progress` receives percentages, 0 to 100; 100 only once the image is there.
+    async fn generate(
+        &self,
+        request: &ImageRequest,
+        progress: &watch::Sender<u32>,
+    ) -> Result<Bytes, ProviderError>;
+}
+
+/// Why a provider produced no image.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The same request may succeed later: a timeout, a refused connection, 429, 5xx.
+    #[error("image provider failed, may succeed on retry: {reason}")]
+    Retryable {
+        reason: String,
+        /// How long the provider asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// The same request will fail the same way: a rejected prompt, a bad key, an unknown
+    /// model, an answer that is not an image.
+    #[error("image provider failed: {reason}")]
+    Permanent { reason: String },
+}
+
+impl ProviderError {
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        Self::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable { .. })
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Retryable { reason, .. } | Self::Permanent { reason } => reason,
+        }
+    }
+}
+
+/// How often and how patiently [`generate_with_retries`] tries again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included; 0 counts as 1.
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt; it doubles after each further one.
+    pub backoff_base: Duration,
+    /// No wait is longer, a server's `Retry-After` included: a job must not sit on a
+    /// worker for an hour because a provider said so, it is better failed and refunded.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): the server's
+    /// `retry_after` when it gave one, else the exponential backoff; capped by
+    /// `max_backoff` either way.
+    pub fn delay_after(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let wait = retry_after.unwrap_or_else(|| {
+            let exponent = attempt.saturating_sub(1);
+            self.backoff_base
+                .saturating_mul(2u32.checked_pow(exponent).unwrap_or(u32::MAX))
+        });
+        wait.min(self.max_backoff)
+    }
+}
+
+/// Calls `provider` until it succeeds, fails permanently, or `policy` runs out of
+/// attempts; the last error is returned as it was.
+///
+/// Each attempt starts its progress from 0 again: a retried image really does start
+/// over, and the client is better told so than shown a bar that stalls.
+///
+/// Dropping the returned future cancels the attempt in flight, or the wait between two.
+pub async fn generate_with_retries(
+    provider: &dyn ImageProvider,
+    request: &ImageRequest,
+    progress: &watch::Sender<u32>,
+    policy: &RetryPolicy,
+) -> Result<Bytes, ProviderError> {
+    let max_attempts = policy.max_attempts.max(1);
+    let mut attempt: u32 = 1;
+    loop {
+        let error = match provider.generate(request, progress).await {
+            Ok(png) => return Ok(png),
+            Err(error) => error,
+        };
+        let retry_after = match &error {
+            ProviderError::Retryable { retry_after, .. } if attempt < max_attempts => *retry_after,
+            _ => return Err(error),
+        };
+        let wait = policy.delay_after(attempt, retry_after);
+        tracing::warn!(
+            attempt,
+            max_attempts,
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            reason = error.reason(),
+            "image provider attempt failed, retrying"
+        );
+        tokio::time::sleep(wait).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Which provider a model is served by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    Builtin,
+    Openai,
+    Automatic1111,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 3] = [Self::Builtin, Self::Openai, Self::Automatic1111];
+
+    /// The name used in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::Openai => "openai",
+            Self::Automatic1111 => "automatic1111",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProviderKind {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().eq_ignore_ascii_case(value))
+            .ok_or_else(|| {
+                format!(
+                    "unknown image provider {value:?}: expected builtin, openai or automatic1111"
+                )
+            })
+    }
+}
+
+/// Where the remote providers live and how patient to be with them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProvidersConfig {
+    /// The images API root, up to and including the version
+    /// (`https://api.openai.com/v1`); the provider appends `/images/generations`.
+    pub openai_base_url: Option<String>,
+    /// Sent as a bearer token when set; compatible local servers usually need none.
+    pub openai_api_key: Option<String>,
+    /// The web UI's root (`http://127.0.0.1:7860`), started with `--api`.
+    pub automatic1111_url: Option<String>,
+    /// The limit for one HTTP attempt, response body included. Generous by default:
+    /// a diffusion model on a busy GPU takes tens of seconds per image.
+    pub request_timeout: Duration,
+    /// How often the AUTOMATIC1111 provider asks for progress.
+    pub progress_interval: Duration,
+}
+
+impl ProvidersConfig {
+    pub const DEFAULT_TIMEOUT_MS: u64 = 120_000;
+    pub const DEFAULT_PROGRESS_MS: u64 = 500;
+
+    /// Reads the config from the environment:
+    ///
+    /// - `ATELIER_OPENAI_IMAGES_URL`: the OpenAI-compatible images API root, e.g.
+    ///   `https://api.openai.com/v1`; unset means the `openai` provider is unavailable;
+    /// - `ATELIER_OPENAI_API_KEY`: optional bearer token for it;
+    /// - `ATELIER_AUTOMATIC1111_URL`: the AUTOMATIC1111 web UI root; unset means the
+    ///   `automatic1111` provider is unavailable;
+    /// - `ATELIER_PROVIDER_TIMEOUT_MS`: one HTTP attempt, default 120000;
+    /// - `ATELIER_PROVIDER_PROGRESS_MS`: the progress poll interval, default 500.
+    ///
+    /// A value that is set but unusable is an error naming the variable.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let openai_base_url = url_var("ATELIER_OPENAI_IMAGES_URL")?;
+        let automatic1111_url = url_var("ATELIER_AUTOMATIC1111_URL")?;
+        Ok(Self {
+            openai_base_url,
+            openai_api_key: optional_var("ATELIER_OPENAI_API_KEY")?,
+            automatic1111_url,
+            request_timeout: positive_millis(
+                "ATELIER_PROVIDER_TIMEOUT_MS",
+                Self::DEFAULT_TIMEOUT_MS,
+            )?,
+            progress_interval: positive_millis(
+                "ATELIER_PROVIDER_PROGRESS_MS",
+                Self::DEFAULT_PROGRESS_MS,
+            )?,
+        })
+    }
+}
+
+/// No remote provider configured, and the default timeouts.
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self {
+            openai_base_url: None,
+            openai_api_key: None,
+            automatic1111_url: None,
+            request_timeout: Duration::from_millis(Self::DEFAULT_TIMEOUT_MS),
+            progress_interval: Duration::from_millis(Self::DEFAULT_PROGRESS_MS),
+        }
+    }
+}
+
+// By hand, so the key never reaches a log through `{:?}`.
+impl fmt::Debug for ProvidersConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProvidersConfig")
+            .field("openai_base_url", &self.openai_base_url)
+            .field(
+                "openai_api_key",
+                &self.openai_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("automatic1111_url", &self.automatic1111_url)
+            .field("request_timeout", &self.request_timeout)
+            .field("progress_interval", &self.progress_interval)
+            .finish()
+    }
+}
+
+fn url_var(name: &str) -> anyhow::Result<Option<String>> {
+    let Some(value) = optional_var::<String>(name)? else {
+        return Ok(None);
+    };
+    http::check_url(&value).map_err(|reason| ConfigError::new(name, &value, reason))?;
+    Ok(Some(value))
+}
+
+fn positive_millis(name: &str, default: u64) -> anyhow::Result<Duration> {
+    let millis: u64 = var_or(name, default)?;
+    if millis == 0 {
+        return Err(ConfigError::new(name, "0", "must be positive").into());
+    }
+    Ok(Duration::from_millis(millis))
+}
+
+/// Builds the provider of `kind`; a remote kind whose URL is not configured is an error
+/// naming the variable to set, so a catalog that points at it fails at start.
+pub fn from_config(
+    kind: ProviderKind,
+    config: &ProvidersConfig,
+) -> anyhow::Result<Arc<dyn ImageProvider>> {
+    let provider: Arc<dyn ImageProvider> = match kind {
+        ProviderKind::Builtin => Arc::new(BuiltinProvider::new()),
+        ProviderKind::Openai => Arc::new(OpenAiProvider::new(config)?),
+        ProviderKind::Automatic1111 => Arc::new(Automatic1111Provider::new(config)?),
+    };
+    Ok(provider)
+}
+
+/// Sends `percent` unless the channel holds it already. Unlike `send`, this works with
+/// no receiver, which is the normal case when nobody watches a generation.
+fn report(progress: &watch::Sender<u32>, percent: u32) {
+    let percent = percent.min(100);
+    progress.send_if_modified(|current| {
+        let changed = *current != percent;
+        *current = percent;
+        changed
+    });
+}
+
+/// The error for a provider config field that is missing.
+fn missing(kind: ProviderKind, variable: &str) -> anyhow::Error {
+    anyhow::anyhow!("the {kind} image provider is not configured: set {variable}")
+}
+
+/// The HTTP client every remote provider uses.
+fn http_client(config: &ProvidersConfig) -> anyhow::Result<reqwest::Client> {
+    // A zero timeout would fail every request, each one as a retryable timeout: a config
+    // mistake that is better refused at start.
+    anyhow::ensure!(
+        !config.request_timeout.is_zero(),
+        "the image provider request timeout is zero"
+    );
+    reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        // No image API redirects; one that does points at a wrong base URL (http for
+        // https, a missing /v1), and following it would turn the POST into a GET and
+        // hide the cause behind a 405.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the image provider HTTP client")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Fails with the scripted errors in order, then succeeds.
+    struct Scripted {
+        failures: Mutex<Vec<ProviderError>>,
+        calls: Mutex<u32>,
+    }
+
+    impl Scripted {
+        fn new(mut failures: Vec<ProviderError>) -> Self {
+            failures.reverse();
+            Self {
+                failures: Mutex::new(failures),
+                calls: Mutex::new(0),
+            }
+        }
+
+        fn calls(&self) -> u32 {
+            *self.calls.lock().expect("not poisoned")
+        }
+    }
+
+    #[tonic::async_trait]
+    impl ImageProvider for Scripted {
+        async fn generate(
+            &self,
+            _request: &ImageRequest,
+            progress: &watch::Sender<u32>,
+        ) -> Result<Bytes, ProviderError> {
+            *self.calls.lock().expect("not poisoned") += 1;
+            report(progress, 0);
+            match self.failures.lock().expect("not poisoned").pop() {
+                Some(error) => Err(error),
+                None => {
+                    report(progress, 100);
+                    Ok(Bytes::from_static(b"png"))
+                }
+            }
+        }
+    }
+
+    fn request() -> ImageRequest {
+        ImageRequest {
+            model: "m".to_owned(),
+            prompt: "a red fox".to_owned(),
+            negative_prompt: String::new(),
+            width: 8,
+            height: 8,
+            seed: 1,
+            init_image: None,
+            strength: 0.5,
+        }
+    }
+
+    fn fast_policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            backoff_base: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(policy.delay_after(1, None), Duration::from_millis(100));
+        assert_eq!(policy.delay_after(2, None), Duration::from_millis(200));
+        assert_eq!(policy.delay_after(3, None), Duration::from_millis(400));
+        assert_eq!(policy.delay_after(5, None), Duration::from_secs(1));
+        assert_eq!(policy.delay_after(u32::MAX, None), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff_and_is_capped_too() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        };
+        assert_eq!(
+            policy.delay_after(3, Some(Duration::ZERO)),
+            Duration::ZERO,
+            "the server said now"
+        );
+        assert_eq!(
+            policy.delay_after(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            policy.delay_after(1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_until_success() {
+        let provider = Scripted::new(vec![
+            ProviderError::retryable("503"),
+            ProviderError::Retryable {
+                reason: "429".to_owned(),
+                retry_after: Some(Duration::from_secs(3600)),
+            },
+        ]);
+        let (progress, watcher) = watch::channel(0);
+
+        let png = generate_with_retries(&provider, &request(), &progress, &fast_policy(3))
+            .await
+            .expect("the third attempt succeeds");
+
+        assert_eq!(png, Bytes::from_static(b"png"));
+        assert_eq!(provider.calls(), 3);
+        assert_eq!(*watcher.borrow(), 100);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let provider = Scripted::new(vec![ProviderError::permanent("bad prompt")]);
+        let (progress, _watcher) = watch::channel(0);
+
+        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(5))
+            .await
+            .expect_err("a permanent error");
+
+        assert_eq!(err, ProviderError::permanent("bad prompt"));
+        assert_eq!(provider.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn attempts_are_bounded_and_the_last_error_returned() {
+        let provider = Scripted::new(vec![
+            ProviderError::retryable("first"),
+            ProviderError::retryable("second"),
+            ProviderError::retryable("third"),
+        ]);
+        let (progress, _watcher) = watch::channel(0);
+
+        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(2))
+            .await
+            .expect_err("out of attempts");
+
+        assert_eq!(err, ProviderError::retryable("second"));
+        assert_eq!(provider.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn zero_attempts_still_makes_one() {
+        let provider = Scripted::new(vec![ProviderError::retryable("first")]);
+        let (progress, _watcher) = watch::channel(0);
+
+        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(0))
+            .await
+            .expect_err("no retry");
+
+        assert_eq!(err, ProviderError::retryable("first"));
+        assert_eq!(provider.calls(), 1);
+    }
+
+    #[test]
+    fn report_works_without_receivers_and_caps_at_100() {
+        let (progress, watcher) = watch::channel(0);
+        drop(watcher);
+        report(&progress, 40);
+        assert_eq!(*progress.borrow(), 40);
+        report(&progress, 250);
+        assert_eq!(*progress.borrow(), 100);
+    }
+
+    #[test]
+    fn provider_kinds_parse_from_their_config_names() {
+        for kind in ProviderKind::ALL {
+            assert_eq!(kind.as_str().parse::<ProviderKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert_eq!(" OpenAI ".parse::<ProviderKind>(), Ok(ProviderKind::Openai));
+        let err = "dall-e".parse::<ProviderKind>().expect_err("unknown");
+        assert!(
+            err.contains("dall-e") && err.contains("automatic1111"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn remote_providers_need_their_url() {
+        let config = ProvidersConfig::default();
+        assert!(from_config(ProviderKind::Builtin, &config).is_ok());
+
+        let err = from_config(ProviderKind::Openai, &config)
+            .err()
+            .expect("no URL")
+            .to_string();
+        assert!(err.contains("ATELIER_OPENAI_IMAGES_URL"), "{err}");
+
+        let err = from_config(ProviderKind::Automatic1111, &config)
+            .err()
+            .expect("no URL")
+            .to_string();
+        assert!(err.contains("ATELIER_AUTOMATIC1111_URL"), "{err}");
+
+        let config = ProvidersConfig {
+            openai_base_url: Some("http://127.0.0.1:9/v1".to_owned()),
+            automatic1111_url: Some("http://127.0.0.1:9".to_owned()),
+            ..ProvidersConfig::default()
+        };
+        assert!(from_config(ProviderKind::Openai, &config).is_ok());
+        assert!(from_config(ProviderKind::Automatic1111, &config).is_ok());
+
+        let zero_timeout = ProvidersConfig {
+            request_timeout: Duration::ZERO,
+            ..config
+        };
+        assert!(from_config(ProviderKind::Openai, &zero_timeout).is_err());
+        assert!(from_config(ProviderKind::Automatic1111, &zero_timeout).is_err());
+    }
+
+    #[test]
+    fn debug_redacts_the_api_key() {
+        let config = ProvidersConfig {
+            openai_api_key: Some("sk-very-secret".to_owned()),
+            ..ProvidersConfig::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("sk-very-secret"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    const VARS: [&str; 5] = [
+        "ATELIER_OPENAI_IMAGES_URL",
+        "ATELIER_OPENAI_API_KEY",
+        "ATELIER_AUTOMATIC1111_URL",
+        "ATELIER_PROVIDER_TIMEOUT_MS",
+        "ATELIER_PROVIDER_PROGRESS_MS",
+    ];
+    const PROBE: &str = "ATELIER_PROVIDERS_FROM_ENV_PROBE";
+
+    /// What `from_env` returns with exactly `vars` set.
+    ///
+    /// A test may not change its own environment (`set_var` is unsafe, and the workspace
+    /// forbids unsafe code), so this runs the test binary again as a child with the
+    /// variables set, and reads what [`print_from_env`] printed there.
+    fn from_env_with(vars: &[(&str, &str)]) -> String {
+        let binary = std::env::current_exe().expect("the test binary");
+        let mut command = Command::new(binary);
+        command
+            .args(["--exact", "providers::tests::print_from_env", "--nocapture"])
+            .env(PROBE, "1");
+        for name in VARS {
+            command.env_remove(name);
+        }
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let output = command.output().expect("the child runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("from_env: "))
+            .unwrap_or_else(|| panic!("the child printed no result: {stdout}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn print_from_env() {
+        if std::env::var_os(PROBE).is_none() {
+            return;
+        }
+        let printed = match ProvidersConfig::from_env() {
+            Ok(config) => format!("{config:?}"),
+            Err(err) => format!("error: {err}"),
+        };
+        println!("from_env: {printed}");
+    }
+
+    #[test]
+    fn from_env_defaults() {
+        let config = from_env_with(&[]);
+        for expected in [
+            "openai_base_url: None",
+            "openai_api_key: None",
+            "automatic1111_url: None",
+            "request_timeout: 120s",
+            "progress_interval: 500ms",
+        ] {
+            assert!(config.contains(expected), "{expected} in {config}");
+        }
+    }
+
+    #[test]
+    fn from_env_reads_every_variable() {
+        let config = from_env_with(&[
+            ("ATELIER_OPENAI_IMAGES_URL", "https://api.openai.com/v1"),
+            ("ATELIER_OPENAI_API_KEY", "sk-from-env"),
+            ("ATELIER_AUTOMATIC1111_URL", "http://gpu:7860"),
+            ("ATELIER_PROVIDER_TIMEOUT_MS", "30000"),
+            ("ATELIER_PROVIDER_PROGRESS_MS", "250"),
+        ]);
+        for expected in [
+            r#"openai_base_url: Some("https://api.openai.com/v1")"#,
+            r#"openai_api_key: Some("<redacted>")"#,
+            r#"automatic1111_url: Some("http://gpu:7860")"#,
+            "request_timeout: 30s",
+            "progress_interval: 250ms",
+        ] {
+            assert!(config.contains(expected), "{expected} in {config}");
+        }
+        assert!(!config.contains("sk-from-env"), "{config}");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (name, value) in [
+            ("ATELIER_OPENAI_IMAGES_URL", "api.openai.com/v1"),
+            ("ATELIER_AUTOMATIC1111_URL", "ftp://gpu"),
+            ("ATELIER_PROVIDER_TIMEOUT_MS", "2m"),
+            ("ATELIER_PROVIDER_TIMEOUT_MS", "0"),
+            ("ATELIER_PROVIDER_PROGRESS_MS", "-1"),
+        ] {
+            let printed = from_env_with(&[(name, value)]);
+            assert!(
+                printed.starts_with("error: ") && printed.contains(name),
+                "{name}={value}: {printed}"
+            );
+        }
+    }
+}

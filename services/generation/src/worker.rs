@@ -1,0 +1,595 @@
+//! One generation job, start to finish.
+//!
+//! 1. Listen for a cancellation of this message (the live copy of the user's events),
+//!    before anything else, so a cancel sent at any moment is seen.
+//! 2. StartGeneration: the images to make, the provider, the previous message.
+//! 3. Intent and enhancement at the same time (one `join`), each with a deadline and a
+//!    fallback, so neither an LLM outage nor a slow service stops the picture; an edit
+//!    resolved to another prompt is enhanced once more (cached, so cheap).
+//! 4. RecordIntent; then each image: the provider (retries, backoff, Retry-After) with
+//!    progress events and keep-alives, the store, CompleteGeneration.
+//! 5. Images that cannot be made are failed (their credits released); a cancel aborts
+//!    the provider call at once.
+//!
+//! Every state change goes through the conversation service's idempotent RPCs, so a job
+//! redelivered after a crash repeats steps safely and credits move exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atelier_events::jobs::Job;
+use atelier_events::{Publisher, Subjects};
+use atelier_proto::conversation::v1 as internal;
+use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use atelier_proto::enhancement::v1 as enhancement;
+use atelier_proto::enhancement::v1::enhancement_service_client::EnhancementServiceClient;
+use atelier_proto::intent::v1 as intent;
+use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
+use atelier_proto::jobs::v1::GenerateJob;
+use atelier_proto::v1 as proto;
+use atelier_runtime::internal_call::{OutgoingCall, on_behalf_of};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::providers::{self, ImageProvider, ImageRequest, ProviderError, ProviderKind};
+use crate::storage::{self, ImageStore};
+
+pub type ConversationClient = ConversationServiceClient<InterceptedService<Channel, OutgoingCall>>;
+pub type IntentClient = IntentServiceClient<InterceptedService<Channel, OutgoingCall>>;
+pub type EnhancementClient = EnhancementServiceClient<InterceptedService<Channel, OutgoingCall>>;
+
+/// Everything a job needs; shared by all the jobs of a process.
+pub struct Worker {
+    pub conversation: ConversationClient,
+    pub intent: IntentClient,
+    pub enhancement: EnhancementClient,
+    pub providers: Providers,
+    pub store: ImageStore,
+    pub nats: async_nats::Client,
+    pub publisher: Publisher,
+    pub subjects: Subjects,
+    pub config: Config,
+}
+
+/// The providers this process can reach, by kind.
+pub struct Providers {
+    pub builtin: Arc<dyn ImageProvider>,
+    pub openai: Option<Arc<dyn ImageProvider>>,
+    pub automatic1111: Option<Arc<dyn ImageProvider>>,
+}
+
+impl Providers {
+    pub fn from_config(config: &providers::ProvidersConfig) -> anyhow::Result<Self> {
+        let optional =
+            |kind, url: &Option<String>| -> anyhow::Result<Option<Arc<dyn ImageProvider>>> {
+                url.as_ref()
+                    .map(|_| providers::from_config(kind, config))
+                    .transpose()
+            };
+        Ok(Self {
+            builtin: providers::from_config(ProviderKind::Builtin, config)?,
+            openai: optional(ProviderKind::Openai, &config.openai_base_url)?,
+            automatic1111: optional(ProviderKind::Automatic1111, &config.automatic1111_url)?,
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<dyn ImageProvider>> {
+        match name.parse::<ProviderKind>().ok()? {
+            ProviderKind::Builtin => Some(Arc::clone(&self.builtin)),
+            ProviderKind::Openai => self.openai.clone(),
+            ProviderKind::Automatic1111 => self.automatic1111.clone(),
+        }
+    }
+}
+
+/// What went wrong with a job as a whole.
+enum JobError {
+    /// The conversation service (or NATS) is unreachable: try the job again later.
+    Transient(String),
+}
+
+/// Handles one delivery of a generation job, and acknowledges it unless it must be
+/// retried.
+pub async fn handle(worker: Arc<Worker>, job: Job) {
+    let parsed = GenerateJob::decode(job.payload());
+    let Ok(generate) = parsed else {
+        // A payload no version of Atelier wrote: retrying cannot help.
+        tracing::error!("undecodable generation job dropped");
+        job.ack().await;
+        return;
+    };
+    tracing::info!(message_id = %generate.message_id, delivered = job.delivered(), "generation job");
+    let _alive = job.keep_alive();
+    match run_job(&worker, &generate, job.is_last_attempt()).await {
+        Ok(()) => job.ack().await,
+        Err(JobError::Transient(reason)) if !job.is_last_attempt() => {
+            tracing::warn!(%reason, "generation job will be retried");
+            job.retry_after(
+                Duration::from_secs(2).saturating_mul(u32::try_from(job.delivered()).unwrap_or(1)),
+            )
+            .await;
+        }
+        Err(JobError::Transient(reason)) => {
+            tracing::error!(%reason, "generation job failed on its last attempt");
+            let failed = fail_unfinished(
+                &worker,
+                &generate,
+                "the image could not be made; your credits were refunded",
+            )
+            .await;
+            if failed {
+                job.ack().await;
+            }
+            // Not acknowledged: with deliveries exhausted JetStream keeps it for
+            // inspection, and the message stays running until an operator acts.
+        }
+    }
+}
+
+async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Result<(), JobError> {
+    // 1. Cancellation, before anything can start.
+    let cancelled = watch_cancellation(worker, job).await?;
+
+    // 2. What to make.
+    let started = worker
+        .conversation
+        .clone()
+        .start_generation(as_user(
+            internal::StartGenerationRequest {
+                message_id: job.message_id.clone(),
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("StartGeneration", &status))?
+        .into_inner();
+    if started.generation_ids.is_empty() {
+        tracing::info!("nothing to generate (finished or cancelled)");
+        return Ok(());
+    }
+    let message = started.message.clone().unwrap_or_default();
+    let Some(provider) = worker.providers.get(&started.provider) else {
+        fail(
+            worker,
+            job,
+            &started.generation_ids,
+            "this model is not available right now; your credits were refunded",
+        )
+        .await?;
+        return Ok(());
+    };
+
+    // 3. Intent and enhancement together.
+    let settings = message.settings.clone().unwrap_or_default();
+    let previous = started.previous.clone();
+    let (resolved, enhanced) = tokio::join!(
+        analyze_intent(worker, job, &message.content, previous.as_ref()),
+        enhance(worker, job, &message.content, &settings),
+    );
+    let edit_from = previous.as_ref().filter(|previous| {
+        resolved.kind() == proto::IntentKind::Edit && !previous.image_key.is_empty()
+    });
+    let enhanced = if resolved.kind() == proto::IntentKind::Edit
+        && !resolved.resolved_prompt.is_empty()
+        && resolved.resolved_prompt != message.content
+    {
+        enhance(worker, job, &resolved.resolved_prompt, &settings).await
+    } else {
+        enhanced
+    };
+    let init_image = match edit_from {
+        Some(previous) => match worker.store.get(&previous.image_key).await {
+            Ok(png) => Some(png),
+            Err(err) => {
+                // The edit becomes a fresh picture of the resolved prompt.
+                tracing::warn!(error = %err, "previous image unreadable; generating from scratch");
+                None
+            }
+        },
+        None => None,
+    };
+    let init_generation_id = match (&init_image, edit_from) {
+        (Some(_), Some(previous)) => previous.generation_id.clone(),
+        _ => String::new(),
+    };
+    worker
+        .conversation
+        .clone()
+        .record_intent(as_user(
+            internal::RecordIntentRequest {
+                message_id: job.message_id.clone(),
+                intent: Some(resolved.clone()),
+                enhanced_prompt: enhanced.prompt.clone(),
+                negative_prompt: enhanced.negative_prompt.clone(),
+                init_generation_id,
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("RecordIntent", &status))?;
+
+    // 4. The images.
+    let images = message
+        .generations
+        .iter()
+        .filter(|generation| started.generation_ids.contains(&generation.id))
+        .map(|generation| {
+            let request = ImageRequest {
+                model: generation.model.clone(),
+                prompt: enhanced.prompt.clone(),
+                negative_prompt: enhanced.negative_prompt.clone(),
+                width: generation.width,
+                height: generation.height,
+                seed: u32::try_from(generation.seed).unwrap_or(u32::MAX),
+                init_image: init_image.clone(),
+                strength: if init_image.is_some() {
+                    resolved.strength
+                } else {
+                    1.0
+                },
+            };
+            make_image(
+                worker,
+                job,
+                Arc::clone(&provider),
+                generation.id.clone(),
+                request,
+                cancelled.clone(),
+                last_attempt,
+            )
+        });
+    let outcomes = futures::future::join_all(images).await;
+    outcomes
+        .into_iter()
+        .collect::<Result<Vec<()>, JobError>>()?;
+    Ok(())
+}
+
+/// Makes, stores and reports one image; a permanent provider failure fails it.
+async fn make_image(
+    worker: &Worker,
+    job: &GenerateJob,
+    provider: Arc<dyn ImageProvider>,
+    generation_id: String,
+    request: ImageRequest,
+    mut cancelled: watch::Receiver<bool>,
+    last_attempt: bool,
+) -> Result<(), JobError> {
+    let (progress, mut progress_seen) = watch::channel(0u32);
+    let rendering = providers::generate_with_retries(
+        provider.as_ref(),
+        &request,
+        &progress,
+        &worker.config.provider_retries,
+    );
+    // Runs beside the provider call and never finishes on its own: the select below ends
+    // it with the call.
+    let reporting = async {
+        let mut last_sent: Option<u32> = None;
+        while progress_seen.changed().await.is_ok() {
+            let percent = *progress_seen.borrow_and_update();
+            // Every tenth of the way: enough for a progress bar, few events.
+            if last_sent.is_none_or(|last| percent >= last + 10) && percent < 100 {
+                publish_progress(worker, job, &generation_id, "rendering", percent).await;
+                last_sent = Some(percent);
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let outcome = tokio::select! {
+        outcome = rendering => outcome,
+        () = reporting => unreachable!("progress reporting never finishes"),
+        _ = cancelled.wait_for(|cancelled| *cancelled) => {
+            tracing::info!(%generation_id, "cancelled: provider call aborted");
+            return Ok(());
+        }
+    };
+    match outcome {
+        Ok(png) => {
+            publish_progress(worker, job, &generation_id, "storing", 100).await;
+            store_and_complete(worker, job, &generation_id, png).await
+        }
+        Err(ProviderError::Permanent { reason }) => {
+            fail(
+                worker,
+                job,
+                std::slice::from_ref(&generation_id),
+                &user_reason(&reason),
+            )
+            .await
+        }
+        Err(err @ ProviderError::Retryable { .. }) if last_attempt => {
+            fail(
+                worker,
+                job,
+                std::slice::from_ref(&generation_id),
+                &user_reason(err.reason()),
+            )
+            .await
+        }
+        Err(err) => Err(JobError::Transient(err.to_string())),
+    }
+}
+
+async fn store_and_complete(
+    worker: &Worker,
+    job: &GenerateJob,
+    generation_id: &str,
+    png: Bytes,
+) -> Result<(), JobError> {
+    let key = storage::key_for(&job.user_id, generation_id);
+    worker
+        .store
+        .put(&key, png)
+        .await
+        .map_err(|err| JobError::Transient(format!("storing the image: {err}")))?;
+    worker
+        .conversation
+        .clone()
+        .complete_generation(as_user(
+            internal::CompleteGenerationRequest {
+                generation_id: generation_id.to_owned(),
+                image_key: key,
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("CompleteGeneration", &status))?;
+    Ok(())
+}
+
+/// Fails images (releasing their credits) with a reason for the user.
+async fn fail(
+    worker: &Worker,
+    job: &GenerateJob,
+    generation_ids: &[String],
+    reason: &str,
+) -> Result<(), JobError> {
+    worker
+        .conversation
+        .clone()
+        .fail_generation(as_user(
+            internal::FailGenerationRequest {
+                generation_ids: generation_ids.to_vec(),
+                reason: reason.to_owned(),
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("FailGeneration", &status))?;
+    Ok(())
+}
+
+/// On the last attempt: fails whatever the message still has unfinished. False when even
+/// that could not reach the conversation service.
+async fn fail_unfinished(worker: &Worker, job: &GenerateJob, reason: &str) -> bool {
+    let Ok(request) = as_user(
+        proto::GetMessageRequest {
+            message_id: job.message_id.clone(),
+        },
+        &job.user_id,
+    ) else {
+        return false;
+    };
+    let Ok(message) = worker.conversation.clone().get_message(request).await else {
+        return false;
+    };
+    let unfinished: Vec<String> = message
+        .into_inner()
+        .message
+        .map(|message| message.generations)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|generation| {
+            matches!(
+                generation.status(),
+                proto::GenerationStatus::Queued | proto::GenerationStatus::Running
+            )
+        })
+        .map(|generation| generation.id)
+        .collect();
+    unfinished.is_empty() || fail(worker, job, &unfinished, reason).await.is_ok()
+}
+
+/// The provider's words are for operators; the user gets a short, safe sentence.
+fn user_reason(provider_reason: &str) -> String {
+    tracing::warn!(reason = provider_reason, "image generation failed");
+    "the image provider could not make this image; your credits were refunded".to_owned()
+}
+
+async fn analyze_intent(
+    worker: &Worker,
+    job: &GenerateJob,
+    prompt: &str,
+    previous: Option<&internal::PreviousMessage>,
+) -> proto::ResolvedIntent {
+    let new = proto::ResolvedIntent {
+        kind: proto::IntentKind::New.into(),
+        resolved_prompt: prompt.to_owned(),
+        edit_type: String::new(),
+        strength: 0.0,
+    };
+    let Some(previous) = previous else {
+        // Nothing to edit: no need to ask.
+        return new;
+    };
+    let Ok(request) = as_user(
+        intent::AnalyzeIntentRequest {
+            prompt: prompt.to_owned(),
+            previous_prompt: previous.prompt.clone(),
+            has_previous_image: !previous.image_key.is_empty(),
+        },
+        &job.user_id,
+    ) else {
+        return new;
+    };
+    let mut client = worker.intent.clone();
+    match tokio::time::timeout(
+        worker.config.intent_deadline,
+        client.analyze_intent(request),
+    )
+    .await
+    {
+        Ok(Ok(answer)) => answer.into_inner().intent.unwrap_or(new),
+        Ok(Err(status)) => {
+            tracing::warn!(code = ?status.code(), "intent service failed; treating the prompt as new");
+            new
+        }
+        Err(_) => {
+            tracing::warn!("intent service too slow; treating the prompt as new");
+            new
+        }
+    }
+}
+
+struct Enhanced {
+    prompt: String,
+    negative_prompt: String,
+}
+
+async fn enhance(
+    worker: &Worker,
+    job: &GenerateJob,
+    prompt: &str,
+    settings: &proto::GenerationSettings,
+) -> Enhanced {
+    let plain = Enhanced {
+        prompt: prompt.to_owned(),
+        negative_prompt: settings.negative_prompt.clone(),
+    };
+    let Ok(request) = as_user(
+        enhancement::EnhancePromptRequest {
+            prompt: prompt.to_owned(),
+            style_preset: settings.style_preset.clone(),
+            negative_prompt: settings.negative_prompt.clone(),
+        },
+        &job.user_id,
+    ) else {
+        return plain;
+    };
+    let mut client = worker.enhancement.clone();
+    match tokio::time::timeout(
+        worker.config.enhancement_deadline,
+        client.enhance_prompt(request),
+    )
+    .await
+    {
+        Ok(Ok(answer)) => {
+            let answer = answer.into_inner();
+            Enhanced {
+                prompt: answer.prompt,
+                negative_prompt: answer.negative_prompt,
+            }
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(code = ?status.code(), "enhancement failed; using the prompt as written");
+            plain
+        }
+        Err(_) => {
+            tracing::warn!("enhancement too slow; using the prompt as written");
+            plain
+        }
+    }
+}
+
+/// Subscribes to the user's live events and turns a cancellation of this message into a
+/// watch signal. Subscribed before StartGeneration, so no cancel slips between the two.
+async fn watch_cancellation(
+    worker: &Worker,
+    job: &GenerateJob,
+) -> Result<watch::Receiver<bool>, JobError> {
+    let mut live = worker
+        .nats
+        .subscribe(worker.subjects.live_user_events(&job.user_id))
+        .await
+        .map_err(|err| JobError::Transient(format!("subscribing to cancellations: {err}")))?;
+    // The subscription must be registered with the server before StartGeneration.
+    worker
+        .nats
+        .flush()
+        .await
+        .map_err(|err| JobError::Transient(format!("flushing the subscription: {err}")))?;
+    let (cancel, cancelled) = watch::channel(false);
+    let message_id = job.message_id.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                // Every job's receiver gone: the job is over.
+                () = cancel.closed() => return,
+                event = live.next() => {
+                    let Some(event) = event else { return };
+                    let Ok(event) = proto::Event::decode(event.payload) else { continue };
+                    if event.message_id == message_id
+                        && matches!(event.payload, Some(proto::event::Payload::GenerationCancelled(_)))
+                    {
+                        let _ = cancel.send(true);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(cancelled)
+}
+
+async fn publish_progress(
+    worker: &Worker,
+    job: &GenerateJob,
+    generation_id: &str,
+    stage: &str,
+    percent: u32,
+) {
+    let event = proto::Event {
+        id: Uuid::now_v7().to_string(),
+        occurred_at: Some(now_timestamp()),
+        user_id: job.user_id.clone(),
+        conversation_id: job.conversation_id.clone(),
+        message_id: job.message_id.clone(),
+        payload: Some(proto::event::Payload::GenerationProgress(
+            proto::GenerationProgress {
+                generation_id: generation_id.to_owned(),
+                stage: stage.to_owned(),
+                percent,
+            },
+        )),
+    };
+    // Progress is only useful live: a lost one is not worth retrying.
+    if let Err(err) = worker
+        .publisher
+        .publish(
+            worker.subjects.user_events(&job.user_id),
+            &event.id,
+            event.encode_to_vec().into(),
+        )
+        .await
+    {
+        tracing::debug!(error = %err, "progress event not published");
+    }
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn as_user<T>(message: T, user_id: &str) -> Result<tonic::Request<T>, JobError> {
+    let mut request = tonic::Request::new(message);
+    on_behalf_of(&mut request, user_id)
+        .map_err(|status| JobError::Transient(status.message().to_owned()))?;
+    Ok(request)
+}
+
+fn transient(call: &str, status: &tonic::Status) -> JobError {
+    JobError::Transient(format!("{call}: {:?} {}", status.code(), status.message()))
+}

@@ -1,0 +1,525 @@
+//! A whole pipeline for the worker's tests: a fresh database, a NATS prefix of its own,
+//! the conversation, intent and enhancement services and a generation worker, all
+//! in-process on port 0, images in a temporary directory.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use atelier_conversation::catalog::Catalog;
+use atelier_events::Subjects;
+use atelier_generation::providers::{ProvidersConfig, RetryPolicy};
+use atelier_generation::storage::ImageStore;
+use atelier_llm::LlmConfig;
+use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use atelier_proto::v1 as proto;
+use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
+use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::Notify;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const SERVICE_TOKEN: &str = "pipeline-test-token";
+
+#[derive(Clone)]
+pub struct PipelineOptions {
+    pub llm_url: Option<String>,
+    pub automatic1111_url: Option<String>,
+    pub ack_wait: Duration,
+    pub breaker_open_for: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            llm_url: None,
+            automatic1111_url: None,
+            ack_wait: Duration::from_secs(10),
+            breaker_open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub db: TestDatabase,
+    pub nats: TestNats,
+    images: TempDir,
+    conversation: RunningServer,
+    intent: RunningServer,
+    enhancement: RunningServer,
+    worker: Option<RunningServer>,
+    channel: Channel,
+    options: PipelineOptions,
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Clone)]
+pub struct AsUser(String);
+
+impl tonic::service::Interceptor for AsUser {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert(
+            SERVICE_TOKEN_HEADER,
+            AsciiMetadataValue::from_static(SERVICE_TOKEN),
+        );
+        on_behalf_of(&mut request, &self.0)?;
+        Ok(request)
+    }
+}
+
+pub type Client = ConversationServiceClient<InterceptedService<Channel, AsUser>>;
+
+fn llm_config(url: &str, options: &PipelineOptions) -> LlmConfig {
+    LlmConfig {
+        max_retries: 0,
+        deadline: Duration::from_secs(3),
+        call_timeout: Duration::from_secs(3),
+        breaker_failure_threshold: 2,
+        breaker_open_for: options.breaker_open_for,
+        ..LlmConfig::new(url)
+    }
+}
+
+impl Pipeline {
+    pub async fn start(options: PipelineOptions) -> Self {
+        atelier_testkit::init_logging();
+        let db = TestDatabase::create().await.expect("database");
+        let nats = TestNats::new();
+        let images =
+            TempDir(std::env::temp_dir().join(format!("atelier-images-{}", uuid::Uuid::now_v7())));
+
+        let conversation_config = atelier_conversation::Config {
+            database: db.options(),
+            max_connections: 8,
+            run_migrations: true,
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            starting_credits: 100,
+            max_generations_per_conversation: 100,
+            catalog: Catalog::embedded(),
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            sweep_interval: Duration::from_millis(300),
+        };
+        let conversation = spawn_server(|listener, shutdown| {
+            atelier_conversation::run(conversation_config, listener, shutdown)
+        })
+        .await
+        .expect("conversation");
+        let llm = options
+            .llm_url
+            .as_deref()
+            .map(|url| llm_config(url, &options));
+        let intent_config = atelier_intent::Config {
+            llm: llm.clone(),
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            ..atelier_intent::Config::default()
+        };
+        let intent = spawn_server(|listener, shutdown| {
+            atelier_intent::run(intent_config, listener, shutdown)
+        })
+        .await
+        .expect("intent");
+        let enhancement_config = atelier_enhancement::Config {
+            llm,
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            ..atelier_enhancement::Config::default()
+        };
+        let enhancement = spawn_server(|listener, shutdown| {
+            atelier_enhancement::run(enhancement_config, listener, shutdown)
+        })
+        .await
+        .expect("enhancement");
+        let channel = Channel::from_shared(conversation.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut pipeline = Self {
+            db,
+            nats,
+            images,
+            conversation,
+            intent,
+            enhancement,
+            worker: None,
+            channel,
+            options,
+        };
+        pipeline.start_worker().await;
+        pipeline
+    }
+
+    /// Starts a generation worker (another replica, if one runs).
+    pub async fn start_worker(&mut self) {
+        let config = atelier_generation::Config {
+            nats_url: self.nats.url.clone(),
+            subject_prefix: self.nats.prefix.clone(),
+            conversation_url: self.conversation.url(),
+            intent_url: self.intent.url(),
+            enhancement_url: self.enhancement.url(),
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            providers: ProvidersConfig {
+                automatic1111_url: self.options.automatic1111_url.clone(),
+                progress_interval: Duration::from_millis(50),
+                ..ProvidersConfig::default()
+            },
+            provider_retries: RetryPolicy {
+                max_attempts: 2,
+                backoff_base: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(200),
+            },
+            storage: atelier_generation::config::Storage::Local(self.images.0.clone()),
+            ack_wait: self.options.ack_wait,
+            intent_deadline: Duration::from_secs(8),
+            enhancement_deadline: Duration::from_secs(8),
+            ..atelier_generation::Config::default()
+        };
+        let worker =
+            spawn_server(|listener, shutdown| atelier_generation::run(config, listener, shutdown))
+                .await
+                .expect("worker");
+        self.worker = Some(worker);
+    }
+
+    /// Kills the worker as a crash would: its jobs stay unacknowledged.
+    pub fn kill_worker(&mut self) {
+        drop(self.worker.take());
+    }
+
+    pub fn client(&self, user: &str) -> Client {
+        ConversationServiceClient::with_interceptor(self.channel.clone(), AsUser(user.to_owned()))
+    }
+
+    pub async fn conversation(&self, client: &mut Client) -> String {
+        client
+            .create_conversation(proto::CreateConversationRequest::default())
+            .await
+            .expect("create")
+            .into_inner()
+            .conversation
+            .expect("conversation")
+            .id
+    }
+
+    pub async fn send(
+        &self,
+        client: &mut Client,
+        conversation_id: &str,
+        prompt: &str,
+        model: Option<&str>,
+    ) -> proto::Message {
+        client
+            .send_message(proto::SendMessageRequest {
+                conversation_id: conversation_id.to_owned(),
+                prompt: prompt.to_owned(),
+                settings: Some(proto::GenerationSettings {
+                    model: model.unwrap_or_default().to_owned(),
+                    ..Default::default()
+                }),
+                client_request_id: String::new(),
+            })
+            .await
+            .expect("send")
+            .into_inner()
+            .message
+            .expect("message")
+    }
+
+    /// Polls (bounded) until the message is completed, failed or cancelled.
+    pub async fn wait_until_settled(
+        &self,
+        client: &mut Client,
+        message_id: &str,
+    ) -> proto::Message {
+        for _ in 0..600 {
+            let message = client
+                .get_message(proto::GetMessageRequest {
+                    message_id: message_id.to_owned(),
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .message
+                .expect("message");
+            if matches!(
+                message.status(),
+                proto::MessageStatus::Completed
+                    | proto::MessageStatus::Failed
+                    | proto::MessageStatus::Cancelled
+            ) {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("message {message_id} did not settle within 60 s");
+    }
+
+    pub async fn balance(&self, client: &mut Client) -> i64 {
+        client
+            .get_balance(proto::GetBalanceRequest {})
+            .await
+            .expect("balance")
+            .into_inner()
+            .balance
+    }
+
+    pub async fn ledger_count(&self, kind: &str) -> i64 {
+        let pool = self.db.pool().await.expect("pool");
+        sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE kind = $1")
+            .bind(kind)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    }
+
+    pub async fn image_key(&self, generation_id: &str) -> String {
+        let pool = self.db.pool().await.expect("pool");
+        sqlx::query_scalar("SELECT image_key FROM generations WHERE id = $1::uuid")
+            .bind(generation_id)
+            .fetch_one(&pool)
+            .await
+            .expect("image key")
+    }
+
+    pub fn store(&self) -> ImageStore {
+        ImageStore::local(&self.images.0).expect("store")
+    }
+
+    /// Every event of `user` stored so far, in stream order.
+    pub async fn events(&self, user: &str) -> Vec<proto::Event> {
+        let subjects = Subjects::new(&self.nats.prefix).expect("prefix");
+        let js = self.nats.jetstream().await.expect("jetstream");
+        let stream = js
+            .get_stream(subjects.events_stream())
+            .await
+            .expect("stream");
+        let count = stream.cached_info().state.messages;
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                filter_subject: subjects.user_events(user),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(usize::try_from(count).unwrap_or(1000).max(1))
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("fetch");
+        let mut events = Vec::new();
+        while let Some(Ok(message)) = batch.next().await {
+            events.push(proto::Event::decode(message.payload.clone()).expect("event"));
+        }
+        events
+    }
+
+    pub async fn event_kinds(&self, user: &str) -> Vec<String> {
+        self.events(user)
+            .await
+            .into_iter()
+            .map(|event| {
+                match event.payload {
+                    Some(proto::event::Payload::MessageCreated(_)) => "message_created",
+                    Some(proto::event::Payload::GenerationStarted(_)) => "generation_started",
+                    Some(proto::event::Payload::IntentResolved(_)) => "intent_resolved",
+                    Some(proto::event::Payload::GenerationProgress(_)) => "generation_progress",
+                    Some(proto::event::Payload::GenerationCompleted(_)) => "generation_completed",
+                    Some(proto::event::Payload::GenerationFailed(_)) => "generation_failed",
+                    Some(proto::event::Payload::GenerationCancelled(_)) => "generation_cancelled",
+                    Some(proto::event::Payload::TitleUpdated(_)) => "title_updated",
+                    Some(proto::event::Payload::CreditsChanged(_)) => "credits_changed",
+                    _ => "other",
+                }
+                .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// A PNG of one grey level, base64-encoded, as AUTOMATIC1111 returns images.
+pub fn png_base64(width: u32, height: u32, shade: u8) -> String {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("header");
+        writer
+            .write_image_data(&vec![shade; (width * height * 3) as usize])
+            .expect("pixels");
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An OpenAI chat-completions answer whose message content is `content`.
+pub fn completion(content: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }]
+    })
+}
+
+/// Waits (bounded) until `server` has received `count` requests on `path`.
+pub async fn wait_for_request(server: &wiremock::MockServer, path: &str, count: usize) {
+    for _ in 0..300 {
+        let seen = server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|request| request.url.path() == path)
+            .count();
+        if seen >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} was not requested {count} time(s) within 15 s");
+}
+
+/// An OpenAI-compatible LLM fake that, when armed, holds each of the next two answers
+/// until both requests are in flight, and records the peak number in flight. Two calls
+/// made one after the other never pair: the first is released by the fake's own timeout,
+/// alone, and the peak stays 1.
+pub struct PairingLlm {
+    addr: SocketAddr,
+    state: Arc<PairingState>,
+}
+
+#[derive(Default)]
+struct PairingState {
+    to_hold: AtomicUsize,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    arrived: Notify,
+}
+
+impl PairingLlm {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(PairingState::default());
+        let shared = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
+            }
+        });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Holds the next two requests until they are in flight together.
+    pub fn hold_for_pairs(&self) {
+        self.state.to_hold.store(2, Ordering::SeqCst);
+    }
+
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_connection(mut stream: tokio::net::TcpStream, state: Arc<PairingState>) {
+    loop {
+        let Some(body) = read_request(&mut stream).await else {
+            return;
+        };
+        let held = state
+            .to_hold
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if held {
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            state.peak.fetch_max(now, Ordering::SeqCst);
+            state.arrived.notify_waiters();
+            let paired = async {
+                while state.in_flight.load(Ordering::SeqCst) < 2 {
+                    let notified = state.arrived.notified();
+                    if state.in_flight.load(Ordering::SeqCst) >= 2 {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), paired).await;
+        }
+        // The intent request asks for a "kind"; everything else is an enhancement.
+        let content = if body.contains("resolved_prompt") {
+            r#"{"kind":"new","resolved_prompt":"a dog in a park","edit_type":"","strength":0}"#
+        } else {
+            r#"{"prompt":"a vivid scene, golden light","negative_prompt":""}"#
+        };
+        let answer = completion(content).to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        let written = stream.write_all(response.as_bytes()).await;
+        if held {
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request and returns its body; `None` when the connection closed.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let headers = String::from_utf8_lossy(&buffer[..header_end]).to_lowercase();
+    let length: usize = headers
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < header_end + length {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    Some(String::from_utf8_lossy(&buffer[header_end..header_end + length]).into_owned())
+}

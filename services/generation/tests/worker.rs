@@ -1,0 +1,437 @@
+//! The generation worker in a real pipeline: PostgreSQL, NATS JetStream, the conversation,
+//! intent and enhancement services in-process, and HTTP fakes speaking the public shapes
+//! of an OpenAI-compatible LLM and of AUTOMATIC1111.
+
+mod pipeline;
+
+use std::time::Duration;
+
+use atelier_proto::conversation::v1 as internal;
+use atelier_proto::v1 as proto;
+use base64::Engine as _;
+use pipeline::{Pipeline, PipelineOptions, png_base64};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[tokio::test]
+async fn a_message_goes_from_queued_to_a_stored_image_with_captured_credits() {
+    let pipeline = Pipeline::start(PipelineOptions::default()).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .await;
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    let generation = &done.generations[0];
+    assert_eq!(generation.status(), proto::GenerationStatus::Completed);
+    // Enhanced by the fallback (no LLM configured): the prompt plus quality terms.
+    assert!(
+        done.enhanced_prompt.starts_with("a red fox in the snow"),
+        "{}",
+        done.enhanced_prompt
+    );
+
+    // The image is in storage, a PNG of the requested size.
+    let key = pipeline.image_key(&generation.id).await;
+    let png = pipeline.store().get(&key).await.expect("stored image");
+    let decoded = png::Decoder::new(std::io::Cursor::new(png.to_vec()))
+        .read_info()
+        .expect("a PNG");
+    assert_eq!((decoded.info().width, decoded.info().height), (512, 512));
+
+    // Captured once: the reservation stands, and the ledger says so.
+    assert_eq!(pipeline.balance(&mut alice).await, 100 - done.cost);
+    assert_eq!(pipeline.ledger_count("capture").await, 1);
+    assert_eq!(pipeline.ledger_count("release").await, 0);
+
+    // Every step reached the user's event stream, in causal order.
+    let kinds = pipeline.event_kinds("alice").await;
+    let position = |kind: &str| {
+        kinds
+            .iter()
+            .position(|seen| seen == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+    };
+    assert!(position("message_created") < position("generation_started"));
+    assert!(position("generation_started") < position("intent_resolved"));
+    assert!(position("intent_resolved") < position("generation_completed"));
+}
+
+#[tokio::test]
+async fn intent_and_enhancement_run_at_the_same_time() {
+    let llm = pipeline::PairingLlm::start().await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        llm_url: Some(llm.url()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    // A first picture (enhancement alone asks the LLM; answered at once).
+    let first = pipeline
+        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .await;
+    pipeline.wait_until_settled(&mut alice, &first.id).await;
+
+    // An ambiguous follow-up: intent needs the LLM too. The fake now holds each answer
+    // until a second request is in flight: sequential calls would leave one alone, time
+    // out in the fake and never pair.
+    llm.hold_for_pairs();
+    let second = pipeline
+        .send(
+            &mut alice,
+            &conversation,
+            "a dog like that one but in a park",
+            None,
+        )
+        .await;
+    let done = pipeline.wait_until_settled(&mut alice, &second.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    assert_eq!(llm.peak_in_flight(), 2, "intent and enhancement overlapped");
+    assert!(done.intent.is_some());
+    assert!(
+        done.enhanced_prompt.contains("vivid"),
+        "the LLM's enhancement was used: {}",
+        done.enhanced_prompt
+    );
+}
+
+#[tokio::test]
+async fn an_edit_uses_img2img_from_the_previous_image() {
+    let sd = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 10)] })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/img2img"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 200)] })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.5 })),
+        )
+        .mount(&sd)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let first = pipeline
+        .send(
+            &mut alice,
+            &conversation,
+            "a red fox in the snow",
+            Some("sdxl"),
+        )
+        .await;
+    let first = pipeline.wait_until_settled(&mut alice, &first.id).await;
+    assert_eq!(first.status(), proto::MessageStatus::Completed);
+
+    let edit = pipeline
+        .send(
+            &mut alice,
+            &conversation,
+            "make it night-time",
+            Some("sdxl"),
+        )
+        .await;
+    let edit = pipeline.wait_until_settled(&mut alice, &edit.id).await;
+    assert_eq!(edit.status(), proto::MessageStatus::Completed);
+    let intent = edit.intent.clone().expect("intent");
+    assert_eq!(intent.kind(), proto::IntentKind::Edit);
+    assert!(
+        intent.resolved_prompt.contains("red fox"),
+        "{}",
+        intent.resolved_prompt
+    );
+    assert_eq!(
+        edit.generations[0].init_generation_id,
+        first.generations[0].id
+    );
+
+    // The img2img call started from the stored previous image, with the suggested strength.
+    let requests = sd.received_requests().await.expect("recorded");
+    let img2img = requests
+        .iter()
+        .find(|request| request.url.path() == "/sdapi/v1/img2img")
+        .expect("an img2img call");
+    let body: serde_json::Value = serde_json::from_slice(&img2img.body).expect("json");
+    let previous_key = pipeline.image_key(&first.generations[0].id).await;
+    let previous_png = pipeline.store().get(&previous_key).await.expect("stored");
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(body["init_images"][0].as_str().expect("init image"))
+        .expect("base64");
+    assert_eq!(sent, previous_png.to_vec());
+    let strength = body["denoising_strength"].as_f64().expect("strength");
+    assert!(
+        (strength - f64::from(intent.strength)).abs() < 1e-6 && strength > 0.0 && strength < 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
+    let sd = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(serde_json::json!({ "detail": "prompt rejected" })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.0 })),
+        )
+        .mount(&sd)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Failed);
+    assert!(!done.generations[0].error.is_empty());
+    assert_eq!(
+        pipeline.balance(&mut alice).await,
+        100,
+        "the reservation came back"
+    );
+    assert_eq!(pipeline.ledger_count("release").await, 1);
+
+    let failed = pipeline
+        .events("alice")
+        .await
+        .into_iter()
+        .find_map(|event| match event.payload {
+            Some(proto::event::Payload::GenerationFailed(failed)) => Some(failed),
+            _ => None,
+        })
+        .expect("a generation_failed event");
+    assert!(!failed.reason.is_empty());
+    assert_eq!(failed.refunded, done.cost);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() {
+    let sd = MockServer::start().await;
+    // The first render hangs (the worker doing it is killed); the next is quick.
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_secs(60))
+                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 1)] })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&sd)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 2)] })),
+        )
+        .with_priority(2)
+        .mount(&sd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.2 })),
+        )
+        .mount(&sd)
+        .await;
+    let mut pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        ack_wait: Duration::from_secs(2),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+
+    // Once the first worker is rendering, kill it: no ack, no nak, nothing.
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    pipeline.kill_worker();
+    pipeline.start_worker().await;
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    assert_eq!(pipeline.ledger_count("capture").await, 1, "captured once");
+    assert_eq!(pipeline.balance(&mut alice).await, 100 - done.cost);
+}
+
+#[tokio::test]
+async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
+    let sd = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_secs(60))
+                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 1)] })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.4 })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/interrupt"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&sd)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+
+    let cancelled = alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::MessageId(
+                message.id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(cancelled.status(), proto::MessageStatus::Cancelled);
+    assert_eq!(pipeline.balance(&mut alice).await, 100);
+    // The worker saw the cancellation and dropped the render: the server is told to stop.
+    pipeline::wait_for_request(&sd, "/sdapi/v1/interrupt", 1).await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Cancelled);
+    assert_eq!(pipeline.ledger_count("capture").await, 0);
+}
+
+#[tokio::test]
+async fn with_the_llm_down_every_step_falls_back_and_the_breaker_recovers() {
+    let llm = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&llm)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        llm_url: Some(llm.uri()),
+        breaker_open_for: Duration::from_secs(2),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+
+    // Failures open the enhancement service's breaker; images are made all the same.
+    for index in 0..3 {
+        let message = pipeline
+            .send(
+                &mut alice,
+                &conversation,
+                &format!("a red fox number {index}"),
+                None,
+            )
+            .await;
+        let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+        assert_eq!(done.status(), proto::MessageStatus::Completed);
+        assert!(
+            done.enhanced_prompt
+                .starts_with(&format!("a red fox number {index}"))
+        );
+    }
+    let seen_while_failing = llm.received_requests().await.expect("recorded").len();
+    assert!(
+        seen_while_failing >= 2,
+        "the LLM was tried: {seen_while_failing}"
+    );
+    // Open: the next message does not even reach the LLM.
+    let message = pipeline
+        .send(&mut alice, &conversation, "a blue fox", None)
+        .await;
+    pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(
+        llm.received_requests().await.expect("recorded").len(),
+        seen_while_failing
+    );
+
+    // The LLM comes back; after the open period a trial call closes the breaker.
+    llm.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(pipeline::completion(
+                r#"{"prompt":"a vivid green fox, golden light","negative_prompt":""}"#,
+            )),
+        )
+        .mount(&llm)
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a green fox", None)
+        .await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert!(
+        done.enhanced_prompt.contains("vivid green fox"),
+        "{}",
+        done.enhanced_prompt
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_start_after_completion_changes_nothing() {
+    let pipeline = Pipeline::start(PipelineOptions::default()).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", None)
+        .await;
+    pipeline.wait_until_settled(&mut alice, &message.id).await;
+    // A late redelivery of the same job finds nothing to do.
+    let again = alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert!(again.generation_ids.is_empty());
+}

@@ -1,0 +1,222 @@
+//! Taking jobs from the work-queue stream: a durable pull consumer, bounded concurrency,
+//! bounded redeliveries, keep-alives during long work, and a graceful drain.
+//!
+//! A job is acknowledged only when its handler says it is done, so a worker that dies
+//! mid-job (or is killed) leaves it unacknowledged and JetStream redelivers it to another
+//! worker after `ack_wait`. Handlers must therefore be idempotent; Atelier's are, because
+//! every state change they cause goes through the conversation service's idempotent RPCs.
+//! After `max_deliver` deliveries JetStream stops redelivering: the handler learns from
+//! [`Job::is_last_attempt`] that this is the last chance and must settle the job for good
+//! (fail the message and refund) rather than ask for a retry.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt as _;
+use opentelemetry::propagation::Extractor;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// One durable consumer of one job subject.
+#[derive(Clone, Debug)]
+pub struct JobConsumerConfig {
+    /// Shared by every replica of a worker, so they split the jobs between them.
+    pub durable_name: String,
+    pub filter_subject: String,
+    /// Deliveries before JetStream gives up on a job.
+    pub max_deliver: i64,
+    /// How long a delivered job may go without an ack or a keep-alive before it is
+    /// redelivered.
+    pub ack_wait: Duration,
+    /// Jobs handled at once by this process: they wait on I/O, not on this CPU.
+    pub concurrency: usize,
+    /// How long a shutdown waits for running jobs before abandoning them to redelivery.
+    pub drain_timeout: Duration,
+}
+
+/// Creates (or finds) the durable consumer on the jobs stream.
+pub async fn consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: &JobConsumerConfig,
+) -> anyhow::Result<PullConsumer> {
+    let stream = js
+        .get_stream(stream)
+        .await
+        .map_err(|err| anyhow::anyhow!("jobs stream {stream}: {err}"))?;
+    stream
+        .get_or_create_consumer(
+            &config.durable_name,
+            pull::Config {
+                durable_name: Some(config.durable_name.clone()),
+                filter_subject: config.filter_subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                max_deliver: config.max_deliver,
+                max_ack_pending: i64::try_from(config.concurrency.max(1) * 4).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("consumer {}: {err}", config.durable_name))
+}
+
+/// A delivered job.
+pub struct Job {
+    message: jetstream::Message,
+    delivered: i64,
+    max_deliver: i64,
+    ack_wait: Duration,
+}
+
+impl Job {
+    pub fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    /// 1 for the first delivery.
+    pub fn delivered(&self) -> i64 {
+        self.delivered
+    }
+
+    /// No redelivery follows this one: settle the job for good.
+    pub fn is_last_attempt(&self) -> bool {
+        self.max_deliver > 0 && self.delivered >= self.max_deliver
+    }
+
+    /// Done: removes the job from the work queue.
+    pub async fn ack(&self) {
+        if let Err(err) = self.message.ack().await {
+            // Unacknowledged, it comes back after ack_wait; the handler is idempotent.
+            tracing::warn!(error = %err, "cannot acknowledge a job");
+        }
+    }
+
+    /// Not done: deliver it again after `delay` (unless this was the last attempt).
+    pub async fn retry_after(&self, delay: Duration) {
+        if let Err(err) = self.message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(error = %err, "cannot nak a job");
+        }
+    }
+
+    /// Sends "still working" every third of `ack_wait` until the guard is dropped, so a
+    /// slow provider call does not get the job redelivered to a second worker.
+    pub fn keep_alive(&self) -> KeepAlive {
+        let message = self.message.clone();
+        let every = (self.ack_wait / 3).max(Duration::from_millis(100));
+        KeepAlive(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %err, "keep-alive failed");
+                }
+            }
+        }))
+    }
+}
+
+/// Stops the keep-alives of a job when dropped.
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `handle` on every job of `consumer`, at most `config.concurrency` at once, until
+/// `shutdown` resolves; then stops taking jobs and waits up to `drain_timeout` for the
+/// running ones. A job still running after that is dropped unacknowledged: JetStream
+/// redelivers it.
+pub async fn run<Handle, Handled>(
+    consumer: PullConsumer,
+    config: JobConsumerConfig,
+    shutdown: impl Future<Output = ()>,
+    handle: Handle,
+) -> anyhow::Result<()>
+where
+    Handle: Fn(Job) -> Handled,
+    Handled: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.concurrency.max(1))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let mut running = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A permit first: never pull a job there is no room to start.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit?,
+        };
+        let message = tokio::select! {
+            () = &mut shutdown => break,
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "job stream error; continuing");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+        let span = tracing::info_span!("job", subject = %message.subject, delivered);
+        if let Some(headers) = &message.headers {
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&HeaderExtractor(headers))
+            });
+            let _ = span.set_parent(parent);
+        }
+        let job = Job {
+            message,
+            delivered,
+            max_deliver: config.max_deliver,
+            ack_wait: config.ack_wait,
+        };
+        let handled = handle(job);
+        running.spawn(
+            async move {
+                handled.await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+        // Reap finished tasks so the set does not grow.
+        while running.try_join_next().is_some() {}
+    }
+    tracing::info!(running = running.len(), "draining jobs");
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(abandoned = running.len(), "jobs left to redelivery");
+        running.abort_all();
+    }
+    Ok(())
+}
+
+struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
