@@ -162,9 +162,16 @@ wait_listening() {
   done
 }
 
-for svc in conversation intent enhancement title generation; do
-  start "$svc"
-done
+# Workers find each other by URL; images go under .data/objects (the builtin renderer
+# needs nothing else, so the mesh runs offline).
+start conversation
+start intent ATELIER_METRICS_ADDR="${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}"
+start enhancement ATELIER_METRICS_ADDR="${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}"
+start title ATELIER_CONVERSATION_URL="$conversation_url"
+start generation ATELIER_CONVERSATION_URL="$conversation_url" \
+  ATELIER_INTENT_URL="http://${listen[intent]}" \
+  ATELIER_ENHANCEMENT_URL="http://${listen[enhancement]}" \
+  ATELIER_STORAGE_DIR="${ATELIER_STORAGE_DIR:-$repo/.data/objects}"
 # The edge forwards to conversation, so let conversation come up first.
 wait_listening conversation
 start edge ATELIER_CONVERSATION_URL="$conversation_url"
@@ -177,6 +184,9 @@ Atelier mesh is up.
   edge (gRPC + grpc-web):  ${listen[edge]}
   mint a token:            export TOKEN="\$($bin_dir/atelier-mint-token --sub alice)"
   try it:                  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/CreateConversation
+  watch a message finish:  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"message_id":"<id>"}' ${listen[edge]} atelier.v1.ChatService/GetMessage
+  images:                  ${ATELIER_STORAGE_DIR:-$repo/.data/objects}
+  metrics:                 http://${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}/metrics (intent), http://${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}/metrics (enhancement)
   logs:                    $log_dir/<service>.log
 Press Ctrl-C to stop all services.
 EOF

@@ -73,6 +73,7 @@ pub async fn send(
         edit_type: None,
         strength: None,
         enhanced_prompt: None,
+        effective_negative_prompt: None,
         cost: settings.cost(),
         client_request_id: new.client_request_id.clone(),
         created_at: now,

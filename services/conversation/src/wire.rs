@@ -89,7 +89,7 @@ pub fn message(row: MessageRow, generations: Vec<GenerationRow>) -> proto::Messa
         status: message_status(&row.status).into(),
         intent,
         enhanced_prompt: row.enhanced_prompt.unwrap_or_default(),
-        negative_prompt: row.negative_prompt,
+        negative_prompt: row.effective_negative_prompt.unwrap_or(row.negative_prompt),
         cost: row.cost,
         generations: generations.into_iter().map(generation).collect(),
         created_at: Some(timestamp(row.created_at)),

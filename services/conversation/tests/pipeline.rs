@@ -501,3 +501,49 @@ async fn an_llm_title_never_replaces_a_users_rename() {
         .into_inner();
     assert!(!status.applied);
 }
+
+#[tokio::test]
+async fn the_users_negative_prompt_stays_in_the_settings() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = alice
+        .send_message(proto::SendMessageRequest {
+            settings: Some(proto::GenerationSettings {
+                negative_prompt: "blurry".into(),
+                ..Default::default()
+            }),
+            ..send_request(&conversation.id, "a fox")
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    alice
+        .record_intent(internal::RecordIntentRequest {
+            message_id: message.id.clone(),
+            intent: Some(proto::ResolvedIntent {
+                kind: proto::IntentKind::New.into(),
+                resolved_prompt: "a fox".into(),
+                ..Default::default()
+            }),
+            enhanced_prompt: "a fox, watercolor".into(),
+            negative_prompt: "blurry, photograph".into(),
+            init_generation_id: String::new(),
+        })
+        .await
+        .expect("intent");
+    let stored = alice
+        .get_message(proto::GetMessageRequest {
+            message_id: message.id,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(stored.settings.expect("settings").negative_prompt, "blurry");
+    assert_eq!(stored.negative_prompt, "blurry, photograph");
+    assert_eq!(stored.generations[0].negative_prompt, "blurry, photograph");
+}

@@ -49,7 +49,7 @@ impl Default for Config {
             service_token: ServiceToken::new("atelier-local-service-token"),
             providers: ProvidersConfig::default(),
             provider_retries: RetryPolicy::default(),
-            storage: Storage::Local(".data/images".into()),
+            storage: Storage::Local(".data/objects".into()),
             concurrency: 16,
             max_deliver: 4,
             ack_wait: Duration::from_secs(30),
@@ -85,7 +85,7 @@ impl Config {
             storage: match atelier_runtime::config::optional_var::<String>("ATELIER_S3_BUCKET")? {
                 Some(_) => Storage::S3FromEnv,
                 None => Storage::Local(
-                    var_or::<String>("ATELIER_STORAGE_DIR", ".data/images".to_owned())?.into(),
+                    var_or::<String>("ATELIER_STORAGE_DIR", ".data/objects".to_owned())?.into(),
                 ),
             },
             concurrency: var_or("ATELIER_GENERATION_CONCURRENCY", defaults.concurrency)?,

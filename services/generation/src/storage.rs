@@ -24,7 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 /// The directory of the local store when `ATELIER_STORAGE_DIR` is unset.
-pub const DEFAULT_STORAGE_DIR: &str = ".data/images";
+pub const DEFAULT_STORAGE_DIR: &str = ".data/objects";
 
 /// Why an image could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ impl ImageStore {
     }
 
     /// S3 when `ATELIER_S3_BUCKET` is set (see [`ImageStore::s3_from_env`]), else the
-    /// local directory `ATELIER_STORAGE_DIR` (default `.data/images`).
+    /// local directory `ATELIER_STORAGE_DIR` (default `.data/objects`).
     pub fn from_env() -> anyhow::Result<Self> {
         if optional_var::<String>("ATELIER_S3_BUCKET")?.is_some() {
             return Self::s3_from_env();

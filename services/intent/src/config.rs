@@ -25,6 +25,8 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// Answers kept at most; the least useful are evicted first.
     pub cache_capacity: u64,
+    /// Where Prometheus scrapes `/metrics`; `None` serves no metrics.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -40,6 +42,7 @@ impl Config {
     /// - `ATELIER_INTENT_CACHE_CAPACITY`, default 10000.
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
+            metrics_addr: atelier_runtime::config::optional_var("ATELIER_METRICS_ADDR")?,
             llm: LlmConfig::from_env()?,
             service_token: ServiceToken::new(var_or::<String>(
                 "ATELIER_SERVICE_TOKEN",
@@ -64,6 +67,7 @@ impl Default for Config {
             service_token: ServiceToken::new(DEFAULT_SERVICE_TOKEN),
             cache_ttl: Self::DEFAULT_CACHE_TTL,
             cache_capacity: Self::DEFAULT_CACHE_CAPACITY,
+            metrics_addr: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod grpc;
 pub mod internal_call;
+pub mod metrics;
 pub mod process;
 pub mod shutdown;
 pub mod telemetry;

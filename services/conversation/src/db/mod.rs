@@ -16,7 +16,8 @@ macro_rules! message_columns {
     () => {
         "id, conversation_id, content, model, width, height, \
     image_count, style_preset, seed, negative_prompt, status, intent_kind, resolved_prompt, \
-    edit_type, strength, enhanced_prompt, cost, client_request_id, created_at"
+    edit_type, strength, enhanced_prompt, effective_negative_prompt, cost, client_request_id, \
+    created_at"
     };
 }
 
@@ -96,6 +97,8 @@ pub struct MessageRow {
     pub edit_type: Option<String>,
     pub strength: Option<f32>,
     pub enhanced_prompt: Option<String>,
+    /// What the image model was told to avoid; `None` until the pipeline resolved it.
+    pub effective_negative_prompt: Option<String>,
     pub cost: i64,
     pub client_request_id: Option<String>,
     pub created_at: DateTime<Utc>,

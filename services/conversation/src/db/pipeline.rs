@@ -147,9 +147,11 @@ pub async fn record_intent(
     let changed: bool = sqlx::query_scalar(
         "WITH message AS ( \
              UPDATE messages SET intent_kind = $2, resolved_prompt = $3, edit_type = $4, \
-                 strength = $5, enhanced_prompt = $6, negative_prompt = $7, updated_at = $8 \
+                 strength = $5, enhanced_prompt = $6, effective_negative_prompt = $7, \
+                 updated_at = $8 \
              WHERE id = $1 AND (intent_kind, resolved_prompt, edit_type, strength, \
-                 enhanced_prompt, negative_prompt) IS DISTINCT FROM ($2, $3, $4, $5, $6, $7) \
+                 enhanced_prompt, effective_negative_prompt) \
+                 IS DISTINCT FROM ($2, $3, $4, $5, $6, $7) \
              RETURNING id \
          ), images AS ( \
              UPDATE generations SET prompt = $6, negative_prompt = $7, \

@@ -1,0 +1,68 @@
+//! The answer counters reach Prometheus: `/metrics` on ATELIER_METRICS_ADDR counts each
+//! answer under the path that gave it.
+
+use atelier_proto::intent::v1 as intent;
+use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
+use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    // The metrics port is bound by the service a moment after start: retry briefly.
+    for _ in 0..100 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+                .await
+                .expect("write");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("read");
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no metrics endpoint at {addr}");
+}
+
+#[tokio::test]
+async fn answers_are_counted_by_source_on_the_metrics_endpoint() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics_addr = free.local_addr().expect("addr");
+    drop(free);
+    let config = atelier_intent::Config {
+        service_token: ServiceToken::new("metrics-test"),
+        metrics_addr: Some(metrics_addr),
+        ..atelier_intent::Config::default()
+    };
+    let server = atelier_testkit::spawn_server(|listener, shutdown| {
+        atelier_intent::run(config, listener, shutdown)
+    })
+    .await
+    .expect("intent");
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = IntentServiceClient::new(channel);
+    let mut request = tonic::Request::new(intent::AnalyzeIntentRequest {
+        prompt: "make it night-time".into(),
+        previous_prompt: "a red fox in the snow".into(),
+        has_previous_image: true,
+    });
+    request
+        .metadata_mut()
+        .insert(SERVICE_TOKEN_HEADER, "metrics-test".parse().expect("ascii"));
+    let answer = client
+        .analyze_intent(request)
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(answer.source(), intent::IntentSource::Heuristic);
+
+    let page = scrape(metrics_addr).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("atelier_intent_answers_total{source=\"heuristic\"} 1"),
+        "{page}"
+    );
+}
