@@ -98,7 +98,8 @@ stop_all() {
   for svc in "${!pids[@]}"; do
     kill -TERM "${pids[$svc]}" 2>/dev/null || true
   done
-  deadline=$((SECONDS + 10))
+  # Longer than the workers' drain (20 s), so running jobs can finish.
+  deadline=$((SECONDS + 25))
   while :; do
     alive=0
     for pid in "${pids[@]}"; do

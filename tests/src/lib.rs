@@ -23,6 +23,12 @@ pub struct MeshOptions {
     pub max_generations_per_conversation: u32,
     pub rate_limit: RateLimit,
     pub database_connections: u32,
+    /// An OpenAI-compatible LLM for intent and enhancement; `None` is heuristic mode.
+    pub llm_url: Option<String>,
+    /// An AUTOMATIC1111 server for the `sdxl` model; `None` leaves only `builtin`.
+    pub automatic1111_url: Option<String>,
+    /// Start the generation worker (a fast-path benchmark leaves the jobs queued).
+    pub run_generation: bool,
 }
 
 impl Default for MeshOptions {
@@ -36,6 +42,9 @@ impl Default for MeshOptions {
                 idle_eviction: Duration::from_secs(600),
             },
             database_connections: 16,
+            llm_url: None,
+            automatic1111_url: None,
+            run_generation: true,
         }
     }
 }
@@ -91,8 +100,10 @@ impl Mesh {
             spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))
                 .await?;
         let token = || ServiceToken::new(SERVICE_TOKEN);
+        let llm = options.llm_url.as_deref().map(atelier_llm::LlmConfig::new);
         let intent_config = atelier_intent::Config {
             service_token: token(),
+            llm: llm.clone(),
             ..atelier_intent::Config::default()
         };
         let intent = spawn_server(|listener, shutdown| {
@@ -101,6 +112,7 @@ impl Mesh {
         .await?;
         let enhancement_config = atelier_enhancement::Config {
             service_token: token(),
+            llm,
             ..atelier_enhancement::Config::default()
         };
         let enhancement = spawn_server(|listener, shutdown| {
@@ -128,13 +140,22 @@ impl Mesh {
             enhancement_url: enhancement.url(),
             service_token: token(),
             storage: atelier_generation::config::Storage::Local(images.0.clone()),
+            providers: atelier_generation::providers::ProvidersConfig {
+                automatic1111_url: options.automatic1111_url.clone(),
+                progress_interval: Duration::from_millis(100),
+                ..Default::default()
+            },
             ..atelier_generation::Config::default()
         };
-        let generation = spawn_server(|listener, shutdown| {
-            atelier_generation::run(generation_config, listener, shutdown)
-        })
-        .await?;
-        let workers = vec![intent, enhancement, title, generation];
+        let mut workers = vec![intent, enhancement, title];
+        if options.run_generation {
+            workers.push(
+                spawn_server(|listener, shutdown| {
+                    atelier_generation::run(generation_config, listener, shutdown)
+                })
+                .await?,
+            );
+        }
         Ok(Self {
             edge,
             conversation,

@@ -64,6 +64,14 @@ impl Config {
                 "must be at least 1",
             ))?;
         }
+        let sweep_ms: u64 = var_or("ATELIER_OUTBOX_SWEEP_MS", 1000)?;
+        if sweep_ms < 10 {
+            Err(ConfigError::new(
+                "ATELIER_OUTBOX_SWEEP_MS",
+                sweep_ms.to_string(),
+                "must be at least 10",
+            ))?;
+        }
         Ok(Self {
             database,
             max_connections: var_or("ATELIER_DATABASE_MAX_CONNECTIONS", 16)?,
@@ -77,10 +85,7 @@ impl Config {
             catalog,
             nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
-            sweep_interval: std::time::Duration::from_millis(var_or(
-                "ATELIER_OUTBOX_SWEEP_MS",
-                1000,
-            )?),
+            sweep_interval: std::time::Duration::from_millis(sweep_ms),
         })
     }
 }

@@ -39,6 +39,7 @@ impl EventContext<'_> {
             id,
             subject: user_events_subject(self.user_id),
             payload: event.encode_to_vec(),
+            traceparent: atelier_events::current_traceparent(),
         }
     }
 }
@@ -53,6 +54,7 @@ pub fn generate_job(user_id: &str, conversation_id: Uuid, message_id: Uuid) -> O
         id: Uuid::now_v7(),
         subject: GENERATE_JOBS.to_owned(),
         payload: job.encode_to_vec(),
+        traceparent: atelier_events::current_traceparent(),
     }
 }
 
@@ -66,6 +68,7 @@ pub fn title_job(user_id: &str, conversation_id: Uuid, prompt: &str) -> OutboxRo
         id: Uuid::now_v7(),
         subject: TITLE_JOBS.to_owned(),
         payload: job.encode_to_vec(),
+        traceparent: atelier_events::current_traceparent(),
     }
 }
 

@@ -1,9 +1,13 @@
 //! The outbox relay: moves committed outbox rows to NATS JetStream.
 //!
 //! Rows reach NATS two ways. Right after a commit the handler hands its rows to the relay
-//! in-process: SendMessage does not wait (the fast path never waits on the broker), the
-//! worker-facing RPCs do (so one message's events enter the stream in causal order before
-//! the worker's next step). A sweeper publishes whatever is still unpublished a few seconds
+//! in-process: SendMessage does not wait (the fast path never waits on the broker): its
+//! rows go to one background task that takes every hand-off waiting, publishes them in a
+//! batch and marks the batch published in one statement, so under load the relay costs a
+//! fraction of a statement per message. The worker-facing RPCs publish their own rows and
+//! wait (so one message's events enter the stream in causal order before the worker's
+//! next step). Either way a batch is sent at once and its acknowledgements awaited after:
+//! NATS stores one connection's messages in the order sent. A sweeper publishes whatever is still unpublished a few seconds
 //! later (a crash between commit and publish, NATS down), locking rows with
 //! `FOR UPDATE SKIP LOCKED` so several replicas share the work without publishing a row
 //! twice at once. Should a row be published twice anyway (a crash between the publish and
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use atelier_events::{Publisher, Subjects};
 use sqlx::PgPool;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc};
 use uuid::Uuid;
 
 use crate::db::{self, OutboxRow};
@@ -25,6 +29,10 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 const SWEEP_BATCH: i64 = 200;
 /// Published rows are kept this long (for inspection), then deleted by the sweeper.
 const KEEP_PUBLISHED: Duration = Duration::from_secs(24 * 60 * 60);
+/// Hand-offs waiting for the background publisher; past this the sweeper takes over.
+const HAND_OFF_QUEUE: usize = 4096;
+/// Rows per background batch.
+const HAND_OFF_BATCH: usize = 512;
 
 pub struct Relay {
     pool: PgPool,
@@ -33,37 +41,33 @@ pub struct Relay {
     publisher: Publisher,
     /// The streams exist (checked once per process, retried until NATS answers).
     streams: OnceCell<()>,
+    hand_offs: mpsc::Sender<Vec<OutboxRow>>,
 }
 
 impl Relay {
+    /// The relay and its background publisher (which ends when the relay is dropped).
     pub fn new(pool: PgPool, client: async_nats::Client, subjects: Subjects) -> Arc<Self> {
         let js = async_nats::jetstream::new(client);
-        Arc::new(Self {
+        let (hand_offs, queue) = mpsc::channel(HAND_OFF_QUEUE);
+        let relay = Arc::new(Self {
             pool,
             subjects,
             publisher: Publisher::new(js.clone()),
             js,
             streams: OnceCell::new(),
-        })
+            hand_offs,
+        });
+        tokio::spawn(publish_hand_offs(Arc::downgrade(&relay), queue));
+        relay
     }
 
-    /// Publishes `rows` in order and marks those that reached the stream. Stops at the
-    /// first failure (a later row must not overtake an earlier one); the sweeper retries.
-    /// Returns whether every row was published.
+    /// Publishes `rows` in order, waits for the stream, and marks those that reached it.
+    /// The sweeper retries the rest. Returns whether every row was published.
     pub async fn publish(&self, rows: &[OutboxRow]) -> bool {
         if rows.is_empty() {
             return true;
         }
-        let mut published = Vec::with_capacity(rows.len());
-        for row in rows {
-            match self.publish_one(row).await {
-                Ok(()) => published.push(row.id),
-                Err(err) => {
-                    tracing::warn!(error = %err, outbox_id = %row.id, "publish failed; the sweeper will retry");
-                    break;
-                }
-            }
-        }
+        let published = self.send_batch(rows).await;
         if let Err(err) = db::outbox::mark_published(&self.pool, &published).await {
             // Unmarked rows are published again by the sweeper and dropped by NATS as
             // duplicates: harmless.
@@ -72,28 +76,57 @@ impl Relay {
         published.len() == rows.len()
     }
 
-    /// [`Relay::publish`] on a task of its own, for handlers that must not wait.
-    pub fn hand_off(self: &Arc<Self>, rows: Vec<OutboxRow>) {
-        let relay = Arc::clone(self);
-        tokio::spawn(async move {
-            relay.publish(&rows).await;
-        });
+    /// Queues `rows` for the background publisher, for handlers that must not wait. A full
+    /// queue (NATS far behind) leaves them to the sweeper.
+    pub fn hand_off(&self, rows: Vec<OutboxRow>) {
+        if self.hand_offs.try_send(rows).is_err() {
+            tracing::debug!("relay queue full; the sweeper will publish");
+        }
     }
 
-    async fn publish_one(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        self.streams
+    /// Sends every row, then awaits the acknowledgements in order; returns the ids the
+    /// stream stored. Sending stops at the first failure, so a row can only be stored
+    /// after the rows before it or not at all (until the sweeper republishes it).
+    async fn send_batch(&self, rows: &[OutboxRow]) -> Vec<Uuid> {
+        if let Err(err) = self
+            .streams
             .get_or_try_init(|| async {
                 atelier_events::ensure_streams(&self.js, &self.subjects).await
             })
-            .await?;
-        self.publisher
-            .publish(
-                self.subjects.absolute(&row.subject),
-                &row.id.to_string(),
-                row.payload.clone().into(),
-            )
-            .await?;
-        Ok(())
+            .await
+        {
+            tracing::warn!(error = %err, "NATS unavailable; the sweeper will retry");
+            return Vec::new();
+        }
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sent = self
+                .publisher
+                .send(
+                    self.subjects.absolute(&row.subject),
+                    &row.id.to_string(),
+                    row.payload.clone().into(),
+                    row.traceparent.as_deref(),
+                )
+                .await;
+            match sent {
+                Ok(ack) => acks.push((row.id, ack)),
+                Err(err) => {
+                    tracing::warn!(error = %err, outbox_id = %row.id, "publish failed; the sweeper will retry");
+                    break;
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(acks.len());
+        for (id, ack) in acks {
+            match ack.await {
+                Ok(_) => stored.push(id),
+                Err(err) => {
+                    tracing::warn!(error = %err, outbox_id = %id, "publish not acknowledged; the sweeper will retry")
+                }
+            }
+        }
+        stored
     }
 
     /// Sweeps every `interval` until `shutdown` resolves.
@@ -122,17 +155,33 @@ impl Relay {
     pub async fn sweep_once(&self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows = db::outbox::lock_unpublished(&mut tx, SWEEP_GRACE, SWEEP_BATCH).await?;
-        let mut published: Vec<Uuid> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Err(err) = self.publish_one(row).await {
-                tracing::debug!(error = %err, "sweep stopped: NATS unavailable");
-                break;
-            }
-            published.push(row.id);
-        }
+        let published = if rows.is_empty() {
+            Vec::new()
+        } else {
+            self.send_batch(&rows).await
+        };
         db::outbox::mark_published(&mut *tx, &published).await?;
         db::outbox::delete_published_before(&mut *tx, KEEP_PUBLISHED).await?;
         tx.commit().await?;
         Ok(published.len())
+    }
+}
+
+/// The background publisher of hand-offs: takes every hand-off waiting (up to a batch),
+/// publishes them together and marks them in one statement.
+async fn publish_hand_offs(
+    relay: std::sync::Weak<Relay>,
+    mut queue: mpsc::Receiver<Vec<OutboxRow>>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = first;
+        while batch.len() < HAND_OFF_BATCH {
+            match queue.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let Some(relay) = relay.upgrade() else { return };
+        relay.publish(&batch).await;
     }
 }

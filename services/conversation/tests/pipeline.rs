@@ -36,7 +36,7 @@ async fn read_stream(
     let mut messages = consumer
         .fetch()
         .max_messages(count)
-        .expires(Duration::from_secs(10))
+        .expires(Duration::from_secs(3))
         .messages()
         .await
         .expect("fetch");
@@ -546,4 +546,45 @@ async fn the_users_negative_prompt_stays_in_the_settings() {
     assert_eq!(stored.settings.expect("settings").negative_prompt, "blurry");
     assert_eq!(stored.negative_prompt, "blurry, photograph");
     assert_eq!(stored.generations[0].negative_prompt, "blurry, photograph");
+}
+
+#[tokio::test]
+async fn the_job_of_a_message_continues_the_senders_trace() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    // What every service binary installs: spans with OpenTelemetry contexts.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+        .try_init()
+        .expect("subscriber");
+
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(send_request(&conversation.id, "a traced fox"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("ascii"),
+    );
+    alice.send_message(request).await.expect("send");
+    outbox_drained(&app).await;
+
+    let subjects = subjects(&app);
+    let job = read_stream(&app, &subjects.jobs_stream(), subjects.generate_jobs(), 1).await;
+    let traceparent = job[0]
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("traceparent"))
+        .map(|value| value.as_str().to_owned())
+        .expect("the job carries a trace context");
+    assert!(traceparent.contains(trace_id), "{traceparent}");
 }

@@ -51,10 +51,12 @@ impl Default for Config {
             provider_retries: RetryPolicy::default(),
             storage: Storage::Local(".data/objects".into()),
             concurrency: 16,
-            max_deliver: 4,
+            max_deliver: 6,
             ack_wait: Duration::from_secs(30),
-            intent_deadline: Duration::from_secs(3),
-            enhancement_deadline: Duration::from_secs(5),
+            // Longer than the LLM client's own deadline (4 s by default), so an LLM that
+            // hangs is cut by the client and counted by its circuit breaker.
+            intent_deadline: Duration::from_secs(6),
+            enhancement_deadline: Duration::from_secs(6),
             drain_timeout: Duration::from_secs(20),
         }
     }

@@ -40,22 +40,31 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Everything that can be wrong in the config fails here, before serving: a worker
+    // that reports healthy must be able to work.
+    let prepared = prepare(config).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let frame = tokio::spawn(atelier_runtime::grpc::serve_frame(
-        listener,
-        until_stopped(stopped.clone()),
-    ));
-    let jobs = tokio::spawn(take_jobs(config, until_stopped(stopped)));
-    shutdown.await;
-    let _ = stop.send(true);
-    let served = frame.await.context("the health server panicked")?;
-    let worked = jobs.await.context("the job loop panicked")?;
+    // Both run inside this future (not spawned): dropping it, as a crash would, ends them
+    // and their jobs at once, unacknowledged.
+    let frame = atelier_runtime::grpc::serve_frame(listener, until_stopped(stopped.clone()));
+    let jobs = take_jobs(prepared, until_stopped(stopped));
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (served, worked, ()) = tokio::join!(frame, jobs, signal);
     served.and(worked)
 }
 
-/// Sets up (retrying while NATS is unreachable) and runs the job loop.
-async fn take_jobs(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut shutdown = std::pin::pin!(shutdown);
+/// The worker, built from the config without touching the network (NATS connects in the
+/// background).
+struct Prepared {
+    worker: Arc<Worker>,
+    js: async_nats::jetstream::Context,
+    consumer_config: JobConsumerConfig,
+}
+
+async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let subjects = Subjects::new(&config.subject_prefix)?;
     let nats = atelier_events::connect(&config.nats_url, "atelier-generation").await?;
     let js = async_nats::jetstream::new(nats.clone());
@@ -67,26 +76,6 @@ async fn take_jobs(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         concurrency: config.concurrency,
         drain_timeout: config.drain_timeout,
     };
-    let mut backoff = Duration::from_millis(200);
-    let consumer = loop {
-        let attempt = async {
-            atelier_events::ensure_streams(&js, &subjects).await?;
-            jobs::consumer(&js, &subjects.jobs_stream(), &consumer_config).await
-        };
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            consumer = attempt => match consumer {
-                Ok(consumer) => break consumer,
-                Err(err) => tracing::warn!(error = %err, "job consumer not ready; retrying"),
-            },
-        }
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    };
-
     let store = match &config.storage {
         Storage::Local(dir) => ImageStore::local(dir)?,
         Storage::S3FromEnv => ImageStore::s3_from_env()?,
@@ -104,11 +93,45 @@ async fn take_jobs(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         ),
         providers: Providers::from_config(&config.providers)?,
         store,
-        publisher: Publisher::new(js),
+        publisher: Publisher::new(js.clone()),
         nats,
         subjects,
         config,
     });
+    Ok(Prepared {
+        worker,
+        js,
+        consumer_config,
+    })
+}
+
+/// Sets up the consumer (retrying while NATS is unreachable) and runs the job loop.
+async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Prepared {
+        worker,
+        js,
+        consumer_config,
+    } = prepared;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    let consumer = loop {
+        let attempt = async {
+            atelier_events::ensure_streams(&js, &worker.subjects).await?;
+            jobs::consumer(&js, &worker.subjects.jobs_stream(), &consumer_config).await
+        };
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            consumer = attempt => match consumer {
+                Ok(consumer) => break consumer,
+                Err(err) => tracing::warn!(error = %err, "job consumer not ready; retrying"),
+            },
+        }
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
     tracing::info!("taking generation jobs");
     jobs::run(consumer, consumer_config, shutdown, move |job| {
         worker::handle(Arc::clone(&worker), job)
@@ -121,6 +144,8 @@ fn lazy(url: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("bad service URL {url:?}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(3))
+        // A hung call must not hold a job (and its keep-alives) forever.
+        .timeout(Duration::from_secs(30))
         .connect_lazy())
 }
 

@@ -14,6 +14,7 @@
 //! Every state change goes through the conversation service's idempotent RPCs, so a job
 //! redelivered after a crash repeats steps safely and credits move exactly once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +93,8 @@ impl Providers {
 enum JobError {
     /// The conversation service (or NATS) is unreachable: try the job again later.
     Transient(String),
+    /// The job itself is wrong (its message is gone or not its user's): retrying cannot help.
+    Permanent(String),
 }
 
 /// Handles one delivery of a generation job, and acknowledges it unless it must be
@@ -108,15 +111,17 @@ pub async fn handle(worker: Arc<Worker>, job: Job) {
     let _alive = job.keep_alive();
     match run_job(&worker, &generate, job.is_last_attempt()).await {
         Ok(()) => job.ack().await,
+        Err(JobError::Permanent(reason)) => {
+            tracing::error!(%reason, "generation job dropped");
+            job.ack().await;
+        }
         Err(JobError::Transient(reason)) if !job.is_last_attempt() => {
             tracing::warn!(%reason, "generation job will be retried");
-            job.retry_after(
-                Duration::from_secs(2).saturating_mul(u32::try_from(job.delivered()).unwrap_or(1)),
-            )
-            .await;
+            job.retry_after(redelivery_delay(job.delivered())).await;
         }
         Err(JobError::Transient(reason)) => {
             tracing::error!(%reason, "generation job failed on its last attempt");
+            // Fails what is unfinished and refunds it; acknowledged only once that is done.
             let failed = fail_unfinished(
                 &worker,
                 &generate,
@@ -130,6 +135,15 @@ pub async fn handle(worker: Arc<Worker>, job: Job) {
             // inspection, and the message stays running until an operator acts.
         }
     }
+}
+
+/// 2 s, 8 s, 32 s, 2 min, then 5 min: an outage of the conversation service of several
+/// minutes costs time, not the message.
+fn redelivery_delay(delivered: i64) -> Duration {
+    let exponent = u32::try_from(delivered.clamp(1, 8) - 1).unwrap_or(0);
+    Duration::from_secs(2)
+        .saturating_mul(4u32.saturating_pow(exponent))
+        .min(Duration::from_secs(300))
 }
 
 async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Result<(), JobError> {
@@ -258,7 +272,7 @@ async fn make_image(
     provider: Arc<dyn ImageProvider>,
     generation_id: String,
     request: ImageRequest,
-    mut cancelled: watch::Receiver<bool>,
+    mut cancelled: watch::Receiver<HashSet<String>>,
     last_attempt: bool,
 ) -> Result<(), JobError> {
     let (progress, mut progress_seen) = watch::channel(0u32);
@@ -285,7 +299,7 @@ async fn make_image(
     let outcome = tokio::select! {
         outcome = rendering => outcome,
         () = reporting => unreachable!("progress reporting never finishes"),
-        _ = cancelled.wait_for(|cancelled| *cancelled) => {
+        () = cancellation_of(&mut cancelled, &generation_id) => {
             tracing::info!(%generation_id, "cancelled: provider call aborted");
             return Ok(());
         }
@@ -498,12 +512,25 @@ async fn enhance(
     }
 }
 
-/// Subscribes to the user's live events and turns a cancellation of this message into a
-/// watch signal. Subscribed before StartGeneration, so no cancel slips between the two.
+/// Resolves when `generation_id` is cancelled; never, if the watcher is gone (a lost
+/// watcher must not abort a render: a late cancel is still safe, CompleteGeneration then
+/// changes nothing).
+async fn cancellation_of(cancelled: &mut watch::Receiver<HashSet<String>>, generation_id: &str) {
+    if cancelled
+        .wait_for(|ids| ids.contains(generation_id))
+        .await
+        .is_err()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Subscribes to the user's live events and collects the ids of this message's cancelled
+/// generations. Subscribed before StartGeneration, so no cancel slips between the two.
 async fn watch_cancellation(
     worker: &Worker,
     job: &GenerateJob,
-) -> Result<watch::Receiver<bool>, JobError> {
+) -> Result<watch::Receiver<HashSet<String>>, JobError> {
     let mut live = worker
         .nats
         .subscribe(worker.subjects.live_user_events(&job.user_id))
@@ -515,7 +542,7 @@ async fn watch_cancellation(
         .flush()
         .await
         .map_err(|err| JobError::Transient(format!("flushing the subscription: {err}")))?;
-    let (cancel, cancelled) = watch::channel(false);
+    let (cancel, cancelled) = watch::channel(HashSet::new());
     let message_id = job.message_id.clone();
     tokio::spawn(async move {
         loop {
@@ -525,11 +552,11 @@ async fn watch_cancellation(
                 event = live.next() => {
                     let Some(event) = event else { return };
                     let Ok(event) = proto::Event::decode(event.payload) else { continue };
-                    if event.message_id == message_id
-                        && matches!(event.payload, Some(proto::event::Payload::GenerationCancelled(_)))
-                    {
-                        let _ = cancel.send(true);
-                        return;
+                    if event.message_id != message_id {
+                        continue;
+                    }
+                    if let Some(proto::event::Payload::GenerationCancelled(ended)) = event.payload {
+                        cancel.send_modify(|ids| ids.extend(ended.generation_ids));
                     }
                 }
             }
@@ -590,6 +617,46 @@ fn as_user<T>(message: T, user_id: &str) -> Result<tonic::Request<T>, JobError> 
     Ok(request)
 }
 
+/// A failed call to another service: worth retrying unless the answer says the job
+/// itself is wrong.
 fn transient(call: &str, status: &tonic::Status) -> JobError {
-    JobError::Transient(format!("{call}: {:?} {}", status.code(), status.message()))
+    let reason = format!("{call}: {:?} {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::PermissionDenied => JobError::Permanent(reason),
+        _ => JobError::Transient(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redeliveries_back_off_to_five_minutes() {
+        let delays: Vec<u64> = (1..=7).map(|n| redelivery_delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 8, 32, 128, 300, 300, 300]);
+    }
+
+    #[test]
+    fn only_failures_of_the_job_itself_are_permanent() {
+        for code in [tonic::Code::NotFound, tonic::Code::InvalidArgument] {
+            assert!(matches!(
+                transient("x", &tonic::Status::new(code, "")),
+                JobError::Permanent(_)
+            ));
+        }
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Internal,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(matches!(
+                transient("x", &tonic::Status::new(code, "")),
+                JobError::Transient(_)
+            ));
+        }
+    }
 }

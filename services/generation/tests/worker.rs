@@ -47,7 +47,9 @@ async fn a_message_goes_from_queued_to_a_stored_image_with_captured_credits() {
     assert_eq!(pipeline.ledger_count("release").await, 0);
 
     // Every step reached the user's event stream, in causal order.
-    let kinds = pipeline.event_kinds("alice").await;
+    let kinds = pipeline
+        .event_kinds_once("alice", "generation_completed")
+        .await;
     let position = |kind: &str| {
         kinds
             .iter()
@@ -221,6 +223,9 @@ async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
     );
     assert_eq!(pipeline.ledger_count("release").await, 1);
 
+    pipeline
+        .event_kinds_once("alice", "generation_failed")
+        .await;
     let failed = pipeline
         .events("alice")
         .await
@@ -284,8 +289,17 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
 
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Completed);
-    assert_eq!(pipeline.ledger_count("capture").await, 1, "captured once");
     assert_eq!(pipeline.balance(&mut alice).await, 100 - done.cost);
+    // Completed once: one completion event, however many deliveries the job had.
+    let kinds = pipeline
+        .event_kinds_once("alice", "generation_completed")
+        .await;
+    let completions = kinds
+        .iter()
+        .filter(|kind| *kind == "generation_completed")
+        .count();
+    assert_eq!(completions, 1, "{kinds:?}");
+    assert_eq!(pipeline.ledger_count("capture").await, 1);
 }
 
 #[tokio::test]
@@ -354,7 +368,7 @@ async fn with_the_llm_down_every_step_falls_back_and_the_breaker_recovers() {
         .await;
     let pipeline = Pipeline::start(PipelineOptions {
         llm_url: Some(llm.uri()),
-        breaker_open_for: Duration::from_secs(2),
+        breaker_open_for: Duration::from_secs(6),
         ..PipelineOptions::default()
     })
     .await;
@@ -362,7 +376,7 @@ async fn with_the_llm_down_every_step_falls_back_and_the_breaker_recovers() {
     let conversation = pipeline.conversation(&mut alice).await;
 
     // Failures open the enhancement service's breaker; images are made all the same.
-    for index in 0..3 {
+    for index in 0..2 {
         let message = pipeline
             .send(
                 &mut alice,
@@ -404,7 +418,7 @@ async fn with_the_llm_down_every_step_falls_back_and_the_breaker_recovers() {
         )
         .mount(&llm)
         .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     let message = pipeline
         .send(&mut alice, &conversation, "a green fox", None)
         .await;
@@ -434,4 +448,127 @@ async fn a_repeated_start_after_completion_changes_nothing() {
         .expect("start")
         .into_inner();
     assert!(again.generation_ids.is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_one_image_leaves_the_others_to_finish() {
+    let sd = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_secs(3))
+                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 1)] })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.4 })),
+        )
+        .mount(&sd)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/interrupt"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&sd)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = alice
+        .send_message(proto::SendMessageRequest {
+            conversation_id: conversation,
+            prompt: "two red foxes".into(),
+            settings: Some(proto::GenerationSettings {
+                model: "sdxl".into(),
+                image_count: Some(2),
+                ..Default::default()
+            }),
+            client_request_id: String::new(),
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 2).await;
+    let cancelled_id = message.generations[0].id.clone();
+    alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::GenerationId(
+                cancelled_id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel one");
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(
+        done.status(),
+        proto::MessageStatus::Completed,
+        "the other image was made"
+    );
+    assert_eq!(
+        done.generations[0].status(),
+        proto::GenerationStatus::Cancelled
+    );
+    assert_eq!(
+        done.generations[1].status(),
+        proto::GenerationStatus::Completed
+    );
+    // One image refunded, one paid.
+    assert_eq!(
+        pipeline.balance(&mut alice).await,
+        100 - done.generations[1].cost
+    );
+    assert_eq!(pipeline.ledger_count("release").await, 1);
+    assert_eq!(pipeline.ledger_count("capture").await, 1);
+}
+
+#[tokio::test]
+async fn the_last_delivery_fails_the_message_and_refunds() {
+    let sd = MockServer::start().await;
+    // Unavailable every time: retryable, until the deliveries run out.
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&sd)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.0 })),
+        )
+        .mount(&sd)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        max_deliver: 2,
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Failed);
+    assert_eq!(pipeline.balance(&mut alice).await, 100, "refunded");
+    assert_eq!(pipeline.ledger_count("release").await, 1);
+    // Two deliveries of two provider attempts each.
+    let renders = sd
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|request| request.url.path() == "/sdapi/v1/txt2img")
+        .count();
+    assert_eq!(renders, 4);
 }

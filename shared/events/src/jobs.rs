@@ -58,7 +58,6 @@ pub async fn consumer(
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
                 max_deliver: config.max_deliver,
-                max_ack_pending: i64::try_from(config.concurrency.max(1) * 4).unwrap_or(i64::MAX),
                 ..Default::default()
             },
         )
@@ -134,7 +133,7 @@ impl Drop for KeepAlive {
 /// Runs `handle` on every job of `consumer`, at most `config.concurrency` at once, until
 /// `shutdown` resolves; then stops taking jobs and waits up to `drain_timeout` for the
 /// running ones. A job still running after that is dropped unacknowledged: JetStream
-/// redelivers it.
+/// redelivers it. Returns only at shutdown (or when the permits are closed, never).
 pub async fn run<Handle, Handled>(
     consumer: PullConsumer,
     config: JobConsumerConfig,
@@ -145,55 +144,73 @@ where
     Handle: Fn(Job) -> Handled,
     Handled: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(config.concurrency.max(1))
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let capacity = config.concurrency.max(1);
+    let permits = Arc::new(Semaphore::new(capacity));
     let mut running = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // A permit first: never pull a job there is no room to start.
-        let permit = tokio::select! {
+        // Wait for room, then fetch only as many jobs as there is room for: a job is
+        // delivered (and its ack_wait runs) only when it can start at once.
+        let first = tokio::select! {
             () = &mut shutdown => break,
             permit = Arc::clone(&permits).acquire_owned() => permit?,
         };
-        let message = tokio::select! {
+        let free = 1 + permits.available_permits();
+        let fetched = tokio::select! {
             () = &mut shutdown => break,
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "job stream error; continuing");
-                    continue;
-                }
-                None => break,
-            },
+            fetched = consumer.fetch().max_messages(free).expires(FETCH_WAIT).messages() => fetched,
         };
-        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let span = tracing::info_span!("job", subject = %message.subject, delivered);
-        if let Some(headers) = &message.headers {
-            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-                propagator.extract(&HeaderExtractor(headers))
-            });
-            let _ = span.set_parent(parent);
-        }
-        let job = Job {
-            message,
-            delivered,
-            max_deliver: config.max_deliver,
-            ack_wait: config.ack_wait,
-        };
-        let handled = handle(job);
-        running.spawn(
-            async move {
-                handled.await;
-                drop(permit);
+        let mut batch = match fetched {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot fetch jobs; retrying");
+                drop(first);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
-            .instrument(span),
-        );
+        };
+        let mut permit = Some(first);
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => None,
+                next = batch.next() => next,
+            };
+            let Some(next) = next else { break };
+            let message = match next {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::debug!(error = %err, "fetch ended");
+                    break;
+                }
+            };
+            let permit = match permit.take() {
+                Some(permit) => permit,
+                // Fetched no more than the free permits, so this does not wait.
+                None => Arc::clone(&permits).acquire_owned().await?,
+            };
+            let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+            let span = tracing::info_span!("job", subject = %message.subject, delivered);
+            if let Some(headers) = &message.headers {
+                let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                    propagator.extract(&HeaderExtractor(headers))
+                });
+                let _ = span.set_parent(parent);
+            }
+            let job = Job {
+                message,
+                delivered,
+                max_deliver: config.max_deliver,
+                ack_wait: config.ack_wait,
+            };
+            let handled = handle(job);
+            running.spawn(
+                async move {
+                    handled.await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
         // Reap finished tasks so the set does not grow.
         while running.try_join_next().is_some() {}
     }
@@ -208,6 +225,9 @@ where
     }
     Ok(())
 }
+
+/// How long one fetch waits for jobs before asking again.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
 
 struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
 

@@ -20,7 +20,7 @@ mod publish;
 pub mod subjects;
 mod topology;
 
-pub use publish::{PublishError, Publisher};
+pub use publish::{PublishError, Publisher, current_traceparent};
 pub use subjects::Subjects;
 pub use topology::ensure_streams;
 

@@ -31,12 +31,33 @@ impl Publisher {
         message_id: &str,
         payload: Bytes,
     ) -> Result<u64, PublishError> {
+        self.send(subject, message_id, payload, None).await?.await
+    }
+
+    /// Sends like [`Publisher::publish`] but returns before the stream's acknowledgement:
+    /// await the returned future for it. Messages sent on one connection are stored in the
+    /// order they were sent, so a batch can be sent at once and its acks awaited after.
+    ///
+    /// `traceparent` is the trace the message belongs to when it was captured earlier
+    /// (an outbox row); `None` uses the current span's.
+    pub async fn send(
+        &self,
+        subject: String,
+        message_id: &str,
+        payload: Bytes,
+        traceparent: Option<&str>,
+    ) -> Result<impl Future<Output = Result<u64, PublishError>> + use<>, PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", message_id);
-        let context = tracing::Span::current().context();
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut HeaderInjector(&mut headers));
-        });
+        match traceparent {
+            Some(traceparent) => headers.insert("traceparent", traceparent),
+            None => {
+                let context = tracing::Span::current().context();
+                opentelemetry::global::get_text_map_propagator(|propagator| {
+                    propagator.inject_context(&context, &mut HeaderInjector(&mut headers));
+                });
+            }
+        }
         let failed = |reason: String| PublishError::Failed {
             subject: subject.clone(),
             reason,
@@ -45,10 +66,15 @@ impl Publisher {
             .js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
-            .map_err(|err| failed(err.to_string()))?
-            .await
             .map_err(|err| failed(err.to_string()))?;
-        Ok(ack.sequence)
+        Ok(async move {
+            ack.await
+                .map(|ack| ack.sequence)
+                .map_err(|err| PublishError::Failed {
+                    subject,
+                    reason: err.to_string(),
+                })
+        })
     }
 }
 
@@ -58,4 +84,14 @@ impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         self.0.insert(key, value.as_str());
     }
+}
+
+/// The W3C `traceparent` of the current span, to store with work published later.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier);
+    });
+    carrier.remove("traceparent")
 }

@@ -2,6 +2,11 @@
 //! latency percentiles and throughput, next to the floor this machine allows (a bare gRPC
 //! unary round trip on loopback and a bare one-INSERT PostgreSQL transaction).
 //!
+//! Then, on a second mesh with the whole pipeline and fakes at fixed latencies (the LLM
+//! at 200 ms, AUTOMATIC1111 at 500 ms per image), the time from SendMessage to the
+//! generation_completed event, beside the fakes' critical path, so the mesh's own
+//! overhead shows.
+//!
 //! `cargo run --release -p atelier-tests --bin loadgen [-- --quick]`
 //!
 //! It needs the PostgreSQL of `ATELIER_TEST_DATABASE_URL` (the local one by default) and
@@ -40,6 +45,9 @@ async fn main() -> anyhow::Result<()> {
             idle_eviction: Duration::from_secs(600),
         },
         database_connections: 16,
+        // The fast path alone: its jobs wait in the stream, no image is rendered here.
+        run_generation: false,
+        ..MeshOptions::default()
     })
     .await
     .context("cannot start the mesh (is PostgreSQL running?)")?;
@@ -99,7 +107,203 @@ async fn main() -> anyhow::Result<()> {
             p50 / floor
         );
     }
+    drop(mesh);
+
+    println!();
+    pipeline::run(if quick { 3 } else { 13 }).await?;
     Ok(())
+}
+
+/// SendMessage to generation_completed through the whole pipeline, with fakes.
+mod pipeline {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context as _;
+    use atelier_edge::rate_limit::RateLimit;
+    use atelier_proto::v1 as proto;
+    use atelier_tests::{Mesh, MeshOptions};
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    use tokio::sync::oneshot;
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::{Latencies, Sender};
+
+    const LLM_LATENCY: Duration = Duration::from_millis(200);
+    const IMAGE_LATENCY: Duration = Duration::from_millis(500);
+    const CONCURRENCY: usize = 16;
+
+    fn completion(content: &str) -> serde_json::Value {
+        serde_json::json!({ "choices": [{ "index": 0, "message": { "role": "assistant", "content": content } }] })
+    }
+
+    fn png_base64() -> String {
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut bytes, 1024, 1024);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().expect("header");
+            writer
+                .write_image_data(&vec![90u8; 1024 * 1024 * 3])
+                .expect("pixels");
+        }
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// Completion instants by message id, filled from the live event subject.
+    type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+
+    pub async fn run(per_sender: usize) -> anyhow::Result<()> {
+        let llm = MockServer::start().await;
+        // Intent's request names the JSON it wants; enhancement's does not.
+        Mock::given(method("POST"))
+            .and(path("/chat/completions"))
+            .and(body_string_contains("resolved_prompt"))
+            .respond_with(ResponseTemplate::new(200).set_delay(LLM_LATENCY).set_body_json(completion(
+                r#"{"kind":"new","resolved_prompt":"a dog in a park","edit_type":"","strength":0}"#,
+            )))
+            .with_priority(1)
+            .mount(&llm)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/chat/completions"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_delay(LLM_LATENCY)
+                    .set_body_json(completion(
+                        r#"{"prompt":"a dog in a sunny park, detailed","negative_prompt":""}"#,
+                    )),
+            )
+            .with_priority(2)
+            .mount(&llm)
+            .await;
+        let sd = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/sdapi/v1/txt2img"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_delay(IMAGE_LATENCY)
+                    .set_body_json(serde_json::json!({ "images": [png_base64()] })),
+            )
+            .mount(&sd)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/sdapi/v1/progress"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.5 })),
+            )
+            .mount(&sd)
+            .await;
+
+        let mesh = Mesh::start(MeshOptions {
+            starting_credits: 1_000_000_000,
+            max_generations_per_conversation: 1_000_000,
+            rate_limit: RateLimit {
+                per_second: 1e9,
+                burst: 1_000_000_000,
+                idle_eviction: Duration::from_secs(600),
+            },
+            llm_url: Some(llm.uri()),
+            automatic1111_url: Some(sd.uri()),
+            ..MeshOptions::default()
+        })
+        .await?;
+
+        // Completion times come from the events the pipeline publishes, as a client sees them.
+        let waiters: Waiters = Arc::default();
+        let nats = async_nats::connect(&mesh.nats.url).await?;
+        let mut live = nats
+            .subscribe(format!("{}.live.user.*", mesh.nats.prefix))
+            .await?;
+        nats.flush().await?;
+        let listening = Arc::clone(&waiters);
+        let listener = tokio::spawn(async move {
+            while let Some(message) = live.next().await {
+                let arrived = Instant::now();
+                let Ok(event) = proto::Event::decode(message.payload) else {
+                    continue;
+                };
+                let settled = matches!(
+                    event.payload,
+                    Some(
+                        proto::event::Payload::GenerationCompleted(_)
+                            | proto::event::Payload::GenerationFailed(_)
+                    )
+                );
+                if settled
+                    && let Some(waiter) = listening.lock().expect("lock").remove(&event.message_id)
+                {
+                    let _ = waiter.send(arrived);
+                }
+            }
+        });
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..CONCURRENCY {
+            let mut sender = Sender::new(&mesh, &format!("pipeline-{index}")).await?;
+            let waiters = Arc::clone(&waiters);
+            tasks.spawn(async move {
+                // A first picture, so that every measured prompt has a previous one and
+                // intent, not only enhancement, asks the LLM.
+                send_and_wait(&mut sender, &waiters, "a red fox in the snow").await?;
+                let mut samples = Vec::with_capacity(per_sender);
+                for call in 0..per_sender {
+                    let prompt = format!("a dog like that one but in a park, take {call}");
+                    samples.push(send_and_wait(&mut sender, &waiters, &prompt).await?);
+                }
+                anyhow::Ok(samples)
+            });
+        }
+        let mut samples = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            samples.extend(joined??);
+        }
+        listener.abort();
+        let latencies = Latencies::new(samples);
+        let critical = (LLM_LATENCY + IMAGE_LATENCY).as_secs_f64() * 1000.0;
+        println!(
+            "pipeline  SendMessage -> generation_completed, {} messages at concurrency {CONCURRENCY}",
+            latencies.count()
+        );
+        println!(
+            "          fakes: LLM {} ms (intent and enhancement), image {} ms -> critical path max(intent, enhancement) + image = {critical:.0} ms",
+            LLM_LATENCY.as_millis(),
+            IMAGE_LATENCY.as_millis()
+        );
+        for (label, percentile) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            let value = latencies.percentile_ms(percentile);
+            println!(
+                "          {label} {value:8.1} ms   mesh overhead {:6.1} ms",
+                value - critical
+            );
+        }
+        Ok(())
+    }
+
+    async fn send_and_wait(
+        sender: &mut Sender,
+        waiters: &Waiters,
+        prompt: &str,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let message = sender.send_prompt(prompt, "sdxl").await?;
+        let (done, completed) = oneshot::channel();
+        waiters
+            .lock()
+            .expect("lock")
+            .insert(message.id.clone(), done);
+        // The event may have come before the waiter was registered: never for a 700 ms
+        // pipeline, but bounded anyway.
+        let finished = tokio::time::timeout(Duration::from_secs(30), completed)
+            .await
+            .context("no generation_completed within 30 s")??;
+        Ok(finished.duration_since(started))
+    }
 }
 
 /// Latencies of one run.
@@ -208,6 +412,25 @@ impl Sender {
             bearer,
             conversation_id: conversation.id,
         })
+    }
+
+    /// Sends `prompt` for `model` and returns the accepted message.
+    async fn send_prompt(&mut self, prompt: &str, model: &str) -> anyhow::Result<proto::Message> {
+        let request = proto::SendMessageRequest {
+            conversation_id: self.conversation_id.clone(),
+            prompt: prompt.to_owned(),
+            settings: Some(proto::GenerationSettings {
+                model: model.to_owned(),
+                ..Default::default()
+            }),
+            client_request_id: String::new(),
+        };
+        self.client
+            .send_message(authorized(request, &self.bearer)?)
+            .await?
+            .into_inner()
+            .message
+            .context("no message")
     }
 
     async fn send(&mut self, call: usize) -> Result<(), tonic::Status> {

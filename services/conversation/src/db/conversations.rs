@@ -97,8 +97,8 @@ pub async fn rename(
         conversation_columns!(),
         " \
          ), announced AS ( \
-             INSERT INTO outbox (id, subject, payload, created_at) \
-             SELECT $4, $5, $6, $7 FROM renamed \
+             INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
+             SELECT $4, $5, $6, $7, $8 FROM renamed \
          ) \
          SELECT * FROM renamed"
     ))
@@ -109,6 +109,7 @@ pub async fn rename(
     .bind(&event.subject)
     .bind(&event.payload)
     .bind(now)
+    .bind(&event.traceparent)
     .fetch_optional(pool)
     .await
 }

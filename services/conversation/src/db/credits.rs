@@ -86,8 +86,8 @@ pub async fn grant(
              WHERE user_id = $2 AND EXISTS (SELECT 1 FROM entry) \
              RETURNING balance \
          ), announced AS ( \
-             INSERT INTO outbox (id, subject, payload, created_at) \
-             SELECT $6, $7, $8, $5 FROM entry \
+             INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
+             SELECT $6, $7, $8, $5, $9 FROM entry \
          ) \
          SELECT balance, true FROM credited \
          UNION ALL \
@@ -102,6 +102,7 @@ pub async fn grant(
     .bind(event.id)
     .bind(&event.subject)
     .bind(&event.payload)
+    .bind(&event.traceparent)
     .fetch_one(pool)
     .await?;
     Ok(Granted { balance, granted })

@@ -117,8 +117,8 @@ pub async fn insert_new(
                  INSERT INTO credit_ledger (id, user_id, kind, amount, reference, created_at) \
                  SELECT $19, $2, 'reserve', $4, message.id::text, $14 FROM message \
              ), announcement AS ( \
-                 INSERT INTO outbox (id, subject, payload, created_at) \
-                 SELECT o.id, o.subject, o.payload, $14 \
+                 INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
+                 SELECT o.id, o.subject, o.payload, $14, $24 \
                  FROM message, unnest($20::uuid[], $21::text[], $22::bytea[], $23::bool[]) \
                      AS o(id, subject, payload, only_if_titled) \
                  WHERE NOT o.only_if_titled OR (SELECT sets_title FROM conversation) \
@@ -151,6 +151,8 @@ pub async fn insert_new(
         .bind(&subjects) // $21
         .bind(&payloads) // $22
         .bind(&only_if_titled) // $23
+        // One request, one trace: every row of it carries the same context.
+        .bind(rows.outbox.first().and_then(|row| row.traceparent.as_deref())) // $24
         .fetch_one(&mut *tx)
         .await?;
 

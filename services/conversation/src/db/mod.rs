@@ -134,4 +134,6 @@ pub struct OutboxRow {
     pub id: Uuid,
     pub subject: String,
     pub payload: Vec<u8>,
+    /// The trace of the request that wrote it, continued when it is published.
+    pub traceparent: Option<String>,
 }

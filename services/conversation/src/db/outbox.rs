@@ -32,8 +32,8 @@ pub async fn lock_unpublished(
     grace: Duration,
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, subject, payload FROM outbox \
+    let rows: Vec<(Uuid, String, Vec<u8>, Option<String>)> = sqlx::query_as(
+        "SELECT id, subject, payload, traceparent FROM outbox \
          WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
          ORDER BY id \
          LIMIT $2 \
@@ -45,10 +45,11 @@ pub async fn lock_unpublished(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, subject, payload)| OutboxRow {
+        .map(|(id, subject, payload, traceparent)| OutboxRow {
             id,
             subject,
             payload,
+            traceparent,
         })
         .collect())
 }

@@ -318,8 +318,8 @@ pub async fn apply_title(
              WHERE id = $1 AND owner_id = $2 AND auto_titled AND title IS DISTINCT FROM $3 \
              RETURNING id \
          ), announced AS ( \
-             INSERT INTO outbox (id, subject, payload, created_at) \
-             SELECT $4, $5, $6, $7 FROM titled \
+             INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
+             SELECT $4, $5, $6, $7, $8 FROM titled \
          ) \
          SELECT EXISTS (SELECT 1 FROM titled)",
     )
@@ -330,6 +330,7 @@ pub async fn apply_title(
     .bind(&event.subject)
     .bind(&event.payload)
     .bind(now)
+    .bind(&event.traceparent)
     .fetch_one(pool)
     .await
 }
@@ -347,15 +348,19 @@ pub async fn insert_outbox(
     let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
     let subjects: Vec<&str> = rows.iter().map(|row| row.subject.as_str()).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
+    let traceparents: Vec<Option<&str>> =
+        rows.iter().map(|row| row.traceparent.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO outbox (id, subject, payload, created_at) \
-         SELECT id, subject, payload, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) \
-             AS o(id, subject, payload)",
+        "INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
+         SELECT id, subject, payload, $4, traceparent \
+         FROM unnest($1::uuid[], $2::text[], $3::bytea[], $5::text[]) \
+             AS o(id, subject, payload, traceparent)",
     )
     .bind(&ids)
     .bind(&subjects)
     .bind(&payloads)
     .bind(now)
+    .bind(&traceparents)
     .execute(&mut *tx)
     .await?;
     Ok(())

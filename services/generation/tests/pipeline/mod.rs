@@ -36,6 +36,7 @@ pub struct PipelineOptions {
     pub automatic1111_url: Option<String>,
     pub ack_wait: Duration,
     pub breaker_open_for: Duration,
+    pub max_deliver: i64,
 }
 
 impl Default for PipelineOptions {
@@ -45,6 +46,7 @@ impl Default for PipelineOptions {
             automatic1111_url: None,
             ack_wait: Duration::from_secs(10),
             breaker_open_for: Duration::from_secs(30),
+            max_deliver: 6,
         }
     }
 }
@@ -190,6 +192,7 @@ impl Pipeline {
             },
             storage: atelier_generation::config::Storage::Local(self.images.0.clone()),
             ack_wait: self.options.ack_wait,
+            max_deliver: self.options.max_deliver,
             intent_deadline: Duration::from_secs(8),
             enhancement_deadline: Duration::from_secs(8),
             ..atelier_generation::Config::default()
@@ -333,6 +336,19 @@ impl Pipeline {
             events.push(proto::Event::decode(message.payload.clone()).expect("event"));
         }
         events
+    }
+
+    /// The user's event kinds once `kind` is among them: events are published just after
+    /// the commit a status poll sees, so wait (bounded) for them.
+    pub async fn event_kinds_once(&self, user: &str, kind: &str) -> Vec<String> {
+        for _ in 0..100 {
+            let kinds = self.event_kinds(user).await;
+            if kinds.iter().any(|seen| seen == kind) {
+                return kinds;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {kind} event for {user} within 10 s");
     }
 
     pub async fn event_kinds(&self, user: &str) -> Vec<String> {
