@@ -148,7 +148,9 @@ where
     let permits = Arc::new(Semaphore::new(capacity));
     let mut running = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    // Set once `shutdown` has resolved: a finished future must not be polled again.
+    let mut stopping = false;
+    while !stopping {
         // Wait for room, then fetch only as many jobs as there is room for: a job is
         // delivered (and its ack_wait runs) only when it can start at once.
         let first = tokio::select! {
@@ -172,7 +174,10 @@ where
         let mut permit = Some(first);
         loop {
             let next = tokio::select! {
-                () = &mut shutdown => None,
+                () = &mut shutdown => {
+                    stopping = true;
+                    None
+                }
                 next = batch.next() => next,
             };
             let Some(next) = next else { break };

@@ -31,15 +31,19 @@ impl TestStreams {
 
 impl Drop for TestStreams {
     fn drop(&mut self) {
-        let js = self.js.clone();
         let names = [self.subjects.jobs_stream(), self.subjects.events_stream()];
-        // Leave nothing behind on the shared server.
+        // Leave nothing behind on the shared server. A client of its own: the test's lives
+        // on the test's runtime, which is blocked here.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
+                let Ok(client) = async_nats::connect(nats_url()).await else {
+                    return;
+                };
+                let js = jetstream::new(client);
                 for name in names {
                     let _ = js.delete_stream(name).await;
                 }
@@ -123,4 +127,91 @@ async fn user_events_are_republished_live_with_their_sequence_and_predecessor() 
             ("a1".to_owned(), Some("3".to_owned()), Some("1".to_owned())),
         ]
     );
+}
+
+#[tokio::test]
+async fn jobs_are_handled_at_most_n_at_once_and_the_loop_stops_cleanly() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use atelier_events::jobs::{self, JobConsumerConfig};
+
+    let streams = TestStreams::create().await;
+    let publisher = Publisher::new(streams.js.clone());
+    for index in 0..6 {
+        publisher
+            .publish(
+                streams.subjects.generate_jobs(),
+                &format!("job-{index}"),
+                "job".into(),
+            )
+            .await
+            .expect("publish");
+    }
+    let config = JobConsumerConfig {
+        durable_name: "test-worker".to_owned(),
+        filter_subject: streams.subjects.generate_jobs(),
+        max_deliver: 3,
+        ack_wait: Duration::from_secs(10),
+        concurrency: 2,
+        drain_timeout: Duration::from_secs(5),
+    };
+    let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
+        .await
+        .expect("consumer");
+    let (handled, in_flight, peak) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let counters = (
+        Arc::clone(&handled),
+        Arc::clone(&in_flight),
+        Arc::clone(&peak),
+    );
+    let loop_task = tokio::spawn(jobs::run(
+        consumer,
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        move |job| {
+            let (handled, in_flight, peak) = counters.clone();
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                job.ack().await;
+                handled.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    ));
+    for _ in 0..200 {
+        if handled.load(Ordering::SeqCst) == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(handled.load(Ordering::SeqCst), 6);
+    assert!(
+        peak.load(Ordering::SeqCst) <= 2,
+        "at most the configured concurrency"
+    );
+
+    // Idle, waiting in a fetch: a shutdown ends the loop without a fuss.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), loop_task)
+        .await
+        .expect("the loop stops")
+        .expect("no panic")
+        .expect("no error");
+    // Every job was acknowledged: the work queue is empty.
+    let mut stream = streams
+        .js
+        .get_stream(streams.subjects.jobs_stream())
+        .await
+        .expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 0);
 }
