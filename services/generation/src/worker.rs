@@ -309,12 +309,12 @@ async fn make_image(
             publish_progress(worker, job, &generation_id, "storing", 100).await;
             store_and_complete(worker, job, &generation_id, png).await
         }
-        Err(ProviderError::Permanent { reason }) => {
+        Err(err @ ProviderError::Permanent { .. }) => {
             fail(
                 worker,
                 job,
                 std::slice::from_ref(&generation_id),
-                &user_reason(&reason),
+                &user_reason(&err),
             )
             .await
         }
@@ -323,7 +323,7 @@ async fn make_image(
                 worker,
                 job,
                 std::slice::from_ref(&generation_id),
-                &user_reason(err.reason()),
+                &user_reason(&err),
             )
             .await
         }
@@ -411,10 +411,20 @@ async fn fail_unfinished(worker: &Worker, job: &GenerateJob, reason: &str) -> bo
     unfinished.is_empty() || fail(worker, job, &unfinished, reason).await.is_ok()
 }
 
-/// The provider's words are for operators; the user gets a short, safe sentence.
-fn user_reason(provider_reason: &str) -> String {
-    tracing::warn!(reason = provider_reason, "image generation failed");
-    "the image provider could not make this image; your credits were refunded".to_owned()
+/// Why an image failed, for the user: a refusal keeps the provider's own words (its API
+/// writes them for callers, and the provider module has scrubbed any key from them),
+/// shortened; an outage is said plainly.
+fn user_reason(error: &ProviderError) -> String {
+    tracing::warn!(reason = error.reason(), "image generation failed");
+    match error {
+        ProviderError::Permanent { reason } => {
+            let reason: String = reason.chars().take(200).collect();
+            format!("the image provider refused this image ({reason}); your credits were refunded")
+        }
+        ProviderError::Retryable { .. } => {
+            "the image provider is unavailable right now; your credits were refunded".to_owned()
+        }
+    }
 }
 
 async fn analyze_intent(

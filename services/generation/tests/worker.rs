@@ -235,8 +235,14 @@ async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
             _ => None,
         })
         .expect("a generation_failed event");
-    assert!(!failed.reason.is_empty());
+    // The event says why: the provider's own refusal.
+    assert!(
+        failed.reason.contains("prompt rejected"),
+        "{}",
+        failed.reason
+    );
     assert_eq!(failed.refunded, done.cost);
+    assert!(done.generations[0].error.contains("prompt rejected"));
 }
 
 #[tokio::test]
@@ -560,6 +566,11 @@ async fn the_last_delivery_fails_the_message_and_refunds() {
         .await;
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Failed);
+    assert!(
+        done.generations[0].error.contains("unavailable"),
+        "{}",
+        done.generations[0].error
+    );
     assert_eq!(pipeline.balance(&mut alice).await, 100, "refunded");
     assert_eq!(pipeline.ledger_count("release").await, 1);
     // Two deliveries of two provider attempts each.

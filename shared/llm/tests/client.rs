@@ -464,3 +464,41 @@ async fn a_timed_out_attempt_is_retried() {
     assert_eq!(content, "in time");
     assert_eq!(requests_seen(&server).await, 2);
 }
+
+/// A server that answers at once with the headers and half the body, then stalls: the
+/// slow-body fault, which a delay before the headers does not exercise.
+async fn stalling_server() -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 8192];
+                let _ = stream.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"choices\":[";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_a_timeout() {
+    let config = LlmConfig {
+        call_timeout: Duration::from_millis(300),
+        deadline: Duration::from_secs(5),
+        max_retries: 0,
+        ..LlmConfig::new(stalling_server().await)
+    };
+    let err = client(config)
+        .complete(&request())
+        .await
+        .expect_err("the body never ends");
+    assert_eq!(err, LlmError::Timeout);
+}
