@@ -78,17 +78,7 @@ impl State {
     pub fn render_metrics(&self) -> String {
         let mut text = self.metrics.render();
         if let Some(llm) = &self.llm {
-            let state = match llm.breaker_state() {
-                atelier_llm::BreakerState::Closed => "closed",
-                atelier_llm::BreakerState::Open => "open",
-                atelier_llm::BreakerState::HalfOpen => "half_open",
-            };
-            text.push_str(&atelier_runtime::metrics::state_gauge(
-                "atelier_intent_llm_breaker",
-                "State of the circuit breaker in front of the LLM.",
-                &["closed", "open", "half_open"],
-                state,
-            ));
+            text.push_str(&llm.render_breaker("atelier_intent_llm_breaker"));
         }
         text
     }
@@ -102,22 +92,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = Arc::new(State::new(&config)?);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(addr) = config.metrics_addr {
-        let metrics = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        let state = Arc::clone(&state);
-        let mut stopped = stopped.clone();
-        tokio::spawn(atelier_runtime::metrics::serve(
-            metrics,
-            Arc::new(move || state.render_metrics()),
-            async move {
-                let _ = stopped.wait_for(|stopped| *stopped).await;
-            },
-        ));
-    }
-    drop(stopped);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let metrics_state = Arc::clone(&state);
+    atelier_runtime::metrics::serve_if_configured(
+        config.metrics_addr,
+        Arc::new(move || metrics_state.render_metrics()),
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        },
+    )
+    .await?;
     serve(state, config.service_token, listener, async move {
         shutdown.await;
         let _ = stop.send(true);

@@ -24,6 +24,19 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    pub const ALL: [BreakerState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+
+    /// The name in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
     /// Consecutive failed calls that open the breaker; at least 1.

@@ -96,6 +96,17 @@ impl LlmClient {
         self.inner.breaker.state(Instant::now())
     }
 
+    /// The breaker's state as a Prometheus gauge set named `metric`.
+    pub fn render_breaker(&self, metric: &str) -> String {
+        let states = BreakerState::ALL.map(BreakerState::as_str);
+        atelier_runtime::metrics::state_gauge(
+            metric,
+            "State of the circuit breaker in front of the LLM.",
+            &states,
+            self.breaker_state().as_str(),
+        )
+    }
+
     async fn call<T>(
         &self,
         request: &ChatRequest,

@@ -5,8 +5,13 @@
 //! page to one scraper every few seconds, and keeping it off the gRPC port keeps probes,
 //! scrapes and RPCs from sharing one listener's limits.
 
+use std::fmt::Write as _;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -46,6 +51,80 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+/// Serves `/metrics` on `addr`, when one is configured, until `stopped`; returns once the
+/// port is bound, so a bad address fails start-up.
+pub async fn serve_if_configured(
+    addr: Option<SocketAddr>,
+    render: Render,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tokio::spawn(serve(listener, render, stopped));
+    Ok(())
+}
+
+/// One counter per value of one label, the values fixed at creation: enough for "answers
+/// by source" without a metrics registry.
+#[derive(Debug)]
+pub struct LabelledCounters {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    counters: Vec<(&'static str, AtomicU64)>,
+}
+
+impl LabelledCounters {
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: &[&'static str],
+    ) -> Self {
+        Self {
+            name,
+            help,
+            label,
+            counters: values
+                .iter()
+                .map(|value| (*value, AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Counts one more for `value`; a value not given at creation is a bug, ignored.
+    pub fn increment(&self, value: &str) {
+        if let Some((_, counter)) = self.counters.iter().find(|(known, _)| *known == value) {
+            // Relaxed: each counter stands alone; no reader needs them mutually consistent.
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, value: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|(known, _)| *known == value)
+            .map_or(0, |(_, counter)| counter.load(Ordering::Relaxed))
+    }
+
+    /// The counters in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let (name, label) = (self.name, self.label);
+        let mut text = format!("# HELP {name} {}\n# TYPE {name} counter\n", self.help);
+        for (value, counter) in &self.counters {
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                text,
+                "{name}{{{label}=\"{value}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        text
     }
 }
 
@@ -92,6 +171,20 @@ mod tests {
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
         let _ = stop.send(());
         server.await.expect("stops");
+    }
+
+    #[test]
+    fn labelled_counters_count_and_render() {
+        let counters = LabelledCounters::new("answers_total", "Answers.", "source", &["a", "b"]);
+        counters.increment("b");
+        counters.increment("b");
+        counters.increment("unknown");
+        assert_eq!(counters.get("b"), 2);
+        assert_eq!(
+            counters.render(),
+            "# HELP answers_total Answers.\n# TYPE answers_total counter\n\
+             answers_total{source=\"a\"} 0\nanswers_total{source=\"b\"} 2\n"
+        );
     }
 
     #[test]
