@@ -75,16 +75,7 @@ impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::InvalidArgument(violations) => {
-                let summary = violations
-                    .iter()
-                    .map(|violation| format!("{}: {}", violation.field, violation.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    summary,
-                    ErrorDetails::with_bad_request(violations),
-                )
+                atelier_runtime::grpc::invalid_argument(violations)
             }
             err @ ServiceError::NotFound { .. } => Status::not_found(err.to_string()),
             err @ ServiceError::Archived(_) => {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use atelier_llm::LlmConfig;
-use atelier_runtime::config::{ConfigError, var_or};
+use atelier_runtime::config::{positive_var, var_or};
 use atelier_runtime::internal_call::ServiceToken;
 
 /// The service credential of a local mesh; every deployment sets its own.
@@ -48,11 +48,11 @@ impl Config {
                 "ATELIER_SERVICE_TOKEN",
                 DEFAULT_SERVICE_TOKEN.to_owned(),
             )?),
-            cache_ttl: Duration::from_secs(positive(
+            cache_ttl: Duration::from_secs(positive_var(
                 "ATELIER_INTENT_CACHE_TTL_SECS",
                 Self::DEFAULT_CACHE_TTL.as_secs(),
             )?),
-            cache_capacity: positive(
+            cache_capacity: positive_var(
                 "ATELIER_INTENT_CACHE_CAPACITY",
                 Self::DEFAULT_CACHE_CAPACITY,
             )?,
@@ -70,14 +70,4 @@ impl Default for Config {
             metrics_addr: None,
         }
     }
-}
-
-// Zero would silently turn the cache off (or make every answer expire at once); a
-// deployment that wants that should say so some other way than a typo.
-fn positive(name: &str, default: u64) -> Result<u64, ConfigError> {
-    let value = var_or(name, default)?;
-    if value == 0 {
-        return Err(ConfigError::new(name, "0", "must be positive"));
-    }
-    Ok(value)
 }

@@ -5,8 +5,8 @@
 //! before the handler runs. The mapping has no wildcard arm, so a new failure cannot reach
 //! a client without a deliberate status.
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic::Status;
+use tonic_types::FieldViolation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -19,16 +19,7 @@ impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::InvalidArgument(violations) => {
-                let summary = violations
-                    .iter()
-                    .map(|violation| format!("{}: {}", violation.field, violation.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    summary,
-                    ErrorDetails::with_bad_request(violations),
-                )
+                atelier_runtime::grpc::invalid_argument(violations)
             }
         }
     }
@@ -36,6 +27,9 @@ impl From<ServiceError> for Status {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
     use super::*;
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use atelier_runtime::config::{ConfigError, optional_var, var_or};
+use atelier_runtime::config::{ConfigError, optional_var, positive_var, var_or};
 
 /// Where the LLM lives and how patient to be with it.
 #[derive(Clone)]
@@ -76,10 +76,7 @@ impl LlmConfig {
         };
         check_base_url(&base_url)
             .map_err(|reason| ConfigError::new("ATELIER_LLM_BASE_URL", &base_url, reason))?;
-        let timeout_ms: u64 = var_or("ATELIER_LLM_TIMEOUT_MS", Self::DEFAULT_TIMEOUT_MS)?;
-        if timeout_ms == 0 {
-            return Err(ConfigError::new("ATELIER_LLM_TIMEOUT_MS", "0", "must be positive").into());
-        }
+        let timeout_ms = positive_var("ATELIER_LLM_TIMEOUT_MS", Self::DEFAULT_TIMEOUT_MS)?;
         let deadline = Duration::from_millis(timeout_ms);
         Ok(Some(Self {
             api_key: optional_var("ATELIER_LLM_API_KEY")?,

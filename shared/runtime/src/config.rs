@@ -55,6 +55,16 @@ where
     }
 }
 
+/// A number that must be positive, or `default` when unset: a zero (a cache that keeps
+/// nothing, a timeout that fires at once) is a typo, not a setting.
+pub fn positive_var(name: &str, default: u64) -> Result<u64, ConfigError> {
+    let value = var_or(name, default)?;
+    if value == 0 {
+        return Err(ConfigError::new(name, "0", "must be positive"));
+    }
+    Ok(value)
+}
+
 /// A comma-separated list, or `default` when unset or empty.
 pub fn list_or(name: &str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
     let raw: Option<String> = optional_var(name)?;
@@ -80,6 +90,14 @@ mod tests {
     fn unset_variables_take_the_default() {
         let value: u32 = var_or("ATELIER_TEST_SURELY_UNSET_VARIABLE", 7).expect("default");
         assert_eq!(value, 7);
+    }
+
+    #[test]
+    fn positive_numbers_default_when_unset() {
+        assert_eq!(
+            positive_var("ATELIER_TEST_SURELY_UNSET_VARIABLE", 3).expect("default"),
+            3
+        );
     }
 
     #[test]

@@ -20,6 +20,23 @@ const REFLECTION_SERVICE_NAMES: [&str; 2] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// INVALID_ARGUMENT for a request that breaks field rules: every violation in the message
+/// (for people reading grpcurl output) and as `google.rpc.BadRequest` details (for
+/// clients that point at the field).
+pub fn invalid_argument(violations: Vec<tonic_types::FieldViolation>) -> tonic::Status {
+    use tonic_types::StatusExt as _;
+    let summary = violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    tonic::Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        summary,
+        tonic_types::ErrorDetails::with_bad_request(violations),
+    )
+}
+
 /// Health and reflection for a server that serves `services` (fully qualified names).
 ///
 /// Reflection advertises only those services (plus health and reflection), so an internal

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atelier_runtime::config::{ConfigError, optional_var, var_or};
+use atelier_runtime::config::{ConfigError, optional_var, positive_var};
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -325,11 +325,7 @@ fn url_var(name: &str) -> anyhow::Result<Option<String>> {
 }
 
 fn positive_millis(name: &str, default: u64) -> anyhow::Result<Duration> {
-    let millis: u64 = var_or(name, default)?;
-    if millis == 0 {
-        return Err(ConfigError::new(name, "0", "must be positive").into());
-    }
-    Ok(Duration::from_millis(millis))
+    Ok(Duration::from_millis(positive_var(name, default)?))
 }
 
 /// Builds the provider of `kind`; a remote kind whose URL is not configured is an error
