@@ -11,7 +11,7 @@ use atelier_proto::conversation::v1::conversation_service_client::ConversationSe
 use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_testkit::StatementCounter;
-use common::{AsUser, TestApp, balance, create_conversation, reason, send_request};
+use common::{AsUser, TestApp, balance, create_conversation, reason, send_images, send_request};
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 use tonic_types::StatusExt;
@@ -363,13 +363,7 @@ async fn another_users_ids_are_not_found_for_every_rpc() {
     let mut alice = app.client("alice");
     let mut bob = app.client("bob");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(send_request(&conversation.id, "a fox"))
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let message = send_images(&mut alice, &conversation.id, "a fox", 1).await;
     let generation_id = message.generations[0].id.clone();
     let pool = app.db.pool().await.expect("pool");
     sqlx::query("UPDATE generations SET status = 'completed' WHERE id = $1::uuid")
@@ -910,19 +904,7 @@ async fn favourites_need_a_completed_image_and_list_newest_first() {
     let app = TestApp::spawn().await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(proto::SendMessageRequest {
-            settings: Some(proto::GenerationSettings {
-                image_count: Some(2),
-                ..Default::default()
-            }),
-            ..send_request(&conversation.id, "two foxes")
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let message = send_images(&mut alice, &conversation.id, "two foxes", 2).await;
     let [first, second] = [&message.generations[0].id, &message.generations[1].id];
 
     let status = alice

@@ -11,7 +11,7 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::jobs::v1 as jobs;
 use atelier_proto::v1 as proto;
 use atelier_testkit::TcpProxy;
-use common::{TestApp, balance, create_conversation, send_request};
+use common::{TestApp, balance, create_conversation, send_images, send_request};
 use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::Code;
@@ -76,13 +76,7 @@ async fn sent_messages_reach_the_streams_in_order() {
     let app = TestApp::spawn().await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(send_request(&conversation.id, "a red fox"))
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let message = send_images(&mut alice, &conversation.id, "a red fox", 1).await;
     outbox_drained(&app).await;
 
     let subjects = subjects(&app);
@@ -186,19 +180,7 @@ async fn a_completed_image_captures_its_credits_once() {
     let app = TestApp::spawn().await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(proto::SendMessageRequest {
-            settings: Some(proto::GenerationSettings {
-                image_count: Some(2),
-                ..Default::default()
-            }),
-            ..send_request(&conversation.id, "two foxes")
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let message = send_images(&mut alice, &conversation.id, "two foxes", 2).await;
     assert_eq!(balance(&mut alice).await, 96);
 
     let started = alice
@@ -286,13 +268,7 @@ async fn a_completed_image_captures_its_credits_once() {
     assert_eq!(captures, 2);
 
     // The next message sees this one as its previous, with its image.
-    let next = alice
-        .send_message(send_request(&conversation.id, "make it night"))
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let next = send_images(&mut alice, &conversation.id, "make it night", 1).await;
     let next_start = alice
         .start_generation(internal::StartGenerationRequest {
             message_id: next.id,
@@ -315,19 +291,7 @@ async fn failed_images_release_their_credits_once() {
     let app = TestApp::spawn().await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(proto::SendMessageRequest {
-            settings: Some(proto::GenerationSettings {
-                image_count: Some(3),
-                ..Default::default()
-            }),
-            ..send_request(&conversation.id, "three foxes")
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let message = send_images(&mut alice, &conversation.id, "three foxes", 3).await;
     let ids: Vec<String> = message.generations.iter().map(|g| g.id.clone()).collect();
     assert_eq!(balance(&mut alice).await, 94);
 
@@ -382,13 +346,7 @@ async fn cancelling_releases_credits_and_a_late_completion_changes_nothing() {
     let app = TestApp::spawn().await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(send_request(&conversation.id, "a fox"))
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let message = send_images(&mut alice, &conversation.id, "a fox", 1).await;
     alice
         .start_generation(internal::StartGenerationRequest {
             message_id: message.id.clone(),

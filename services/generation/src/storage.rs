@@ -186,7 +186,6 @@ fn backend_error(key: &str, source: object_store::Error) -> StorageError {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
-    use std::process::Command;
 
     use super::*;
 
@@ -337,32 +336,14 @@ mod tests {
 
     const PROBE: &str = "ATELIER_STORAGE_FROM_ENV_PROBE";
 
-    /// What `from_env` builds with exactly `vars` set, run in a child process because a
-    /// test may not change its own environment (unsafe code is forbidden).
+    /// What `from_env` builds with exactly the given storage variables set.
     fn from_env_with(vars: &[(&str, &str)]) -> String {
-        let binary = std::env::current_exe().expect("the test binary");
-        let mut command = Command::new(binary);
-        command
-            .args(["--exact", "storage::tests::print_from_env", "--nocapture"])
-            .env(PROBE, "1")
-            .env_remove("ATELIER_S3_BUCKET")
-            .env_remove("ATELIER_STORAGE_DIR");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("AWS_") {
-                command.env_remove(name);
-            }
-        }
-        for (name, value) in vars {
-            command.env(name, value);
-        }
-        let output = command.output().expect("the child runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}");
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("from_env: "))
-            .unwrap_or_else(|| panic!("the child printed no result: {stdout}"))
-            .to_owned()
+        atelier_testkit::rerun_with_env(
+            "storage::tests::print_from_env",
+            PROBE,
+            &["ATELIER_S3_", "ATELIER_STORAGE_", "AWS_"],
+            vars,
+        )
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use atelier_proto::conversation::v1 as internal;
 use atelier_proto::v1 as proto;
 use base64::Engine as _;
-use pipeline::{Pipeline, PipelineOptions, png_base64};
+use pipeline::{Pipeline, PipelineOptions};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -102,28 +102,10 @@ async fn intent_and_enhancement_run_at_the_same_time() {
 
 #[tokio::test]
 async fn an_edit_uses_img2img_from_the_previous_image() {
-    let sd = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 10)] })),
-        )
-        .mount(&sd)
-        .await;
+    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 10)).await;
     Mock::given(method("POST"))
         .and(path("/sdapi/v1/img2img"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 200)] })),
-        )
-        .mount(&sd)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.5 })),
-        )
+        .respond_with(pipeline::png_answer(1024, 1024, 200))
         .mount(&sd)
         .await;
     let pipeline = Pipeline::start(PipelineOptions {
@@ -187,22 +169,11 @@ async fn an_edit_uses_img2img_from_the_previous_image() {
 
 #[tokio::test]
 async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
-    let sd = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(
-            ResponseTemplate::new(422)
-                .set_body_json(serde_json::json!({ "detail": "prompt rejected" })),
-        )
-        .mount(&sd)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.0 })),
-        )
-        .mount(&sd)
-        .await;
+    let sd = pipeline::automatic1111(
+        ResponseTemplate::new(422)
+            .set_body_json(serde_json::json!({ "detail": "prompt rejected" })),
+    )
+    .await;
     let pipeline = Pipeline::start(PipelineOptions {
         automatic1111_url: Some(sd.uri()),
         ..PipelineOptions::default()
@@ -247,33 +218,13 @@ async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() {
-    let sd = MockServer::start().await;
     // The first render hangs (the worker doing it is killed); the next is quick.
+    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 2)).await;
     Mock::given(method("POST"))
         .and(path("/sdapi/v1/txt2img"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_delay(Duration::from_secs(60))
-                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 1)] })),
-        )
+        .respond_with(pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(60)))
         .up_to_n_times(1)
         .with_priority(1)
-        .mount(&sd)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 2)] })),
-        )
-        .with_priority(2)
-        .mount(&sd)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.2 })),
-        )
         .mount(&sd)
         .await;
     let mut pipeline = Pipeline::start(PipelineOptions {
@@ -310,28 +261,10 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
 
 #[tokio::test]
 async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
-    let sd = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_delay(Duration::from_secs(60))
-                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 1)] })),
-        )
-        .mount(&sd)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.4 })),
-        )
-        .mount(&sd)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/interrupt"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&sd)
-        .await;
+    let sd = pipeline::automatic1111(
+        pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(60)),
+    )
+    .await;
     let pipeline = Pipeline::start(PipelineOptions {
         automatic1111_url: Some(sd.uri()),
         ..PipelineOptions::default()
@@ -458,28 +391,10 @@ async fn a_repeated_start_after_completion_changes_nothing() {
 
 #[tokio::test]
 async fn cancelling_one_image_leaves_the_others_to_finish() {
-    let sd = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_delay(Duration::from_secs(3))
-                .set_body_json(serde_json::json!({ "images": [png_base64(1024, 1024, 1)] })),
-        )
-        .mount(&sd)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.4 })),
-        )
-        .mount(&sd)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/interrupt"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&sd)
-        .await;
+    let sd = pipeline::automatic1111(
+        pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(3)),
+    )
+    .await;
     let pipeline = Pipeline::start(PipelineOptions {
         automatic1111_url: Some(sd.uri()),
         ..PipelineOptions::default()
@@ -539,20 +454,8 @@ async fn cancelling_one_image_leaves_the_others_to_finish() {
 
 #[tokio::test]
 async fn the_last_delivery_fails_the_message_and_refunds() {
-    let sd = MockServer::start().await;
     // Unavailable every time: retryable, until the deliveries run out.
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&sd)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.0 })),
-        )
-        .mount(&sd)
-        .await;
+    let sd = pipeline::automatic1111(ResponseTemplate::new(503)).await;
     let pipeline = Pipeline::start(PipelineOptions {
         automatic1111_url: Some(sd.uri()),
         max_deliver: 2,

@@ -135,44 +135,18 @@ impl fmt::Debug for LlmConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
 
-    const VARS: [&str; 5] = [
-        "ATELIER_LLM_BASE_URL",
-        "ATELIER_LLM_API_KEY",
-        "ATELIER_LLM_MODEL",
-        "ATELIER_LLM_TIMEOUT_MS",
-        "ATELIER_LLM_MAX_RETRIES",
-    ];
     const PROBE: &str = "ATELIER_LLM_FROM_ENV_PROBE";
 
-    /// What `from_env` returns with exactly `vars` set.
-    ///
-    /// A test may not change its own environment (`set_var` is unsafe, and the workspace
-    /// forbids unsafe code), so this runs the test binary again, as a child with the
-    /// variables set, and reads what [`print_from_env`] printed there.
+    /// What `from_env` returns with exactly the given `ATELIER_LLM_*` variables set.
     fn from_env_with(vars: &[(&str, &str)]) -> String {
-        let binary = std::env::current_exe().expect("the test binary");
-        let mut command = Command::new(binary);
-        command
-            .args(["--exact", "config::tests::print_from_env", "--nocapture"])
-            .env(PROBE, "1");
-        for name in VARS {
-            command.env_remove(name);
-        }
-        for (name, value) in vars {
-            command.env(name, value);
-        }
-        let output = command.output().expect("the child runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}");
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("from_env: "))
-            .unwrap_or_else(|| panic!("the child printed no result: {stdout}"))
-            .to_owned()
+        atelier_testkit::rerun_with_env(
+            "config::tests::print_from_env",
+            PROBE,
+            &["ATELIER_LLM_"],
+            vars,
+        )
     }
 
     #[test]

@@ -7,15 +7,18 @@
 //! - [`TcpProxy`]: a connection a test can cut, to play a broker or service outage.
 //! - [`spawn_server`]: runs any service's `run(config, listener, shutdown)` on 127.0.0.1:0.
 //! - [`StatementCounter`]: counts the SQL statements sqlx sends, to prove query budgets.
+//! - [`rerun_with_env`]: config tests read the environment in a child process.
 //! - [`init_logging`]: test output stays quiet unless `TEST_LOG` is set.
 
 mod database;
+mod env;
 mod nats;
 mod proxy;
 mod server;
 mod statements;
 
 pub use database::TestDatabase;
+pub use env::rerun_with_env;
 pub use nats::TestNats;
 pub use proxy::TcpProxy;
 pub use server::{RunningServer, spawn_server};

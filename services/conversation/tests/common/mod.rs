@@ -133,6 +133,28 @@ pub fn send_request(conversation_id: &str, prompt: &str) -> proto::SendMessageRe
     }
 }
 
+/// Sends `prompt` for `image_count` images of the default model and returns the message.
+pub async fn send_images(
+    client: &mut Client,
+    conversation_id: &str,
+    prompt: &str,
+    image_count: u32,
+) -> proto::Message {
+    client
+        .send_message(proto::SendMessageRequest {
+            settings: Some(proto::GenerationSettings {
+                image_count: Some(image_count),
+                ..Default::default()
+            }),
+            ..send_request(conversation_id, prompt)
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message")
+}
+
 pub async fn balance(client: &mut Client) -> i64 {
     client
         .get_balance(proto::GetBalanceRequest {})

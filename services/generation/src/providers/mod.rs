@@ -378,7 +378,6 @@ fn http_client(config: &ProvidersConfig) -> anyhow::Result<reqwest::Client> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
     use std::sync::Mutex;
 
     use super::*;
@@ -610,40 +609,20 @@ mod tests {
         assert!(debug.contains("<redacted>"), "{debug}");
     }
 
-    const VARS: [&str; 5] = [
-        "ATELIER_OPENAI_IMAGES_URL",
-        "ATELIER_OPENAI_API_KEY",
-        "ATELIER_AUTOMATIC1111_URL",
-        "ATELIER_PROVIDER_TIMEOUT_MS",
-        "ATELIER_PROVIDER_PROGRESS_MS",
-    ];
     const PROBE: &str = "ATELIER_PROVIDERS_FROM_ENV_PROBE";
 
-    /// What `from_env` returns with exactly `vars` set.
-    ///
-    /// A test may not change its own environment (`set_var` is unsafe, and the workspace
-    /// forbids unsafe code), so this runs the test binary again as a child with the
-    /// variables set, and reads what [`print_from_env`] printed there.
+    /// What `from_env` returns with exactly the given provider variables set.
     fn from_env_with(vars: &[(&str, &str)]) -> String {
-        let binary = std::env::current_exe().expect("the test binary");
-        let mut command = Command::new(binary);
-        command
-            .args(["--exact", "providers::tests::print_from_env", "--nocapture"])
-            .env(PROBE, "1");
-        for name in VARS {
-            command.env_remove(name);
-        }
-        for (name, value) in vars {
-            command.env(name, value);
-        }
-        let output = command.output().expect("the child runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{stdout}");
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("from_env: "))
-            .unwrap_or_else(|| panic!("the child printed no result: {stdout}"))
-            .to_owned()
+        atelier_testkit::rerun_with_env(
+            "providers::tests::print_from_env",
+            PROBE,
+            &[
+                "ATELIER_OPENAI_",
+                "ATELIER_AUTOMATIC1111_",
+                "ATELIER_PROVIDER_",
+            ],
+            vars,
+        )
     }
 
     #[test]

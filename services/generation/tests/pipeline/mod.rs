@@ -389,6 +389,38 @@ pub fn png_base64(width: u32, height: u32, shade: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// An AUTOMATIC1111 answer carrying one PNG.
+pub fn png_answer(width: u32, height: u32, shade: u8) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({ "images": [png_base64(width, height, shade)] }))
+}
+
+/// A fake AUTOMATIC1111 server: txt2img answers `txt2img`, progress reports 40 %, an
+/// interrupt is accepted. Tests mount more on it (img2img, a first slow answer).
+pub async fn automatic1111(txt2img: wiremock::ResponseTemplate) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(txt2img)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/sdapi/v1/progress"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.4 })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/interrupt"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
 /// An OpenAI chat-completions answer whose message content is `content`.
 pub fn completion(content: &str) -> serde_json::Value {
     serde_json::json!({
