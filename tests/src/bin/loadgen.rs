@@ -7,7 +7,7 @@
 //! generation_completed event, beside the fakes' critical path, so the mesh's own
 //! overhead shows.
 //!
-//! `cargo run --release -p atelier-tests --bin loadgen [-- --quick]`
+//! `cargo run --release -p atelier-tests --bin loadgen [-- --quick] [--pipeline-only]`
 //!
 //! It needs the PostgreSQL of `ATELIER_TEST_DATABASE_URL` (the local one by default) and
 //! creates, then drops, a database of its own. Numbers only: it asserts nothing.
@@ -32,6 +32,10 @@ const WARM_UP_CALLS: usize = 50;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|arg| arg == "--quick");
+    let per_sender = if quick { 3 } else { 13 };
+    if std::env::args().any(|arg| arg == "--pipeline-only") {
+        return pipeline::run(per_sender).await;
+    }
     let scale = if quick { 10 } else { 1 };
     let statements = StatementCounter::install();
 
@@ -110,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     drop(mesh);
 
     println!();
-    pipeline::run(if quick { 3 } else { 13 }).await?;
+    pipeline::run(per_sender).await?;
     Ok(())
 }
 
@@ -155,8 +159,31 @@ mod pipeline {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
-    /// Completion instants by message id, filled from the live event subject.
-    type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+    /// The steps of a message a client sees, in pipeline order.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Step {
+        Accepted,
+        Started,
+        IntentResolved,
+        Storing,
+        Completed,
+    }
+
+    /// When each step of each message reached the client (from the live event subject),
+    /// and who waits for a message to end.
+    #[derive(Default)]
+    struct Timelines {
+        seen: HashMap<String, Vec<(Step, Instant)>>,
+        waiting: HashMap<String, oneshot::Sender<()>>,
+    }
+
+    type SharedTimelines = Arc<Mutex<Timelines>>;
+
+    /// One measured message.
+    struct Sample {
+        message_id: String,
+        sent: Instant,
+    }
 
     pub async fn run(per_sender: usize) -> anyhow::Result<()> {
         let llm = MockServer::start().await;
@@ -215,30 +242,41 @@ mod pipeline {
         .await?;
 
         // Completion times come from the events the pipeline publishes, as a client sees them.
-        let waiters: Waiters = Arc::default();
+        let timelines: SharedTimelines = Arc::default();
         let nats = async_nats::connect(&mesh.nats.url).await?;
         let mut live = nats
             .subscribe(format!("{}.live.user.*", mesh.nats.prefix))
             .await?;
         nats.flush().await?;
-        let listening = Arc::clone(&waiters);
+        let listening = Arc::clone(&timelines);
         let listener = tokio::spawn(async move {
             while let Some(message) = live.next().await {
                 let arrived = Instant::now();
                 let Ok(event) = proto::Event::decode(message.payload) else {
                     continue;
                 };
-                let settled = matches!(
-                    event.payload,
-                    Some(
-                        proto::event::Payload::GenerationCompleted(_)
-                            | proto::event::Payload::GenerationFailed(_)
-                    )
-                );
-                if settled
-                    && let Some(waiter) = listening.lock().expect("lock").remove(&event.message_id)
+                use proto::event::Payload;
+                let step = match &event.payload {
+                    Some(Payload::GenerationStarted(_)) => Step::Started,
+                    Some(Payload::IntentResolved(_)) => Step::IntentResolved,
+                    Some(Payload::GenerationProgress(progress)) if progress.stage == "storing" => {
+                        Step::Storing
+                    }
+                    Some(Payload::GenerationCompleted(_) | Payload::GenerationFailed(_)) => {
+                        Step::Completed
+                    }
+                    _ => continue,
+                };
+                let mut timelines = listening.lock().expect("lock");
+                timelines
+                    .seen
+                    .entry(event.message_id.clone())
+                    .or_default()
+                    .push((step, arrived));
+                if step == Step::Completed
+                    && let Some(waiter) = timelines.waiting.remove(&event.message_id)
                 {
-                    let _ = waiter.send(arrived);
+                    let _ = waiter.send(());
                 }
             }
         });
@@ -246,15 +284,15 @@ mod pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         for index in 0..CONCURRENCY {
             let mut sender = Sender::new(&mesh, &format!("pipeline-{index}")).await?;
-            let waiters = Arc::clone(&waiters);
+            let timelines = Arc::clone(&timelines);
             tasks.spawn(async move {
                 // A first picture, so that every measured prompt has a previous one and
                 // intent, not only enhancement, asks the LLM.
-                send_and_wait(&mut sender, &waiters, "a red fox in the snow").await?;
+                send_and_wait(&mut sender, &timelines, "a red fox in the snow").await?;
                 let mut samples = Vec::with_capacity(per_sender);
                 for call in 0..per_sender {
                     let prompt = format!("a dog like that one but in a park, take {call}");
-                    samples.push(send_and_wait(&mut sender, &waiters, &prompt).await?);
+                    samples.push(send_and_wait(&mut sender, &timelines, &prompt).await?);
                 }
                 anyhow::Ok(samples)
             });
@@ -264,7 +302,29 @@ mod pipeline {
             samples.extend(joined??);
         }
         listener.abort();
-        let latencies = Latencies::new(samples);
+        let timelines = std::mem::take(&mut timelines.lock().expect("lock").seen);
+        let at = |sample: &Sample, step: Step| -> anyhow::Result<Instant> {
+            timelines
+                .get(&sample.message_id)
+                .and_then(|steps| steps.iter().find(|(seen, _)| *seen == step))
+                .map(|(_, at)| *at)
+                .context("a step of a message was not seen")
+        };
+        let between = |from: Step, to: Step| -> anyhow::Result<Latencies> {
+            let spans = samples
+                .iter()
+                .map(|sample| {
+                    let start = if from == Step::Accepted {
+                        sample.sent
+                    } else {
+                        at(sample, from)?
+                    };
+                    Ok(at(sample, to)?.saturating_duration_since(start))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Latencies::new(spans))
+        };
+        let latencies = between(Step::Accepted, Step::Completed)?;
         let critical = (LLM_LATENCY + IMAGE_LATENCY).as_secs_f64() * 1000.0;
         println!(
             "pipeline  SendMessage -> generation_completed, {} messages at concurrency {CONCURRENCY}",
@@ -282,27 +342,70 @@ mod pipeline {
                 value - critical
             );
         }
+        println!("          where the time goes, step by step (events as the client sees them):");
+        for (label, from, to, fake) in [
+            (
+                "SendMessage -> generation_started",
+                Step::Accepted,
+                Step::Started,
+                0,
+            ),
+            (
+                "generation_started -> intent_resolved",
+                Step::Started,
+                Step::IntentResolved,
+                LLM_LATENCY.as_millis(),
+            ),
+            (
+                "intent_resolved -> progress storing",
+                Step::IntentResolved,
+                Step::Storing,
+                IMAGE_LATENCY.as_millis(),
+            ),
+            (
+                "progress storing -> generation_completed",
+                Step::Storing,
+                Step::Completed,
+                0,
+            ),
+        ] {
+            let step = between(from, to)?;
+            println!(
+                "          {label:<42} p50 {:7.1} ms  p99 {:7.1} ms  (fake {fake} ms)",
+                step.percentile_ms(50.0),
+                step.percentile_ms(99.0),
+            );
+        }
         Ok(())
     }
 
     async fn send_and_wait(
         sender: &mut Sender,
-        waiters: &Waiters,
+        timelines: &SharedTimelines,
         prompt: &str,
-    ) -> anyhow::Result<Duration> {
-        let started = Instant::now();
+    ) -> anyhow::Result<Sample> {
+        let sent = Instant::now();
         let message = sender.send_prompt(prompt, "sdxl").await?;
         let (done, completed) = oneshot::channel();
-        waiters
-            .lock()
-            .expect("lock")
-            .insert(message.id.clone(), done);
-        // The event may have come before the waiter was registered: never for a 700 ms
-        // pipeline, but bounded anyway.
-        let finished = tokio::time::timeout(Duration::from_secs(30), completed)
+        {
+            let mut timelines = timelines.lock().expect("lock");
+            let ended = timelines
+                .seen
+                .get(&message.id)
+                .is_some_and(|steps| steps.iter().any(|(step, _)| *step == Step::Completed));
+            if ended {
+                let _ = done.send(());
+            } else {
+                timelines.waiting.insert(message.id.clone(), done);
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(30), completed)
             .await
             .context("no generation_completed within 30 s")??;
-        Ok(finished.duration_since(started))
+        Ok(Sample {
+            message_id: message.id,
+            sent,
+        })
     }
 }
 
