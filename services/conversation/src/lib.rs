@@ -23,6 +23,7 @@ mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use atelier_proto::CONVERSATION_SERVICE_NAME;
@@ -63,7 +64,7 @@ pub async fn run(
     let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
     // Connects in the background: SendMessage answers while NATS is down.
     let nats = atelier_events::connect(&config.nats_url, "atelier-conversation").await?;
-    let relay = relay::Relay::new(pool.clone(), nats, subjects);
+    let (relay, relay_tasks) = relay::Relay::new(pool.clone(), nats, subjects);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper =
         tokio::spawn(Arc::clone(&relay).sweep_until(config.sweep_interval, until_stopped(stopped)));
@@ -92,6 +93,9 @@ pub async fn run(
         .await
         .context("the conversation server failed")?;
     let _ = sweeper.await;
+    // Every handle on the relay went with the server: its last marks are written (bounded,
+    // in case a connection task still holds one; an unmarked row is only published again).
+    let _ = tokio::time::timeout(Duration::from_secs(5), relay_tasks.finished()).await;
     pool.close().await;
     Ok(())
 }

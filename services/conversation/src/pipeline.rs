@@ -11,7 +11,7 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::v1 as proto;
 use uuid::Uuid;
 
-use crate::db::pipeline::{Ending, LockedMessage, ResolvedRow};
+use crate::db::pipeline::{Ending, LockedMessage, MessageToStart, ResolvedRow};
 use crate::db::{self, OutboxRow};
 use crate::error::ServiceError;
 use crate::messages::load_message;
@@ -52,56 +52,61 @@ pub async fn start(
     let message_id = requests::id("message_id", &request.message_id)?;
     let now = db::now();
     let mut tx = state.pool.begin().await?;
-    let locked = db::pipeline::lock_message(&mut tx, user_id, message_id)
+    let MessageToStart {
+        mut message,
+        previous,
+    } = db::pipeline::lock_message_to_start(&mut tx, user_id, message_id)
         .await?
         .ok_or_else(|| ServiceError::not_found("message", message_id))?;
-    let (generation_ids, first_start) = db::pipeline::start(&mut tx, message_id, now).await?;
-    let previous = db::pipeline::previous_message(
-        &mut tx,
-        locked.conversation_id,
-        (locked.created_at, locked.id),
-    )
-    .await?;
+    let rows = db::pipeline::start(&mut tx, message_id, now).await?;
+    let generation_ids: Vec<String> = rows
+        .iter()
+        .filter(|row| row.started)
+        .map(|row| row.generation.id.to_string())
+        .collect();
     let mut events = Vec::new();
-    if first_start {
-        events.push(
-            events_of(user_id, &locked).event(proto::event::Payload::GenerationStarted(
-                proto::GenerationStarted {
-                    generation_ids: generation_ids.iter().map(Uuid::to_string).collect(),
-                },
-            )),
-        );
+    if rows.iter().any(|row| row.first_start) {
+        let context = EventContext {
+            user_id,
+            conversation_id: Some(message.conversation_id),
+            message_id: Some(message_id),
+            at: now,
+        };
+        events.push(context.event(proto::event::Payload::GenerationStarted(
+            proto::GenerationStarted {
+                generation_ids: generation_ids.clone(),
+            },
+        )));
     }
     commit_and_announce(state, tx, events).await?;
 
-    let message = load_message(state, user_id, message_id).await?;
-    let model = message
-        .settings
-        .as_ref()
-        .map(|settings| settings.model.as_str())
-        .unwrap_or_default();
+    if let Some(status) = rows.iter().find_map(|row| row.message_status.clone()) {
+        message.status = status;
+    }
     // A model removed from the catalog since the message was sent has no provider: the
     // worker fails its images with that reason.
     let provider = state
         .config
         .catalog
-        .model(model)
+        .model(&message.model)
         .map(|spec| spec.provider.as_str().to_owned())
         .unwrap_or_default();
+    let previous = previous.previous_id.map(|id| internal::PreviousMessage {
+        message_id: id.to_string(),
+        prompt: previous.previous_prompt.unwrap_or_default(),
+        generation_id: previous
+            .previous_generation_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        image_key: previous.previous_image_key.unwrap_or_default(),
+    });
+    let generations = rows.into_iter().map(|row| row.generation).collect();
     Ok(internal::StartGenerationResponse {
-        message: Some(message),
+        message: Some(wire::message(message, generations)),
         user_id: user_id.to_owned(),
-        generation_ids: generation_ids.iter().map(Uuid::to_string).collect(),
+        generation_ids,
         provider,
-        previous: previous.map(|row| internal::PreviousMessage {
-            message_id: row.id.to_string(),
-            prompt: row.prompt,
-            generation_id: row
-                .generation_id
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
-            image_key: row.image_key.unwrap_or_default(),
-        }),
+        previous,
     })
 }
 
@@ -170,7 +175,6 @@ pub async fn complete(
             completed: false,
         });
     };
-    db::pipeline::settle_message(&mut tx, locked.id, now).await?;
     let generation = wire::generation(row);
     let events =
         vec![

@@ -2,16 +2,21 @@
 //!
 //! Rows reach NATS two ways. Right after a commit the handler hands its rows to the relay
 //! in-process: SendMessage does not wait (the fast path never waits on the broker): its
-//! rows go to one background task that takes every hand-off waiting, publishes them in a
-//! batch and marks the batch published in one statement, so under load the relay costs a
-//! fraction of a statement per message. The worker-facing RPCs publish their own rows and
-//! wait (so one message's events enter the stream in causal order before the worker's
-//! next step). Either way a batch is sent at once and its acknowledgements awaited after:
-//! NATS stores one connection's messages in the order sent. A sweeper publishes whatever is still unpublished a few seconds
-//! later (a crash between commit and publish, NATS down), locking rows with
-//! `FOR UPDATE SKIP LOCKED` so several replicas share the work without publishing a row
-//! twice at once. Should a row be published twice anyway (a crash between the publish and
-//! marking it), its `Nats-Msg-Id` (the row id) makes JetStream drop the copy.
+//! rows go to one background task that takes every hand-off waiting and publishes them in
+//! a batch. The worker-facing RPCs publish their own rows and wait (so one message's events
+//! enter the stream in causal order before the worker's next step). Either way a batch is
+//! sent at once and its acknowledgements awaited after: NATS stores one connection's
+//! messages in the order sent.
+//!
+//! Marking rows published is nobody's critical path: a third background task takes the
+//! ids of every stored row waiting and marks them in one statement, so under load the
+//! relay costs a fraction of a statement per message and no caller waits for it.
+//!
+//! A sweeper publishes whatever is still unpublished a few seconds later (a crash between
+//! commit and publish, NATS down), locking rows with `FOR UPDATE SKIP LOCKED` so several
+//! replicas share the work without publishing a row twice at once. Should a row be
+//! published twice anyway (a crash between the publish and its mark), its `Nats-Msg-Id`
+//! (the row id) makes JetStream drop the copy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +24,7 @@ use std::time::Duration;
 use atelier_events::{Publisher, Subjects};
 use sqlx::PgPool;
 use tokio::sync::{OnceCell, mpsc};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::db::{self, OutboxRow};
@@ -31,6 +37,9 @@ const SWEEP_BATCH: i64 = 200;
 const KEEP_PUBLISHED: Duration = Duration::from_secs(24 * 60 * 60);
 /// Hand-offs waiting for the background publisher; past this the sweeper takes over.
 const HAND_OFF_QUEUE: usize = 4096;
+/// Published batches waiting to be marked; past this the sweeper publishes them again and
+/// JetStream drops the copies.
+const MARK_QUEUE: usize = 4096;
 /// Rows per background batch.
 const HAND_OFF_BATCH: usize = 512;
 
@@ -42,13 +51,32 @@ pub struct Relay {
     /// The streams exist (checked once per process, retried until NATS answers).
     streams: OnceCell<()>,
     hand_offs: mpsc::Sender<Vec<OutboxRow>>,
+    marks: mpsc::Sender<Vec<Uuid>>,
+}
+
+/// The relay's background tasks: they end once the relay is dropped, after finishing
+/// what they were given.
+pub struct Background(Vec<JoinHandle<()>>);
+
+impl Background {
+    pub async fn finished(self) {
+        for task in self.0 {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Relay {
-    /// The relay and its background publisher (which ends when the relay is dropped).
-    pub fn new(pool: PgPool, client: async_nats::Client, subjects: Subjects) -> Arc<Self> {
+    /// The relay and its background tasks (the hand-off publisher and the marker).
+    pub fn new(
+        pool: PgPool,
+        client: async_nats::Client,
+        subjects: Subjects,
+    ) -> (Arc<Self>, Background) {
         let js = async_nats::jetstream::new(client);
-        let (hand_offs, queue) = mpsc::channel(HAND_OFF_QUEUE);
+        let (hand_offs, hand_off_queue) = mpsc::channel(HAND_OFF_QUEUE);
+        let (marks, mark_queue) = mpsc::channel(MARK_QUEUE);
+        let marker = tokio::spawn(mark_published(pool.clone(), mark_queue));
         let relay = Arc::new(Self {
             pool,
             subjects,
@@ -56,24 +84,27 @@ impl Relay {
             js,
             streams: OnceCell::new(),
             hand_offs,
+            marks,
         });
-        tokio::spawn(publish_hand_offs(Arc::downgrade(&relay), queue));
-        relay
+        let publisher = tokio::spawn(publish_hand_offs(Arc::downgrade(&relay), hand_off_queue));
+        (relay, Background(vec![publisher, marker]))
     }
 
-    /// Publishes `rows` in order, waits for the stream, and marks those that reached it.
-    /// The sweeper retries the rest. Returns whether every row was published.
+    /// Publishes `rows` in order and waits for the stream; the rows it stored are marked
+    /// in the background, the sweeper retries the rest. Returns whether every row was
+    /// published.
     pub async fn publish(&self, rows: &[OutboxRow]) -> bool {
         if rows.is_empty() {
             return true;
         }
         let published = self.send_batch(rows).await;
-        if let Err(err) = db::outbox::mark_published(&self.pool, &published).await {
+        let all = published.len() == rows.len();
+        if !published.is_empty() && self.marks.try_send(published).is_err() {
             // Unmarked rows are published again by the sweeper and dropped by NATS as
             // duplicates: harmless.
-            tracing::warn!(error = %err, "cannot mark outbox rows published");
+            tracing::debug!("mark queue full; the sweeper will publish again");
         }
-        published.len() == rows.len()
+        all
     }
 
     /// Queues `rows` for the background publisher, for handlers that must not wait. A full
@@ -167,8 +198,8 @@ impl Relay {
     }
 }
 
-/// The background publisher of hand-offs: takes every hand-off waiting (up to a batch),
-/// publishes them together and marks them in one statement.
+/// The background publisher of hand-offs: takes every hand-off waiting (up to a batch) and
+/// publishes them together.
 async fn publish_hand_offs(
     relay: std::sync::Weak<Relay>,
     mut queue: mpsc::Receiver<Vec<OutboxRow>>,
@@ -183,5 +214,19 @@ async fn publish_hand_offs(
         }
         let Some(relay) = relay.upgrade() else { return };
         relay.publish(&batch).await;
+    }
+}
+
+/// The background marker: takes every published batch waiting and marks it in one
+/// statement. Ends when the relay is gone and the queue is empty.
+async fn mark_published(pool: PgPool, mut queue: mpsc::Receiver<Vec<Uuid>>) {
+    while let Some(first) = queue.recv().await {
+        let mut ids = first;
+        while let Ok(more) = queue.try_recv() {
+            ids.extend(more);
+        }
+        if let Err(err) = db::outbox::mark_published(&pool, &ids).await {
+            tracing::warn!(error = %err, "cannot mark outbox rows published");
+        }
     }
 }

@@ -192,6 +192,13 @@ async fn a_completed_image_captures_its_credits_once() {
         .into_inner();
     assert_eq!(started.generation_ids.len(), 2);
     assert_eq!(started.provider, "builtin");
+    let running = started.message.clone().expect("message");
+    assert_eq!(running.status(), proto::MessageStatus::Processing);
+    assert_eq!(running.content, "two foxes");
+    for generation in &running.generations {
+        assert_eq!(generation.status(), proto::GenerationStatus::Running);
+        assert!(generation.started_at.is_some());
+    }
     assert!(
         started.previous.is_none(),
         "a first message has no previous one"
@@ -240,6 +247,23 @@ async fn a_completed_image_captures_its_credits_once() {
             assert_eq!(generation.status(), proto::GenerationStatus::Completed);
             assert_eq!(generation.prompt, "two red foxes, detailed");
         }
+        let settled = generation_id == started.generation_ids.last().expect("two");
+        let status = alice
+            .get_message(proto::GetMessageRequest {
+                message_id: message.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .message
+            .expect("message")
+            .status();
+        let expected = if settled {
+            proto::MessageStatus::Completed
+        } else {
+            proto::MessageStatus::Processing
+        };
+        assert_eq!(status, expected, "completed with its last image only");
     }
 
     let stored = alice
@@ -283,6 +307,93 @@ async fn a_completed_image_captures_its_credits_once() {
     assert_eq!(
         previous.image_key,
         format!("images/{}.png", started.generation_ids[0])
+    );
+}
+
+#[tokio::test]
+async fn images_completing_at_once_complete_their_message() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    for round in 0..5 {
+        let message = send_images(&mut alice, &conversation.id, &format!("foxes {round}"), 4).await;
+        let started = alice
+            .start_generation(internal::StartGenerationRequest {
+                message_id: message.id.clone(),
+            })
+            .await
+            .expect("start")
+            .into_inner();
+        assert_eq!(started.generation_ids.len(), 4);
+        // Four workers finish the four images at the same moment: each completion must see
+        // the others, or the message would stay processing for good.
+        let completions = started.generation_ids.iter().map(|generation_id| {
+            let mut client = alice.clone();
+            let request = internal::CompleteGenerationRequest {
+                generation_id: generation_id.clone(),
+                image_key: format!("images/{generation_id}.png"),
+            };
+            async move { client.complete_generation(request).await }
+        });
+        for completed in futures::future::join_all(completions).await {
+            assert!(completed.expect("complete").into_inner().completed);
+        }
+        let stored = alice
+            .get_message(proto::GetMessageRequest {
+                message_id: message.id,
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .message
+            .expect("message");
+        assert_eq!(stored.status(), proto::MessageStatus::Completed);
+    }
+}
+
+#[tokio::test]
+async fn a_start_after_one_image_was_cancelled_makes_the_others() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = send_images(&mut alice, &conversation.id, "three owls", 3).await;
+    let dropped = message.generations[1].id.clone();
+    alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::GenerationId(
+                dropped.clone(),
+            )),
+        })
+        .await
+        .expect("cancel one");
+
+    let started = alice
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    let expected: Vec<String> = [0, 2]
+        .iter()
+        .map(|&index| message.generations[index].id.clone())
+        .collect();
+    assert_eq!(started.generation_ids, expected);
+    let statuses: Vec<proto::GenerationStatus> = started
+        .message
+        .expect("message")
+        .generations
+        .iter()
+        .map(proto::Generation::status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            proto::GenerationStatus::Running,
+            proto::GenerationStatus::Cancelled,
+            proto::GenerationStatus::Running
+        ],
+        "every image, in position order, as it is now"
     );
 }
 

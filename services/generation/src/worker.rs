@@ -6,8 +6,10 @@
 //! 3. Intent and enhancement at the same time (one `join`), each with a deadline and a
 //!    fallback, so neither an LLM outage nor a slow service stops the picture; an edit
 //!    resolved to another prompt is enhanced once more (cached, so cheap).
-//! 4. RecordIntent; then each image: the provider (retries, backoff, Retry-After) with
-//!    progress events and keep-alives, the store, CompleteGeneration.
+//! 4. RecordIntent, and at the same time each image: the provider (retries, backoff,
+//!    Retry-After) with progress events and keep-alives, the store, CompleteGeneration.
+//!    An image's events wait for RecordIntent, so the user's stream stays in causal order
+//!    while the recording costs the picture no time.
 //! 5. Images that cannot be made are failed (their credits released); a cancel aborts
 //!    the provider call at once.
 //!
@@ -212,23 +214,29 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
         (Some(_), Some(previous)) => previous.generation_id.clone(),
         _ => String::new(),
     };
-    worker
-        .conversation
-        .clone()
-        .record_intent(as_user(
-            internal::RecordIntentRequest {
-                message_id: job.message_id.clone(),
-                intent: Some(resolved.clone()),
-                enhanced_prompt: enhanced.prompt.clone(),
-                negative_prompt: enhanced.negative_prompt.clone(),
-                init_generation_id,
-            },
-            &job.user_id,
-        )?)
-        .await
-        .map_err(|status| transient("RecordIntent", &status))?;
+    let intent = as_user(
+        internal::RecordIntentRequest {
+            message_id: job.message_id.clone(),
+            intent: Some(resolved.clone()),
+            enhanced_prompt: enhanced.prompt.clone(),
+            negative_prompt: enhanced.negative_prompt.clone(),
+            init_generation_id,
+        },
+        &job.user_id,
+    )?;
+    let (recorded, intent_recorded) = watch::channel(false);
+    let record = async move {
+        worker
+            .conversation
+            .clone()
+            .record_intent(intent)
+            .await
+            .map_err(|status| transient("RecordIntent", &status))?;
+        let _ = recorded.send(true);
+        Ok(())
+    };
 
-    // 4. The images.
+    // 4. The images, while the intent is recorded.
     let images = message
         .generations
         .iter()
@@ -254,15 +262,45 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
                 Arc::clone(&provider),
                 generation.id.clone(),
                 request,
-                cancelled.clone(),
+                Ordering {
+                    cancelled: cancelled.clone(),
+                    intent_recorded: IntentRecorded(intent_recorded.clone()),
+                },
                 last_attempt,
             )
         });
-    let outcomes = futures::future::join_all(images).await;
-    outcomes
-        .into_iter()
-        .collect::<Result<Vec<()>, JobError>>()?;
+    let images = async {
+        futures::future::join_all(images)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, JobError>>()
+    };
+    // A failed RecordIntent drops the image calls: the job is retried whole.
+    tokio::try_join!(record, images)?;
     Ok(())
+}
+
+/// What an image's calls wait for: a cancel aborts them; and none of their events may
+/// overtake the job's intent_resolved.
+struct Ordering {
+    cancelled: watch::Receiver<HashSet<String>>,
+    intent_recorded: IntentRecorded,
+}
+
+/// Resolves once RecordIntent has answered, so no progress, completion or failure of an
+/// image reaches the user's stream before the intent it was made from. The image itself
+/// does not wait: the provider call starts at once.
+#[derive(Clone)]
+struct IntentRecorded(watch::Receiver<bool>);
+
+impl IntentRecorded {
+    async fn wait(&mut self) -> Result<(), JobError> {
+        self.0
+            .wait_for(|recorded| *recorded)
+            .await
+            .map(drop)
+            .map_err(|_| JobError::Transient("the intent was not recorded".to_owned()))
+    }
 }
 
 /// Makes, stores and reports one image; a permanent provider failure fails it.
@@ -272,9 +310,13 @@ async fn make_image(
     provider: Arc<dyn ImageProvider>,
     generation_id: String,
     request: ImageRequest,
-    mut cancelled: watch::Receiver<HashSet<String>>,
+    ordering: Ordering,
     last_attempt: bool,
 ) -> Result<(), JobError> {
+    let Ordering {
+        mut cancelled,
+        mut intent_recorded,
+    } = ordering;
     let (progress, mut progress_seen) = watch::channel(0u32);
     let rendering = providers::generate_with_retries(
         provider.as_ref(),
@@ -284,7 +326,12 @@ async fn make_image(
     );
     // Runs beside the provider call and never finishes on its own: the select below ends
     // it with the call.
+    let mut reporting_order = intent_recorded.clone();
     let reporting = async {
+        if reporting_order.wait().await.is_err() {
+            // The job is failing; its image calls are about to be dropped.
+            std::future::pending::<()>().await;
+        }
         let mut last_sent: Option<u32> = None;
         while progress_seen.changed().await.is_ok() {
             let percent = *progress_seen.borrow_and_update();
@@ -304,11 +351,9 @@ async fn make_image(
             return Ok(());
         }
     };
+    intent_recorded.wait().await?;
     match outcome {
-        Ok(png) => {
-            publish_progress(worker, job, &generation_id, "storing", 100).await;
-            store_and_complete(worker, job, &generation_id, png).await
-        }
+        Ok(png) => store_and_complete(worker, job, &generation_id, png).await,
         Err(err @ ProviderError::Permanent { .. }) => {
             fail(
                 worker,
@@ -338,11 +383,13 @@ async fn store_and_complete(
     png: Bytes,
 ) -> Result<(), JobError> {
     let key = storage::key_for(&job.user_id, generation_id);
-    worker
-        .store
-        .put(&key, png)
-        .await
-        .map_err(|err| JobError::Transient(format!("storing the image: {err}")))?;
+    // The "storing" event goes out while the image is written; both precede the
+    // completion.
+    let ((), stored) = tokio::join!(
+        publish_progress(worker, job, generation_id, "storing", 100),
+        worker.store.put(&key, png),
+    );
+    stored.map_err(|err| JobError::Transient(format!("storing the image: {err}")))?;
     worker
         .conversation
         .clone()

@@ -62,6 +62,62 @@ async fn a_message_goes_from_queued_to_a_stored_image_with_captured_credits() {
 }
 
 #[tokio::test]
+async fn no_image_event_overtakes_the_recorded_intent() {
+    let llm = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(300))
+                .set_body_json(pipeline::completion(
+                    r#"{"prompt":"a red fox in the snow, vivid","negative_prompt":""}"#,
+                )),
+        )
+        .mount(&llm)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        llm_url: Some(llm.uri()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .await;
+
+    // The worker has started the message and waits 300 ms for its enhancement. Holding
+    // the message's row from now makes RecordIntent wait, while the image (the builtin
+    // renderer: milliseconds) is made and stored meanwhile.
+    pipeline::wait_for_request(&llm, "/chat/completions", 1).await;
+    let pool = pipeline.db.pool().await.expect("pool");
+    let mut hold = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM messages WHERE id = $1::uuid FOR UPDATE")
+        .bind(&message.id)
+        .execute(&mut *hold)
+        .await
+        .expect("lock");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    hold.rollback().await.expect("release");
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    let kinds = pipeline
+        .event_kinds_once("alice", "generation_completed")
+        .await;
+    let first = |kind: &str| {
+        kinds
+            .iter()
+            .position(|seen| seen == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+    };
+    assert!(
+        first("intent_resolved") < first("generation_progress"),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
 async fn intent_and_enhancement_run_at_the_same_time() {
     let llm = pipeline::PairingLlm::start().await;
     let pipeline = Pipeline::start(PipelineOptions {

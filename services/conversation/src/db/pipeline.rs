@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{GenerationRow, OutboxRow};
+use super::{GenerationRow, MessageRow, OutboxRow};
 
 /// The message row, locked for the rest of the transaction.
 #[derive(Debug, sqlx::FromRow)]
@@ -57,70 +57,115 @@ pub async fn lock_message_of_generation(
     .await
 }
 
-/// Moves the message's queued generations to running (running ones stay: a redelivered
-/// job makes them again). Returns every generation to make and whether any was queued
-/// until now (the first start of this message).
+/// The owner's message to start, locked, with the conversation's message before it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct MessageToStart {
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+    #[sqlx(flatten)]
+    pub previous: PreviousColumns,
+}
+
+/// The conversation's message before the one started: its prompt (resolved prompt of an
+/// edit, else its content) and its first completed image. All `None` for a first message.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PreviousColumns {
+    pub previous_id: Option<Uuid>,
+    pub previous_prompt: Option<String>,
+    pub previous_generation_id: Option<Uuid>,
+    pub previous_image_key: Option<String>,
+}
+
+/// Locks the owner's message (as [`lock_message`]) and reads it whole, with its previous
+/// message, in one statement. `None` when it is not theirs or does not exist.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_message_to_start(
+    tx: &mut sqlx::PgConnection,
+    owner_id: &str,
+    message_id: Uuid,
+) -> sqlx::Result<Option<MessageToStart>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        message_columns!(),
+        ", p.previous_id, p.previous_prompt, p.previous_generation_id, p.previous_image_key \
+         FROM messages m \
+         LEFT JOIN LATERAL ( \
+             SELECT pm.id AS previous_id, \
+                    COALESCE(NULLIF(pm.resolved_prompt, ''), pm.content) AS previous_prompt, \
+                    g.id AS previous_generation_id, g.image_key AS previous_image_key \
+             FROM messages pm \
+             LEFT JOIN LATERAL ( \
+                 SELECT id, image_key FROM generations \
+                 WHERE message_id = pm.id AND status = 'completed' AND image_key IS NOT NULL \
+                 ORDER BY position LIMIT 1 \
+             ) g ON true \
+             WHERE pm.conversation_id = m.conversation_id \
+               AND (pm.created_at, pm.id) < (m.created_at, m.id) \
+             ORDER BY pm.created_at DESC, pm.id DESC \
+             LIMIT 1 \
+         ) p ON true \
+         WHERE m.id = $1 AND m.owner_id = $2 \
+         FOR UPDATE OF m"
+    ))
+    .bind(message_id)
+    .bind(owner_id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// A generation of a message just started, as it is now.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StartedRow {
+    #[sqlx(flatten)]
+    pub generation: GenerationRow,
+    /// To be made by this job (it is running).
+    pub started: bool,
+    /// Was queued until now: this is the first start of the message.
+    pub first_start: bool,
+    /// The message's new status, when this start changed it.
+    pub message_status: Option<String>,
+}
+
+/// Moves the locked message's queued generations to running (running ones stay: a
+/// redelivered job makes them again) and returns every generation of the message as it is
+/// now, in position order. Must follow the lock in the same transaction: the statement's
+/// snapshot then holds every change committed before it.
 #[tracing::instrument(skip(tx))]
 pub async fn start(
     tx: &mut sqlx::PgConnection,
     message_id: Uuid,
     now: DateTime<Utc>,
-) -> sqlx::Result<(Vec<Uuid>, bool)> {
-    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+) -> sqlx::Result<Vec<StartedRow>> {
+    sqlx::query_as(concat!(
         "WITH before AS ( \
-             SELECT id, status FROM generations \
+             SELECT id AS before_id, status AS before_status FROM generations \
              WHERE message_id = $1 AND status IN ('queued', 'running') \
          ), started AS ( \
-             UPDATE generations g SET status = 'running', started_at = COALESCE(g.started_at, $2) \
-             FROM before WHERE g.id = before.id \
-             RETURNING g.id, g.position, before.status = 'queued' AS first_start \
+             UPDATE generations SET status = 'running', started_at = COALESCE(started_at, $2) \
+             FROM before WHERE id = before_id \
+             RETURNING ",
+        generation_columns!(),
+        ", before_status = 'queued' AS first_start \
          ), processing AS ( \
              UPDATE messages SET status = 'processing', updated_at = $2 \
              WHERE id = $1 AND status = 'queued' AND EXISTS (SELECT 1 FROM started) \
+             RETURNING status \
          ) \
-         SELECT id, first_start FROM started ORDER BY position",
-    )
+         SELECT every.*, (SELECT status FROM processing) AS message_status FROM ( \
+             SELECT ",
+        generation_columns!(),
+        ", true AS started, first_start FROM started \
+             UNION ALL \
+             SELECT ",
+        generation_columns!(),
+        ", false, false FROM generations \
+             WHERE message_id = $1 AND status NOT IN ('queued', 'running') \
+         ) every \
+         ORDER BY position"
+    ))
     .bind(message_id)
     .bind(now)
     .fetch_all(&mut *tx)
-    .await?;
-    let first_start = rows.iter().any(|(_, first)| *first);
-    Ok((rows.into_iter().map(|(id, _)| id).collect(), first_start))
-}
-
-/// The conversation's message before `message`: its prompt (resolved prompt of an edit,
-/// else its content) and its first completed image.
-#[derive(Debug, sqlx::FromRow)]
-pub struct PreviousRow {
-    pub id: Uuid,
-    pub prompt: String,
-    pub generation_id: Option<Uuid>,
-    pub image_key: Option<String>,
-}
-
-#[tracing::instrument(skip(tx))]
-pub async fn previous_message(
-    tx: &mut sqlx::PgConnection,
-    conversation_id: Uuid,
-    before: (DateTime<Utc>, Uuid),
-) -> sqlx::Result<Option<PreviousRow>> {
-    sqlx::query_as(
-        "SELECT m.id, COALESCE(NULLIF(m.resolved_prompt, ''), m.content) AS prompt, \
-                g.id AS generation_id, g.image_key \
-         FROM messages m \
-         LEFT JOIN LATERAL ( \
-             SELECT id, image_key FROM generations \
-             WHERE message_id = m.id AND status = 'completed' AND image_key IS NOT NULL \
-             ORDER BY position LIMIT 1 \
-         ) g ON true \
-         WHERE m.conversation_id = $1 AND (m.created_at, m.id) < ($2, $3) \
-         ORDER BY m.created_at DESC, m.id DESC \
-         LIMIT 1",
-    )
-    .bind(conversation_id)
-    .bind(before.0)
-    .bind(before.1)
-    .fetch_optional(&mut *tx)
     .await
 }
 
@@ -174,8 +219,10 @@ pub async fn record_intent(
     Ok(changed)
 }
 
-/// Completes a running (or queued) generation and captures its credits. `None` when it had
-/// already ended: nothing changes.
+/// Completes a running (or queued) generation, captures its credits and, when it was the
+/// message's last unfinished one, completes the message. `None` when it had already
+/// ended: nothing changes. Must follow the message's lock in the same transaction (see
+/// [`start`]).
 #[tracing::instrument(skip(tx))]
 pub async fn complete(
     tx: &mut sqlx::PgConnection,
@@ -194,6 +241,14 @@ pub async fn complete(
              INSERT INTO credit_ledger (id, user_id, kind, amount, reference, created_at) \
              SELECT $4, owner_id, 'capture', cost, id::text, $3 FROM done WHERE cost > 0 \
              ON CONFLICT (user_id, kind, reference) DO NOTHING \
+         ), settled AS ( \
+             UPDATE messages m SET status = 'completed', updated_at = $3 \
+             FROM done \
+             WHERE m.id = done.message_id AND m.status IN ('queued', 'processing') \
+               AND NOT EXISTS ( \
+                   SELECT 1 FROM generations other \
+                   WHERE other.message_id = done.message_id AND other.id <> done.id \
+                     AND other.status IN ('queued', 'running')) \
          ) \
          SELECT ",
         generation_columns!(),
