@@ -11,7 +11,9 @@ use atelier_proto::conversation::v1::conversation_service_client::ConversationSe
 use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_testkit::StatementCounter;
-use common::{AsUser, TestApp, balance, create_conversation, reason, send_images, send_request};
+use common::{
+    AsUser, TestApp, balance, create_conversation, get_message, reason, send_images, send_request,
+};
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 use tonic_types::StatusExt;
@@ -60,15 +62,7 @@ async fn send_message_answers_with_queued_generations_and_reserves_their_cost() 
     assert_eq!(balance(&mut alice).await, 100 - 6);
 
     // The stored message reads back exactly as it was answered.
-    let stored = alice
-        .get_message(proto::GetMessageRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .message
-        .expect("message");
+    let stored = get_message(&mut alice, &message.id).await;
     assert_eq!(stored, message);
 
     // The first prompt titled the conversation and bumped its counters.

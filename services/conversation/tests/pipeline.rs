@@ -11,7 +11,7 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::jobs::v1 as jobs;
 use atelier_proto::v1 as proto;
 use atelier_testkit::TcpProxy;
-use common::{TestApp, balance, create_conversation, send_images, send_request};
+use common::{TestApp, balance, create_conversation, get_message, send_images, send_request};
 use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::Code;
@@ -52,6 +52,17 @@ async fn read_stream(
 
 fn subjects(app: &TestApp) -> Subjects {
     Subjects::new(&app.nats.prefix).expect("prefix")
+}
+
+/// StartGeneration, as the worker calls it.
+async fn start(client: &mut common::Client, message_id: &str) -> internal::StartGenerationResponse {
+    client
+        .start_generation(internal::StartGenerationRequest {
+            message_id: message_id.to_owned(),
+        })
+        .await
+        .expect("start")
+        .into_inner()
 }
 
 /// Waits (bounded) until the outbox has no unpublished row.
@@ -183,13 +194,7 @@ async fn a_completed_image_captures_its_credits_once() {
     let message = send_images(&mut alice, &conversation.id, "two foxes", 2).await;
     assert_eq!(balance(&mut alice).await, 96);
 
-    let started = alice
-        .start_generation(internal::StartGenerationRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("start")
-        .into_inner();
+    let started = start(&mut alice, &message.id).await;
     assert_eq!(started.generation_ids.len(), 2);
     assert_eq!(started.provider, "builtin");
     let running = started.message.clone().expect("message");
@@ -204,13 +209,7 @@ async fn a_completed_image_captures_its_credits_once() {
         "a first message has no previous one"
     );
     // A redelivered job starts the same images again.
-    let again = alice
-        .start_generation(internal::StartGenerationRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("restart")
-        .into_inner();
+    let again = start(&mut alice, &message.id).await;
     assert_eq!(again.generation_ids, started.generation_ids);
 
     alice
@@ -248,16 +247,7 @@ async fn a_completed_image_captures_its_credits_once() {
             assert_eq!(generation.prompt, "two red foxes, detailed");
         }
         let settled = generation_id == started.generation_ids.last().expect("two");
-        let status = alice
-            .get_message(proto::GetMessageRequest {
-                message_id: message.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .message
-            .expect("message")
-            .status();
+        let status = get_message(&mut alice, &message.id).await.status();
         let expected = if settled {
             proto::MessageStatus::Completed
         } else {
@@ -266,15 +256,7 @@ async fn a_completed_image_captures_its_credits_once() {
         assert_eq!(status, expected, "completed with its last image only");
     }
 
-    let stored = alice
-        .get_message(proto::GetMessageRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .message
-        .expect("message");
+    let stored = get_message(&mut alice, &message.id).await;
     assert_eq!(stored.status(), proto::MessageStatus::Completed);
     assert_eq!(stored.enhanced_prompt, "two red foxes, detailed");
     assert_eq!(
@@ -293,13 +275,7 @@ async fn a_completed_image_captures_its_credits_once() {
 
     // The next message sees this one as its previous, with its image.
     let next = send_images(&mut alice, &conversation.id, "make it night", 1).await;
-    let next_start = alice
-        .start_generation(internal::StartGenerationRequest {
-            message_id: next.id,
-        })
-        .await
-        .expect("start")
-        .into_inner();
+    let next_start = start(&mut alice, &next.id).await;
     let previous = next_start.previous.expect("previous message");
     assert_eq!(previous.message_id, message.id);
     assert_eq!(previous.prompt, "two foxes");
@@ -317,13 +293,7 @@ async fn images_completing_at_once_complete_their_message() {
     let conversation = create_conversation(&mut alice, None).await;
     for round in 0..5 {
         let message = send_images(&mut alice, &conversation.id, &format!("foxes {round}"), 4).await;
-        let started = alice
-            .start_generation(internal::StartGenerationRequest {
-                message_id: message.id.clone(),
-            })
-            .await
-            .expect("start")
-            .into_inner();
+        let started = start(&mut alice, &message.id).await;
         assert_eq!(started.generation_ids.len(), 4);
         // Four workers finish the four images at the same moment: each completion must see
         // the others, or the message would stay processing for good.
@@ -338,15 +308,7 @@ async fn images_completing_at_once_complete_their_message() {
         for completed in futures::future::join_all(completions).await {
             assert!(completed.expect("complete").into_inner().completed);
         }
-        let stored = alice
-            .get_message(proto::GetMessageRequest {
-                message_id: message.id,
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .message
-            .expect("message");
+        let stored = get_message(&mut alice, &message.id).await;
         assert_eq!(stored.status(), proto::MessageStatus::Completed);
     }
 }
@@ -367,13 +329,7 @@ async fn a_start_after_one_image_was_cancelled_makes_the_others() {
         .await
         .expect("cancel one");
 
-    let started = alice
-        .start_generation(internal::StartGenerationRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("start")
-        .into_inner();
+    let started = start(&mut alice, &message.id).await;
     let expected: Vec<String> = [0, 2]
         .iter()
         .map(|&index| message.generations[index].id.clone())
@@ -426,15 +382,7 @@ async fn failed_images_release_their_credits_once() {
         assert_eq!(failed.refunded, expected);
     }
     assert_eq!(balance(&mut alice).await, 98);
-    let stored = alice
-        .get_message(proto::GetMessageRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .message
-        .expect("message");
+    let stored = get_message(&mut alice, &message.id).await;
     assert_eq!(
         stored.status(),
         proto::MessageStatus::Completed,
@@ -458,12 +406,7 @@ async fn cancelling_releases_credits_and_a_late_completion_changes_nothing() {
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
     let message = send_images(&mut alice, &conversation.id, "a fox", 1).await;
-    alice
-        .start_generation(internal::StartGenerationRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("start");
+    start(&mut alice, &message.id).await;
 
     let cancelled = alice
         .cancel_generation(proto::CancelGenerationRequest {
@@ -504,13 +447,7 @@ async fn cancelling_releases_credits_and_a_late_completion_changes_nothing() {
         })
         .await
         .expect("cancel again");
-    let restarted = alice
-        .start_generation(internal::StartGenerationRequest {
-            message_id: message.id,
-        })
-        .await
-        .expect("start")
-        .into_inner();
+    let restarted = start(&mut alice, &message.id).await;
     assert!(restarted.generation_ids.is_empty());
     assert_eq!(balance(&mut alice).await, 100);
 }
@@ -603,15 +540,7 @@ async fn the_users_negative_prompt_stays_in_the_settings() {
         })
         .await
         .expect("intent");
-    let stored = alice
-        .get_message(proto::GetMessageRequest {
-            message_id: message.id,
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .message
-        .expect("message");
+    let stored = get_message(&mut alice, &message.id).await;
     assert_eq!(stored.settings.expect("settings").negative_prompt, "blurry");
     assert_eq!(stored.negative_prompt, "blurry, photograph");
     assert_eq!(stored.generations[0].negative_prompt, "blurry, photograph");

@@ -155,6 +155,18 @@ pub async fn send_images(
         .expect("message")
 }
 
+pub async fn get_message(client: &mut Client, message_id: &str) -> proto::Message {
+    client
+        .get_message(proto::GetMessageRequest {
+            message_id: message_id.to_owned(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .message
+        .expect("message")
+}
+
 pub async fn balance(client: &mut Client) -> i64 {
     client
         .get_balance(proto::GetBalanceRequest {})
