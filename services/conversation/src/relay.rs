@@ -8,7 +8,7 @@
 //! sent at once and its acknowledgements awaited after: NATS stores one connection's
 //! messages in the order sent.
 //!
-//! Marking rows published is nobody's critical path: a third background task takes the
+//! Marking rows published is nobody's critical path: a second background task takes the
 //! ids of every stored row waiting and marks them in one statement, so under load the
 //! relay costs a fraction of a statement per message and no caller waits for it.
 //!

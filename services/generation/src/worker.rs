@@ -262,7 +262,7 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
                 Arc::clone(&provider),
                 generation.id.clone(),
                 request,
-                Ordering {
+                ImageSignals {
                     cancelled: cancelled.clone(),
                     intent_recorded: IntentRecorded(intent_recorded.clone()),
                 },
@@ -282,7 +282,7 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
 
 /// What an image's calls wait for: a cancel aborts them; and none of their events may
 /// overtake the job's intent_resolved.
-struct Ordering {
+struct ImageSignals {
     cancelled: watch::Receiver<HashSet<String>>,
     intent_recorded: IntentRecorded,
 }
@@ -310,13 +310,13 @@ async fn make_image(
     provider: Arc<dyn ImageProvider>,
     generation_id: String,
     request: ImageRequest,
-    ordering: Ordering,
+    signals: ImageSignals,
     last_attempt: bool,
 ) -> Result<(), JobError> {
-    let Ordering {
+    let ImageSignals {
         mut cancelled,
         mut intent_recorded,
-    } = ordering;
+    } = signals;
     let (progress, mut progress_seen) = watch::channel(0u32);
     let rendering = providers::generate_with_retries(
         provider.as_ref(),
