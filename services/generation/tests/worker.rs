@@ -164,11 +164,7 @@ async fn an_edit_uses_img2img_from_the_previous_image() {
         .respond_with(pipeline::png_answer(1024, 1024, 200))
         .mount(&sd)
         .await;
-    let pipeline = Pipeline::start(PipelineOptions {
-        automatic1111_url: Some(sd.uri()),
-        ..PipelineOptions::default()
-    })
-    .await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
     let first = pipeline
@@ -230,11 +226,7 @@ async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
             .set_body_json(serde_json::json!({ "detail": "prompt rejected" })),
     )
     .await;
-    let pipeline = Pipeline::start(PipelineOptions {
-        automatic1111_url: Some(sd.uri()),
-        ..PipelineOptions::default()
-    })
-    .await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
@@ -321,11 +313,7 @@ async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
         pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(60)),
     )
     .await;
-    let pipeline = Pipeline::start(PipelineOptions {
-        automatic1111_url: Some(sd.uri()),
-        ..PipelineOptions::default()
-    })
-    .await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
@@ -451,11 +439,7 @@ async fn cancelling_one_image_leaves_the_others_to_finish() {
         pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(3)),
     )
     .await;
-    let pipeline = Pipeline::start(PipelineOptions {
-        automatic1111_url: Some(sd.uri()),
-        ..PipelineOptions::default()
-    })
-    .await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
     let message = alice

@@ -103,6 +103,15 @@ fn llm_config(url: &str, options: &PipelineOptions) -> LlmConfig {
 }
 
 impl Pipeline {
+    /// A pipeline whose worker renders through the AUTOMATIC1111 fake `sd`, with no LLM.
+    pub async fn with_automatic1111(sd: &wiremock::MockServer) -> Self {
+        Self::start(PipelineOptions {
+            automatic1111_url: Some(sd.uri()),
+            ..PipelineOptions::default()
+        })
+        .await
+    }
+
     pub async fn start(options: PipelineOptions) -> Self {
         atelier_testkit::init_logging();
         let db = TestDatabase::create().await.expect("database");
