@@ -694,24 +694,11 @@ async fn a_repeated_client_request_id_returns_the_first_answer_and_charges_once(
     assert_eq!(balance(&mut alice).await, 98);
 
     // Twenty at once with a fresh key: one message, one charge, one answer.
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let mut client = app.client("alice");
-        let request = proto::SendMessageRequest {
-            client_request_id: "concurrent-key".into(),
-            ..send_request(&conversation.id, "a second fox")
-        };
-        calls.spawn(async move { client.send_message(request).await });
-    }
-    let mut answers = Vec::new();
-    while let Some(result) = calls.join_next().await {
-        answers.push(
-            result
-                .expect("task")
-                .expect("every call succeeds")
-                .into_inner(),
-        );
-    }
+    let request = proto::SendMessageRequest {
+        client_request_id: "concurrent-key".into(),
+        ..send_request(&conversation.id, "a second fox")
+    };
+    let answers = send_at_once(&app, "alice", 20, request, "every call succeeds").await;
     assert!(answers.iter().all(|answer| answer == &answers[0]));
     assert_eq!(balance(&mut alice).await, 96);
     let pool = app.db.pool().await.expect("pool");
@@ -1008,24 +995,11 @@ async fn concurrent_retries_of_the_last_affordable_message_all_get_it() {
     let app = TestApp::spawn_with(|config| config.starting_credits = 2).await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..30 {
-        let mut client = app.client("alice");
-        let request = proto::SendMessageRequest {
-            client_request_id: "only-one".into(),
-            ..send_request(&conversation.id, "the last fox")
-        };
-        calls.spawn(async move { client.send_message(request).await });
-    }
-    let mut answers = Vec::new();
-    while let Some(result) = calls.join_next().await {
-        answers.push(
-            result
-                .expect("task")
-                .expect("a retry is never refused")
-                .into_inner(),
-        );
-    }
+    let request = proto::SendMessageRequest {
+        client_request_id: "only-one".into(),
+        ..send_request(&conversation.id, "the last fox")
+    };
+    let answers = send_at_once(&app, "alice", 30, request, "a retry is never refused").await;
     assert!(answers.iter().all(|answer| answer == &answers[0]));
     assert_eq!(balance(&mut alice).await, 0);
 }
@@ -1085,4 +1059,26 @@ async fn a_new_users_first_calls_at_once_all_see_the_starting_balance() {
             .await
             .expect("count");
     assert_eq!(welcome, 1, "the welcome grant is made once");
+}
+
+/// `count` copies of `request` from `user`, all at once, each on its own client; every
+/// call must succeed (`expectation` says why).
+async fn send_at_once(
+    app: &TestApp,
+    user: &str,
+    count: usize,
+    request: proto::SendMessageRequest,
+    expectation: &str,
+) -> Vec<proto::SendMessageResponse> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let mut client = app.client(user);
+        let request = request.clone();
+        calls.spawn(async move { client.send_message(request).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        answers.push(result.expect("task").expect(expectation).into_inner());
+    }
+    answers
 }
