@@ -1,8 +1,8 @@
-//! The generation worker's RPCs: StartGeneration, RecordIntent, CompleteGeneration,
-//! FailGeneration, ApplyTitle; and the public CancelGeneration, which ends generations the
-//! same way a failure does.
+//! The generation worker's RPCs: GetGenerationContext, StartGeneration, RecordIntent,
+//! CompleteGeneration, FailGeneration, ApplyTitle; and the public CancelGeneration, which
+//! ends generations the same way a failure does.
 //!
-//! Each runs one transaction that locks the message, changes it conditionally and writes
+//! GetGenerationContext only reads. Each of the others runs one transaction that locks the message, changes it conditionally and writes
 //! its events to the outbox; after the commit it publishes those events and waits for
 //! NATS, so the worker's next step (and its own events) come after them in the stream.
 //! Repeating any call changes nothing and announces nothing twice.
@@ -11,7 +11,7 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::v1 as proto;
 use uuid::Uuid;
 
-use crate::db::pipeline::{Ending, LockedMessage, MessageToStart, ResolvedRow};
+use crate::db::pipeline::{Ending, LockedMessage, MessageWithPrevious, ResolvedRow};
 use crate::db::{self, OutboxRow};
 use crate::error::ServiceError;
 use crate::messages::load_message;
@@ -52,10 +52,7 @@ pub async fn start(
     let message_id = requests::id("message_id", &request.message_id)?;
     let now = db::now();
     let mut tx = state.pool.begin().await?;
-    let MessageToStart {
-        mut message,
-        previous,
-    } = db::pipeline::lock_message_to_start(&mut tx, user_id, message_id)
+    let mut message = db::pipeline::lock_whole_message(&mut tx, user_id, message_id)
         .await?
         .ok_or_else(|| ServiceError::not_found("message", message_id))?;
     let rows = db::pipeline::start(&mut tx, message_id, now).await?;
@@ -91,6 +88,27 @@ pub async fn start(
         .model(&message.model)
         .map(|spec| spec.provider.as_str().to_owned())
         .unwrap_or_default();
+    let generations = rows.into_iter().map(|row| row.generation).collect();
+    Ok(internal::StartGenerationResponse {
+        message: Some(wire::message(message, generations)),
+        user_id: user_id.to_owned(),
+        generation_ids,
+        provider,
+    })
+}
+
+/// A read: no lock, no transaction, so the worker can ask the LLMs while StartGeneration
+/// commits.
+pub async fn context(
+    state: &State,
+    user_id: &str,
+    request: internal::GetGenerationContextRequest,
+) -> Result<internal::GetGenerationContextResponse, ServiceError> {
+    let message_id = requests::id("message_id", &request.message_id)?;
+    let MessageWithPrevious { message, previous } =
+        db::pipeline::message_with_previous(&state.pool, user_id, message_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("message", message_id))?;
     let previous = previous.previous_id.map(|id| internal::PreviousMessage {
         message_id: id.to_string(),
         prompt: previous.previous_prompt.unwrap_or_default(),
@@ -100,12 +118,11 @@ pub async fn start(
             .unwrap_or_default(),
         image_key: previous.previous_image_key.unwrap_or_default(),
     });
-    let generations = rows.into_iter().map(|row| row.generation).collect();
-    Ok(internal::StartGenerationResponse {
-        message: Some(wire::message(message, generations)),
-        user_id: user_id.to_owned(),
-        generation_ids,
-        provider,
+    let message = wire::message(message, Vec::new());
+    Ok(internal::GetGenerationContextResponse {
+        status: message.status,
+        prompt: message.content,
+        settings: message.settings,
         previous,
     })
 }

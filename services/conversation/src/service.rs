@@ -147,6 +147,16 @@ impl ConversationService for ConversationApi {
         ))
     }
 
+    async fn get_generation_context(
+        &self,
+        request: Request<internal::GetGenerationContextRequest>,
+    ) -> Reply<internal::GetGenerationContextResponse> {
+        let user = caller_user_id(&request)?;
+        Ok(Response::new(
+            pipeline::context(&self.state, &user, request.into_inner()).await?,
+        ))
+    }
+
     async fn start_generation(
         &self,
         request: Request<internal::StartGenerationRequest>,

@@ -11,7 +11,10 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::jobs::v1 as jobs;
 use atelier_proto::v1 as proto;
 use atelier_testkit::TcpProxy;
-use common::{TestApp, balance, create_conversation, get_message, send_images, send_request};
+use common::{
+    TestApp, balance, create_conversation, get_message, send_images, send_request,
+    send_with_settings,
+};
 use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::Code;
@@ -62,6 +65,20 @@ async fn start(client: &mut common::Client, message_id: &str) -> internal::Start
         })
         .await
         .expect("start")
+        .into_inner()
+}
+
+/// GetGenerationContext, as the worker calls it.
+async fn context(
+    client: &mut common::Client,
+    message_id: &str,
+) -> internal::GetGenerationContextResponse {
+    client
+        .get_generation_context(internal::GetGenerationContextRequest {
+            message_id: message_id.to_owned(),
+        })
+        .await
+        .expect("context")
         .into_inner()
 }
 
@@ -205,7 +222,7 @@ async fn a_completed_image_captures_its_credits_once() {
         assert!(generation.started_at.is_some());
     }
     assert!(
-        started.previous.is_none(),
+        context(&mut alice, &message.id).await.previous.is_none(),
         "a first message has no previous one"
     );
     // A redelivered job starts the same images again.
@@ -275,8 +292,10 @@ async fn a_completed_image_captures_its_credits_once() {
 
     // The next message sees this one as its previous, with its image.
     let next = send_images(&mut alice, &conversation.id, "make it night", 1).await;
-    let next_start = start(&mut alice, &next.id).await;
-    let previous = next_start.previous.expect("previous message");
+    let previous = context(&mut alice, &next.id)
+        .await
+        .previous
+        .expect("previous message");
     assert_eq!(previous.message_id, message.id);
     assert_eq!(previous.prompt, "two foxes");
     assert_eq!(previous.generation_id, started.generation_ids[0]);
@@ -284,6 +303,77 @@ async fn a_completed_image_captures_its_credits_once() {
         previous.image_key,
         format!("images/{}.png", started.generation_ids[0])
     );
+}
+
+#[tokio::test]
+async fn the_generation_context_is_a_read_of_the_owners_message() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let settings = proto::GenerationSettings {
+        style_preset: "watercolor".into(),
+        negative_prompt: "blurry".into(),
+        ..Default::default()
+    };
+    let message = send_with_settings(
+        &mut alice,
+        &conversation.id,
+        "  a fox in the snow ",
+        settings,
+    )
+    .await;
+
+    let pool = app.db.pool().await.expect("pool");
+    let outbox_rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    let rows_before = outbox_rows().await;
+
+    let read = context(&mut alice, &message.id).await;
+    assert_eq!(read.prompt, "a fox in the snow");
+    assert_eq!(read.status(), proto::MessageStatus::Queued);
+    let settings = read.settings.expect("settings");
+    assert_eq!(settings.style_preset, "watercolor");
+    assert_eq!(settings.negative_prompt, "blurry");
+    assert_eq!(settings.image_count, Some(1));
+    assert!(read.previous.is_none());
+    // It changed nothing: the message is still queued, and no event was written.
+    assert_eq!(
+        get_message(&mut alice, &message.id).await.status(),
+        proto::MessageStatus::Queued
+    );
+    assert_eq!(outbox_rows().await, rows_before);
+
+    // A follow-up reads this one as its previous message, with no image yet.
+    let next = send_images(&mut alice, &conversation.id, "make it night", 1).await;
+    let previous = context(&mut alice, &next.id)
+        .await
+        .previous
+        .expect("previous message");
+    assert_eq!(previous.message_id, message.id);
+    assert_eq!(previous.prompt, "a fox in the snow");
+    assert!(previous.image_key.is_empty() && previous.generation_id.is_empty());
+
+    // Someone else's message, or none, is not found; a malformed id names its field.
+    let stranger = app
+        .client("bob")
+        .get_generation_context(internal::GetGenerationContextRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect_err("not bob's");
+    assert_eq!(stranger.code(), tonic::Code::NotFound);
+    let malformed = alice
+        .get_generation_context(internal::GetGenerationContextRequest {
+            message_id: "not-a-uuid".into(),
+        })
+        .await
+        .expect_err("malformed");
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+    assert!(malformed.message().contains("message_id"));
 }
 
 #[tokio::test]
@@ -513,19 +603,11 @@ async fn the_users_negative_prompt_stays_in_the_settings() {
     let app = TestApp::spawn().await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
-    let message = alice
-        .send_message(proto::SendMessageRequest {
-            settings: Some(proto::GenerationSettings {
-                negative_prompt: "blurry".into(),
-                ..Default::default()
-            }),
-            ..send_request(&conversation.id, "a fox")
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let settings = proto::GenerationSettings {
+        negative_prompt: "blurry".into(),
+        ..Default::default()
+    };
+    let message = send_with_settings(&mut alice, &conversation.id, "a fox", settings).await;
     alice
         .record_intent(internal::RecordIntentRequest {
             message_id: message.id.clone(),

@@ -1,9 +1,11 @@
 //! One generation job, start to finish.
 //!
+//! Steps 1-2 and step 3 run at the same time, so the LLMs do not wait for a commit:
 //! 1. Listen for a cancellation of this message (the live copy of the user's events),
-//!    before anything else, so a cancel sent at any moment is seen.
-//! 2. StartGeneration: the images to make, the provider, the previous message.
-//! 3. Intent and enhancement at the same time (one `join`), each with a deadline and a
+//!    before StartGeneration, so a cancel sent at any moment is seen.
+//! 2. StartGeneration: the images to make and the provider.
+//! 3. GetGenerationContext (a read: the prompt, its settings, the previous message), then
+//!    intent and enhancement at the same time (one `join`), each with a deadline and a
 //!    fallback, so neither an LLM outage nor a slow service stops the picture; an edit
 //!    resolved to another prompt is enhanced once more (cached, so cheap).
 //! 4. RecordIntent, and at the same time each image: the provider (retries, backoff,
@@ -149,26 +151,23 @@ fn redelivery_delay(delivered: i64) -> Duration {
 }
 
 async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Result<(), JobError> {
-    // 1. Cancellation, before anything can start.
-    let cancelled = watch_cancellation(worker, job).await?;
-
-    // 2. What to make.
-    let started = worker
-        .conversation
-        .clone()
-        .start_generation(as_user(
-            internal::StartGenerationRequest {
-                message_id: job.message_id.clone(),
-            },
-            &job.user_id,
-        )?)
-        .await
-        .map_err(|status| transient("StartGeneration", &status))?
-        .into_inner();
+    // The LLMs are asked while the start commits: neither waits for the other.
+    let (started, prepared) = tokio::join!(start(worker, job), prepare(worker, job));
+    let (cancelled, started) = started?;
     if started.generation_ids.is_empty() {
         tracing::info!("nothing to generate (finished or cancelled)");
         return Ok(());
     }
+    let Some(Prepared {
+        resolved,
+        enhanced,
+        init,
+    }) = prepared?
+    else {
+        // Ended (a cancel) between the start and the read: nothing is left to make.
+        tracing::info!("the message ended while it was being started");
+        return Ok(());
+    };
     let message = started.message.clone().unwrap_or_default();
     let Some(provider) = worker.providers.get(&started.provider) else {
         fail(
@@ -180,47 +179,16 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
         .await?;
         return Ok(());
     };
-
-    // 3. Intent and enhancement together.
-    let settings = message.settings.clone().unwrap_or_default();
-    let previous = started.previous.clone();
-    let (resolved, enhanced) = tokio::join!(
-        analyze_intent(worker, job, &message.content, previous.as_ref()),
-        enhance(worker, job, &message.content, &settings),
-    );
-    let edit_from = previous.as_ref().filter(|previous| {
-        resolved.kind() == proto::IntentKind::Edit && !previous.image_key.is_empty()
-    });
-    let enhanced = if resolved.kind() == proto::IntentKind::Edit
-        && !resolved.resolved_prompt.is_empty()
-        && resolved.resolved_prompt != message.content
-    {
-        enhance(worker, job, &resolved.resolved_prompt, &settings).await
-    } else {
-        enhanced
-    };
-    let init_image = match edit_from {
-        Some(previous) => match worker.store.get(&previous.image_key).await {
-            Ok(png) => Some(png),
-            Err(err) => {
-                // The edit becomes a fresh picture of the resolved prompt.
-                tracing::warn!(error = %err, "previous image unreadable; generating from scratch");
-                None
-            }
-        },
-        None => None,
-    };
-    let init_generation_id = match (&init_image, edit_from) {
-        (Some(_), Some(previous)) => previous.generation_id.clone(),
-        _ => String::new(),
-    };
     let intent = as_user(
         internal::RecordIntentRequest {
             message_id: job.message_id.clone(),
             intent: Some(resolved.clone()),
             enhanced_prompt: enhanced.prompt.clone(),
             negative_prompt: enhanced.negative_prompt.clone(),
-            init_generation_id,
+            init_generation_id: init
+                .as_ref()
+                .map(|init| init.generation_id.clone())
+                .unwrap_or_default(),
         },
         &job.user_id,
     )?;
@@ -249,8 +217,8 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
                 width: generation.width,
                 height: generation.height,
                 seed: u32::try_from(generation.seed).unwrap_or(u32::MAX),
-                init_image: init_image.clone(),
-                strength: if init_image.is_some() {
+                init_image: init.as_ref().map(|init| init.png.clone()),
+                strength: if init.is_some() {
                     resolved.strength
                 } else {
                     1.0
@@ -278,6 +246,105 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
     // A failed RecordIntent drops the image calls: the job is retried whole.
     tokio::try_join!(record, images)?;
     Ok(())
+}
+
+/// Steps 1 and 2: the cancellation watch, then StartGeneration.
+async fn start(
+    worker: &Worker,
+    job: &GenerateJob,
+) -> Result<
+    (
+        watch::Receiver<HashSet<String>>,
+        internal::StartGenerationResponse,
+    ),
+    JobError,
+> {
+    let cancelled = watch_cancellation(worker, job).await?;
+    let started = worker
+        .conversation
+        .clone()
+        .start_generation(as_user(
+            internal::StartGenerationRequest {
+                message_id: job.message_id.clone(),
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("StartGeneration", &status))?
+        .into_inner();
+    Ok((cancelled, started))
+}
+
+/// What the images are made from.
+struct Prepared {
+    resolved: proto::ResolvedIntent,
+    enhanced: Enhanced,
+    /// The previous image to edit (img2img), when the intent is an edit of it.
+    init: Option<InitImage>,
+}
+
+struct InitImage {
+    generation_id: String,
+    png: Bytes,
+}
+
+/// Step 3: intent and enhancement of the message's prompt, and the image an edit starts
+/// from. `None` when the message has already ended.
+async fn prepare(worker: &Worker, job: &GenerateJob) -> Result<Option<Prepared>, JobError> {
+    let context = worker
+        .conversation
+        .clone()
+        .get_generation_context(as_user(
+            internal::GetGenerationContextRequest {
+                message_id: job.message_id.clone(),
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("GetGenerationContext", &status))?
+        .into_inner();
+    if matches!(
+        context.status(),
+        proto::MessageStatus::Completed
+            | proto::MessageStatus::Failed
+            | proto::MessageStatus::Cancelled
+    ) {
+        return Ok(None);
+    }
+    let settings = context.settings.unwrap_or_default();
+    let previous = context.previous;
+    let prompt = context.prompt;
+    let (resolved, enhanced) = tokio::join!(
+        analyze_intent(worker, job, &prompt, previous.as_ref()),
+        enhance(worker, job, &prompt, &settings),
+    );
+    let edit = resolved.kind() == proto::IntentKind::Edit;
+    let enhanced =
+        if edit && !resolved.resolved_prompt.is_empty() && resolved.resolved_prompt != prompt {
+            enhance(worker, job, &resolved.resolved_prompt, &settings).await
+        } else {
+            enhanced
+        };
+    let edit_from = previous.filter(|previous| edit && !previous.image_key.is_empty());
+    let init = match edit_from {
+        Some(previous) => match worker.store.get(&previous.image_key).await {
+            Ok(png) => Some(InitImage {
+                generation_id: previous.generation_id,
+                png,
+            }),
+            Err(err) => {
+                // The edit becomes a fresh picture of the resolved prompt.
+                tracing::warn!(error = %err, "previous image unreadable; generating from scratch");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Some(Prepared {
+        resolved,
+        enhanced,
+        init,
+    }))
 }
 
 /// What an image's calls wait for: a cancel aborts them; and none of their events may

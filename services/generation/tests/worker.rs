@@ -90,31 +90,76 @@ async fn no_image_event_overtakes_the_recorded_intent() {
     // the message's row from now makes RecordIntent wait, while the image (the builtin
     // renderer: milliseconds) is made and stored meanwhile.
     pipeline::wait_for_request(&llm, "/chat/completions", 1).await;
-    let pool = pipeline.db.pool().await.expect("pool");
-    let mut hold = pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM messages WHERE id = $1::uuid FOR UPDATE")
-        .bind(&message.id)
-        .execute(&mut *hold)
-        .await
-        .expect("lock");
+    pipeline
+        .wait_for_status(&mut alice, &message.id, proto::MessageStatus::Processing)
+        .await;
+    let hold = pipeline.hold_message_row(&message.id).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     hold.rollback().await.expect("release");
 
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Completed);
-    let kinds = pipeline
-        .event_kinds_once("alice", "generation_completed")
+    pipeline
+        .assert_first_before("alice", "intent_resolved", "generation_progress")
         .await;
-    let first = |kind: &str| {
-        kinds
-            .iter()
-            .position(|seen| seen == kind)
-            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
-    };
-    assert!(
-        first("intent_resolved") < first("generation_progress"),
-        "{kinds:?}"
+}
+
+#[tokio::test]
+async fn the_llm_is_asked_while_the_start_waits_to_commit() {
+    let llm = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(pipeline::completion(
+                r#"{"prompt":"a red fox in the snow, vivid","negative_prompt":""}"#,
+            )),
+        )
+        .mount(&llm)
+        .await;
+    let mut pipeline = Pipeline::start(PipelineOptions {
+        llm_url: Some(llm.uri()),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    // No worker while the message is sent and its row is held: StartGeneration, which
+    // locks that row, must then wait.
+    pipeline.kill_worker();
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .await;
+    let hold = pipeline.hold_message_row(&message.id).await;
+    pipeline.start_worker().await;
+
+    // Enhancement reaches the LLM while the start cannot commit.
+    pipeline::wait_for_request(&llm, "/chat/completions", 1).await;
+    let waiting = alice
+        .get_message(proto::GetMessageRequest {
+            message_id: message.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(
+        waiting.status(),
+        proto::MessageStatus::Queued,
+        "the start is still waiting"
     );
+    hold.rollback().await.expect("release");
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    assert!(
+        done.enhanced_prompt.contains("vivid"),
+        "the LLM's enhancement was used: {}",
+        done.enhanced_prompt
+    );
+    pipeline
+        .assert_first_before("alice", "generation_started", "intent_resolved")
+        .await;
 }
 
 #[tokio::test]

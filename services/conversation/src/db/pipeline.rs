@@ -57,17 +57,36 @@ pub async fn lock_message_of_generation(
     .await
 }
 
-/// The owner's message to start, locked, with the conversation's message before it.
+/// Locks the owner's message (as [`lock_message`]) and reads it whole. `None` when it is
+/// not theirs or does not exist.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_whole_message(
+    tx: &mut sqlx::PgConnection,
+    owner_id: &str,
+    message_id: Uuid,
+) -> sqlx::Result<Option<MessageRow>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages m WHERE m.id = $1 AND m.owner_id = $2 FOR UPDATE OF m"
+    ))
+    .bind(message_id)
+    .bind(owner_id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// The owner's message with the conversation's message before it.
 #[derive(Debug, sqlx::FromRow)]
-pub struct MessageToStart {
+pub struct MessageWithPrevious {
     #[sqlx(flatten)]
     pub message: MessageRow,
     #[sqlx(flatten)]
     pub previous: PreviousColumns,
 }
 
-/// The conversation's message before the one started: its prompt (resolved prompt of an
-/// edit, else its content) and its first completed image. All `None` for a first message.
+/// The conversation's message before another: its prompt (resolved prompt of an edit, else
+/// its content) and its first completed image. All `None` for a first message.
 #[derive(Debug, sqlx::FromRow)]
 pub struct PreviousColumns {
     pub previous_id: Option<Uuid>,
@@ -76,14 +95,14 @@ pub struct PreviousColumns {
     pub previous_image_key: Option<String>,
 }
 
-/// Locks the owner's message (as [`lock_message`]) and reads it whole, with its previous
-/// message, in one statement. `None` when it is not theirs or does not exist.
-#[tracing::instrument(skip(tx))]
-pub async fn lock_message_to_start(
-    tx: &mut sqlx::PgConnection,
+/// Reads the owner's message and its previous message in one statement, locking nothing.
+/// `None` when it is not theirs or does not exist.
+#[tracing::instrument(skip(pool))]
+pub async fn message_with_previous(
+    pool: &sqlx::PgPool,
     owner_id: &str,
     message_id: Uuid,
-) -> sqlx::Result<Option<MessageToStart>> {
+) -> sqlx::Result<Option<MessageWithPrevious>> {
     sqlx::query_as(concat!(
         "SELECT ",
         message_columns!(),
@@ -104,12 +123,11 @@ pub async fn lock_message_to_start(
              ORDER BY pm.created_at DESC, pm.id DESC \
              LIMIT 1 \
          ) p ON true \
-         WHERE m.id = $1 AND m.owner_id = $2 \
-         FOR UPDATE OF m"
+         WHERE m.id = $1 AND m.owner_id = $2"
     ))
     .bind(message_id)
     .bind(owner_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(pool)
     .await
 }
 

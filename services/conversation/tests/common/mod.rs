@@ -140,12 +140,23 @@ pub async fn send_images(
     prompt: &str,
     image_count: u32,
 ) -> proto::Message {
+    let settings = proto::GenerationSettings {
+        image_count: Some(image_count),
+        ..Default::default()
+    };
+    send_with_settings(client, conversation_id, prompt, settings).await
+}
+
+/// Sends `prompt` with `settings`; the message as SendMessage answered it.
+pub async fn send_with_settings(
+    client: &mut Client,
+    conversation_id: &str,
+    prompt: &str,
+    settings: proto::GenerationSettings,
+) -> proto::Message {
     client
         .send_message(proto::SendMessageRequest {
-            settings: Some(proto::GenerationSettings {
-                image_count: Some(image_count),
-                ..Default::default()
-            }),
+            settings: Some(settings),
             ..send_request(conversation_id, prompt)
         })
         .await

@@ -257,13 +257,40 @@ impl Pipeline {
             .expect("message")
     }
 
-    /// Polls (bounded) until the message is completed, failed or cancelled.
+    /// Waits (bounded) until the message has completed, failed or been cancelled.
     pub async fn wait_until_settled(
         &self,
         client: &mut Client,
         message_id: &str,
     ) -> proto::Message {
-        for _ in 0..600 {
+        self.wait_for(client, message_id, |status| {
+            matches!(
+                status,
+                proto::MessageStatus::Completed
+                    | proto::MessageStatus::Failed
+                    | proto::MessageStatus::Cancelled
+            )
+        })
+        .await
+    }
+
+    /// Waits (bounded) until the message has `status`.
+    pub async fn wait_for_status(
+        &self,
+        client: &mut Client,
+        message_id: &str,
+        status: proto::MessageStatus,
+    ) -> proto::Message {
+        self.wait_for(client, message_id, |now| now == status).await
+    }
+
+    async fn wait_for(
+        &self,
+        client: &mut Client,
+        message_id: &str,
+        reached: impl Fn(proto::MessageStatus) -> bool,
+    ) -> proto::Message {
+        for _ in 0..3_000 {
             let message = client
                 .get_message(proto::GetMessageRequest {
                     message_id: message_id.to_owned(),
@@ -273,17 +300,41 @@ impl Pipeline {
                 .into_inner()
                 .message
                 .expect("message");
-            if matches!(
-                message.status(),
-                proto::MessageStatus::Completed
-                    | proto::MessageStatus::Failed
-                    | proto::MessageStatus::Cancelled
-            ) {
+            if reached(message.status()) {
                 return message;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("message {message_id} did not settle within 60 s");
+        panic!("message {message_id} did not reach the awaited status within 60 s");
+    }
+
+    /// Holds the message's row (as the conversation service's writes lock it) until the
+    /// returned transaction ends.
+    pub async fn hold_message_row(
+        &self,
+        message_id: &str,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let pool = self.db.pool().await.expect("pool");
+        let mut hold = pool.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM messages WHERE id = $1::uuid FOR UPDATE")
+            .bind(message_id)
+            .execute(&mut *hold)
+            .await
+            .expect("lock");
+        hold
+    }
+
+    /// Asserts that the user's stream, read up to a generation_completed, has its first
+    /// `earlier` before its first `later`.
+    pub async fn assert_first_before(&self, user: &str, earlier: &str, later: &str) {
+        let kinds = self.event_kinds_once(user, "generation_completed").await;
+        let first = |kind: &str| {
+            kinds
+                .iter()
+                .position(|seen| seen == kind)
+                .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+        };
+        assert!(first(earlier) < first(later), "{kinds:?}");
     }
 
     pub async fn balance(&self, client: &mut Client) -> i64 {
