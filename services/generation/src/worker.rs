@@ -1,11 +1,12 @@
 //! One generation job, start to finish.
 //!
-//! Steps 1-2 and step 3 run at the same time, so the LLMs do not wait for a commit:
+//! GetGenerationContext first (a read: the prompt, its settings, the previous message;
+//! a message already ended stops the job here). Then steps 1-2 and step 3 run at the same
+//! time, so the LLMs do not wait for a commit:
 //! 1. Listen for a cancellation of this message (the live copy of the user's events),
 //!    before StartGeneration, so a cancel sent at any moment is seen.
 //! 2. StartGeneration: the images to make and the provider.
-//! 3. GetGenerationContext (a read: the prompt, its settings, the previous message), then
-//!    intent and enhancement at the same time (one `join`), each with a deadline and a
+//! 3. Intent and enhancement at the same time (one `join`), each with a deadline and a
 //!    fallback, so neither an LLM outage nor a slow service stops the picture; an edit
 //!    resolved to another prompt is enhanced once more (cached, so cheap).
 //! 4. RecordIntent, and at the same time each image: the provider (retries, backoff,
@@ -151,23 +152,42 @@ fn redelivery_delay(delivered: i64) -> Duration {
 }
 
 async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Result<(), JobError> {
+    // The read first: it is on the picture's critical path, the start is not. Done before
+    // the start's transaction, it does not queue behind it in PostgreSQL.
+    let context = worker
+        .conversation
+        .clone()
+        .get_generation_context(as_user(
+            internal::GetGenerationContextRequest {
+                message_id: job.message_id.clone(),
+            },
+            &job.user_id,
+        )?)
+        .await
+        .map_err(|status| transient("GetGenerationContext", &status))?
+        .into_inner();
+    if matches!(
+        context.status(),
+        proto::MessageStatus::Completed
+            | proto::MessageStatus::Failed
+            | proto::MessageStatus::Cancelled
+    ) {
+        // A redelivered job, or a cancel before the worker came: an end is final.
+        tracing::info!("nothing to generate (finished or cancelled)");
+        return Ok(());
+    }
     // The LLMs are asked while the start commits: neither waits for the other.
-    let (started, prepared) = tokio::join!(start(worker, job), prepare(worker, job));
+    let (started, prepared) = tokio::join!(start(worker, job), prepare(worker, job, context));
     let (cancelled, started) = started?;
     if started.generation_ids.is_empty() {
         tracing::info!("nothing to generate (finished or cancelled)");
         return Ok(());
     }
-    let Some(Prepared {
+    let Prepared {
         resolved,
         enhanced,
         init,
-    }) = prepared?
-    else {
-        // Ended (a cancel) between the start and the read: nothing is left to make.
-        tracing::info!("the message ended while it was being started");
-        return Ok(());
-    };
+    } = prepared;
     let message = started.message.clone().unwrap_or_default();
     let Some(provider) = worker.providers.get(&started.provider) else {
         fail(
@@ -289,28 +309,12 @@ struct InitImage {
 }
 
 /// Step 3: intent and enhancement of the message's prompt, and the image an edit starts
-/// from. `None` when the message has already ended.
-async fn prepare(worker: &Worker, job: &GenerateJob) -> Result<Option<Prepared>, JobError> {
-    let context = worker
-        .conversation
-        .clone()
-        .get_generation_context(as_user(
-            internal::GetGenerationContextRequest {
-                message_id: job.message_id.clone(),
-            },
-            &job.user_id,
-        )?)
-        .await
-        .map_err(|status| transient("GetGenerationContext", &status))?
-        .into_inner();
-    if matches!(
-        context.status(),
-        proto::MessageStatus::Completed
-            | proto::MessageStatus::Failed
-            | proto::MessageStatus::Cancelled
-    ) {
-        return Ok(None);
-    }
+/// from.
+async fn prepare(
+    worker: &Worker,
+    job: &GenerateJob,
+    context: internal::GetGenerationContextResponse,
+) -> Prepared {
     let settings = context.settings.unwrap_or_default();
     let previous = context.previous;
     let prompt = context.prompt;
@@ -340,11 +344,11 @@ async fn prepare(worker: &Worker, job: &GenerateJob) -> Result<Option<Prepared>,
         },
         None => None,
     };
-    Ok(Some(Prepared {
+    Prepared {
         resolved,
         enhanced,
         init,
-    }))
+    }
 }
 
 /// What an image's calls wait for: a cancel aborts them; and none of their events may

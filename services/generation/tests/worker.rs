@@ -63,23 +63,8 @@ async fn a_message_goes_from_queued_to_a_stored_image_with_captured_credits() {
 
 #[tokio::test]
 async fn no_image_event_overtakes_the_recorded_intent() {
-    let llm = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/chat/completions"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_delay(Duration::from_millis(300))
-                .set_body_json(pipeline::completion(
-                    r#"{"prompt":"a red fox in the snow, vivid","negative_prompt":""}"#,
-                )),
-        )
-        .mount(&llm)
-        .await;
-    let pipeline = Pipeline::start(PipelineOptions {
-        llm_url: Some(llm.uri()),
-        ..PipelineOptions::default()
-    })
-    .await;
+    let llm = pipeline::enhancing_llm(Duration::from_millis(300)).await;
+    let pipeline = Pipeline::with_llm(&llm).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
@@ -106,21 +91,8 @@ async fn no_image_event_overtakes_the_recorded_intent() {
 
 #[tokio::test]
 async fn the_llm_is_asked_while_the_start_waits_to_commit() {
-    let llm = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/chat/completions"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(pipeline::completion(
-                r#"{"prompt":"a red fox in the snow, vivid","negative_prompt":""}"#,
-            )),
-        )
-        .mount(&llm)
-        .await;
-    let mut pipeline = Pipeline::start(PipelineOptions {
-        llm_url: Some(llm.uri()),
-        ..PipelineOptions::default()
-    })
-    .await;
+    let llm = pipeline::enhancing_llm(Duration::ZERO).await;
+    let mut pipeline = Pipeline::with_llm(&llm).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
     // No worker while the message is sent and its row is held: StartGeneration, which
@@ -160,6 +132,44 @@ async fn the_llm_is_asked_while_the_start_waits_to_commit() {
     pipeline
         .assert_first_before("alice", "generation_started", "intent_resolved")
         .await;
+}
+
+#[tokio::test]
+async fn the_job_of_a_message_cancelled_before_it_ran_asks_nothing() {
+    let llm = pipeline::enhancing_llm(Duration::ZERO).await;
+    let mut pipeline = Pipeline::with_llm(&llm).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    pipeline.kill_worker();
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .await;
+    alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::MessageId(
+                message.id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel");
+
+    // The worker reads the message, sees it ended and acknowledges the job: no LLM call,
+    // no start, no second refund.
+    pipeline.start_worker().await;
+    pipeline.wait_until_jobs_settled().await;
+    let asked = llm.received_requests().await.expect("recorded").len();
+    assert_eq!(asked, 0, "the LLM was not asked");
+    let kinds = pipeline.event_kinds("alice").await;
+    assert!(
+        kinds.iter().any(|kind| kind == "generation_cancelled"),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.iter().any(|kind| kind == "generation_started"),
+        "{kinds:?}"
+    );
+    assert_eq!(pipeline.balance(&mut alice).await, 100);
+    assert_eq!(pipeline.ledger_count("release").await, 1);
 }
 
 #[tokio::test]

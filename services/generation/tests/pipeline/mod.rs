@@ -112,6 +112,15 @@ impl Pipeline {
         .await
     }
 
+    /// A pipeline whose services ask the LLM fake `llm`.
+    pub async fn with_llm(llm: &wiremock::MockServer) -> Self {
+        Self::start(PipelineOptions {
+            llm_url: Some(llm.uri()),
+            ..PipelineOptions::default()
+        })
+        .await
+    }
+
     pub async fn start(options: PipelineOptions) -> Self {
         atelier_testkit::init_logging();
         let db = TestDatabase::create().await.expect("database");
@@ -368,6 +377,24 @@ impl Pipeline {
         ImageStore::local(&self.images.0).expect("store")
     }
 
+    /// Waits (bounded) until the worker's consumer has no job waiting or unacknowledged.
+    pub async fn wait_until_jobs_settled(&self) {
+        let subjects = Subjects::new(&self.nats.prefix).expect("prefix");
+        let js = self.nats.jetstream().await.expect("jetstream");
+        for _ in 0..300 {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_consumer_from_stream("generation", subjects.jobs_stream())
+                .await
+                .expect("consumer");
+            let info = consumer.info().await.expect("info");
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the generation jobs were not all acknowledged within 15 s");
+    }
+
     /// Every event of `user` stored so far, in stream order.
     pub async fn events(&self, user: &str) -> Vec<proto::Event> {
         let subjects = Subjects::new(&self.nats.prefix).expect("prefix");
@@ -488,6 +515,27 @@ pub fn completion(content: &str) -> serde_json::Value {
         "object": "chat.completion",
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }]
     })
+}
+
+/// An LLM fake answering every chat completion, after `delay`, with an enhancement that
+/// adds "vivid".
+pub async fn enhancing_llm(delay: Duration) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let llm = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(delay)
+                .set_body_json(completion(
+                    r#"{"prompt":"a red fox in the snow, vivid","negative_prompt":""}"#,
+                )),
+        )
+        .mount(&llm)
+        .await;
+    llm
 }
 
 /// Waits (bounded) until `server` has received `count` requests on `path`.

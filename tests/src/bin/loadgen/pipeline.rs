@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::fakes::{Answers, Fakes};
+use super::{Latencies, Sender};
 use anyhow::Context as _;
 use atelier_edge::rate_limit::RateLimit;
 use atelier_proto::v1 as proto;
@@ -12,8 +14,6 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::oneshot;
-use super::fakes::{Answers, Fakes};
-use super::{Latencies, Sender};
 
 const LLM_LATENCY: Duration = Duration::from_millis(200);
 const IMAGE_LATENCY: Duration = Duration::from_millis(500);
@@ -76,7 +76,9 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
         intent: completion(
             r#"{"kind":"new","resolved_prompt":"a dog in a park","edit_type":"","strength":0}"#,
         ),
-        enhancement: completion(r#"{"prompt":"a dog in a sunny park, detailed","negative_prompt":""}"#),
+        enhancement: completion(
+            r#"{"prompt":"a dog in a sunny park, detailed","negative_prompt":""}"#,
+        ),
         image: serde_json::json!({ "images": [png_base64()] }),
         progress: serde_json::json!({ "progress": 0.5 }),
     })
@@ -215,8 +217,7 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
         image_observed.percentile_ms(99.0),
     );
     // The fakes' own time past their nominal latency is not the mesh's: shown apart.
-    let measured_critical =
-        llm_observed.percentile_ms(50.0) + image_observed.percentile_ms(50.0);
+    let measured_critical = llm_observed.percentile_ms(50.0) + image_observed.percentile_ms(50.0);
     for (label, percentile) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
         let value = latencies.percentile_ms(percentile);
         println!(
@@ -277,9 +278,7 @@ fn print_step(label: &str, step: &Latencies, note: &str) {
 const FAKE_PROBES: usize = 64;
 
 /// `FAKE_PROBES` calls of `request`, `CONCURRENCY` at a time.
-async fn fake_latency(
-    request: impl Fn() -> reqwest::RequestBuilder,
-) -> anyhow::Result<Latencies> {
+async fn fake_latency(request: impl Fn() -> reqwest::RequestBuilder) -> anyhow::Result<Latencies> {
     let mut samples = Vec::with_capacity(FAKE_PROBES);
     for _ in 0..FAKE_PROBES / CONCURRENCY {
         let calls = (0..CONCURRENCY).map(|_| {
