@@ -176,9 +176,11 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
         tracing::info!("nothing to generate (finished or cancelled)");
         return Ok(());
     }
-    // The LLMs are asked while the start commits: neither waits for the other.
-    let (started, prepared) = tokio::join!(start(worker, job), prepare(worker, job, context));
-    let (cancelled, started) = started?;
+    // The LLMs are asked while the start commits: neither waits for the other. A failed
+    // start drops the LLM calls at once, and the job is retried.
+    let ((cancelled, started), prepared) = tokio::try_join!(start(worker, job), async {
+        Ok(prepare(worker, job, context).await)
+    })?;
     if started.generation_ids.is_empty() {
         tracing::info!("nothing to generate (finished or cancelled)");
         return Ok(());
