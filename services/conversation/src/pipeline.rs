@@ -2,10 +2,11 @@
 //! CompleteGeneration, FailGeneration, ApplyTitle; and the public CancelGeneration, which
 //! ends generations the same way a failure does.
 //!
-//! GetGenerationContext only reads. Each of the others runs one transaction that locks the message, changes it conditionally and writes
-//! its events to the outbox; after the commit it publishes those events and waits for
-//! NATS, so the worker's next step (and its own events) come after them in the stream.
-//! Repeating any call changes nothing and announces nothing twice.
+//! GetGenerationContext only reads. Each of the others runs one transaction that locks
+//! the message, changes it conditionally and writes its events to the outbox; after the
+//! commit it publishes those events and waits for NATS, so the worker's next step (and
+//! its own events) come after them in the stream. Repeating any call changes nothing and
+//! announces nothing twice.
 
 use atelier_proto::conversation::v1 as internal;
 use atelier_proto::v1 as proto;

@@ -357,7 +357,7 @@ async fn the_generation_context_is_a_read_of_the_owners_message() {
     assert_eq!(previous.prompt, "a fox in the snow");
     assert!(previous.image_key.is_empty() && previous.generation_id.is_empty());
 
-    // Someone else's message, or none, is not found; a malformed id names its field.
+    // Someone else's message is not found; a malformed id names its field.
     let stranger = app
         .client("bob")
         .get_generation_context(internal::GetGenerationContextRequest {
@@ -365,14 +365,14 @@ async fn the_generation_context_is_a_read_of_the_owners_message() {
         })
         .await
         .expect_err("not bob's");
-    assert_eq!(stranger.code(), tonic::Code::NotFound);
+    assert_eq!(stranger.code(), Code::NotFound);
     let malformed = alice
         .get_generation_context(internal::GetGenerationContextRequest {
             message_id: "not-a-uuid".into(),
         })
         .await
         .expect_err("malformed");
-    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+    assert_eq!(malformed.code(), Code::InvalidArgument);
     assert!(malformed.message().contains("message_id"));
 }
 
