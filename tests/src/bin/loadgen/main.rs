@@ -43,18 +43,10 @@ async fn main() -> anyhow::Result<()> {
     let statements = StatementCounter::install();
 
     let mesh = Mesh::start(MeshOptions {
-        starting_credits: 1_000_000_000,
-        max_generations_per_conversation: 1_000_000,
-        // The rate limit is not what is measured here.
-        rate_limit: RateLimit {
-            per_second: 1e9,
-            burst: 1_000_000_000,
-            idle_eviction: Duration::from_secs(600),
-        },
         database_connections: 16,
         // The fast path alone: its jobs wait in the stream, no image is rendered here.
         run_generation: false,
-        ..MeshOptions::default()
+        ..unlimited()
     })
     .await
     .context("cannot start the mesh (is PostgreSQL running?)")?;
@@ -119,6 +111,21 @@ async fn main() -> anyhow::Result<()> {
     println!();
     pipeline::run(per_sender).await?;
     Ok(())
+}
+
+/// A mesh whose credits, conversation length and rate limit never stop a benchmark:
+/// they are not what is measured.
+fn unlimited() -> MeshOptions {
+    MeshOptions {
+        starting_credits: 1_000_000_000,
+        max_generations_per_conversation: 1_000_000,
+        rate_limit: RateLimit {
+            per_second: 1e9,
+            burst: 1_000_000_000,
+            idle_eviction: Duration::from_secs(600),
+        },
+        ..MeshOptions::default()
+    }
 }
 
 /// Latencies of one run.

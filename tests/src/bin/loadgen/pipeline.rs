@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use super::fakes::{Answers, Fakes};
 use super::{Latencies, Sender};
 use anyhow::Context as _;
-use atelier_edge::rate_limit::RateLimit;
 use atelier_proto::v1 as proto;
 use atelier_tests::{Mesh, MeshOptions};
 use base64::Engine as _;
@@ -99,16 +98,9 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
     .await?;
 
     let mesh = Mesh::start(MeshOptions {
-        starting_credits: 1_000_000_000,
-        max_generations_per_conversation: 1_000_000,
-        rate_limit: RateLimit {
-            per_second: 1e9,
-            burst: 1_000_000_000,
-            idle_eviction: Duration::from_secs(600),
-        },
         llm_url: Some(fakes.url().to_owned()),
         automatic1111_url: Some(fakes.url().to_owned()),
-        ..MeshOptions::default()
+        ..super::unlimited()
     })
     .await?;
 
