@@ -106,15 +106,7 @@ async fn the_llm_is_asked_while_the_start_waits_to_commit() {
 
     // Enhancement reaches the LLM while the start cannot commit.
     pipeline::wait_for_request(&llm, "/chat/completions", 1).await;
-    let waiting = alice
-        .get_message(proto::GetMessageRequest {
-            message_id: message.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .message
-        .expect("message");
+    let waiting = pipeline.message(&mut alice, &message.id).await;
     assert_eq!(
         waiting.status(),
         proto::MessageStatus::Queued,

@@ -266,6 +266,19 @@ impl Pipeline {
             .expect("message")
     }
 
+    /// The message as GetMessage answers now.
+    pub async fn message(&self, client: &mut Client, message_id: &str) -> proto::Message {
+        client
+            .get_message(proto::GetMessageRequest {
+                message_id: message_id.to_owned(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .message
+            .expect("message")
+    }
+
     /// Waits (bounded) until the message has completed, failed or been cancelled.
     pub async fn wait_until_settled(
         &self,
@@ -300,15 +313,7 @@ impl Pipeline {
         reached: impl Fn(proto::MessageStatus) -> bool,
     ) -> proto::Message {
         for _ in 0..3_000 {
-            let message = client
-                .get_message(proto::GetMessageRequest {
-                    message_id: message_id.to_owned(),
-                })
-                .await
-                .expect("get")
-                .into_inner()
-                .message
-                .expect("message");
+            let message = self.message(client, message_id).await;
             if reached(message.status()) {
                 return message;
             }
