@@ -89,18 +89,25 @@ async fn no_image_event_overtakes_the_recorded_intent() {
         .await;
 }
 
-#[tokio::test]
-async fn the_llm_is_asked_while_the_start_waits_to_commit() {
+/// A pipeline asking an enhancing LLM fake, and Alice's message sent while no worker
+/// runs: its job waits in the stream until the test starts one.
+async fn a_message_waiting_for_a_worker() -> (MockServer, Pipeline, pipeline::Client, proto::Message)
+{
     let llm = pipeline::enhancing_llm(Duration::ZERO).await;
     let mut pipeline = Pipeline::with_llm(&llm).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
-    // No worker while the message is sent and its row is held: StartGeneration, which
-    // locks that row, must then wait.
     pipeline.kill_worker();
     let message = pipeline
         .send(&mut alice, &conversation, "a red fox in the snow", None)
         .await;
+    (llm, pipeline, alice, message)
+}
+
+#[tokio::test]
+async fn the_llm_is_asked_while_the_start_waits_to_commit() {
+    // The row is held before the worker starts: StartGeneration, which locks it, waits.
+    let (llm, mut pipeline, mut alice, message) = a_message_waiting_for_a_worker().await;
     let hold = pipeline.hold_message_row(&message.id).await;
     pipeline.start_worker().await;
 
@@ -128,14 +135,7 @@ async fn the_llm_is_asked_while_the_start_waits_to_commit() {
 
 #[tokio::test]
 async fn the_job_of_a_message_cancelled_before_it_ran_asks_nothing() {
-    let llm = pipeline::enhancing_llm(Duration::ZERO).await;
-    let mut pipeline = Pipeline::with_llm(&llm).await;
-    let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
-    pipeline.kill_worker();
-    let message = pipeline
-        .send(&mut alice, &conversation, "a red fox in the snow", None)
-        .await;
+    let (llm, mut pipeline, mut alice, message) = a_message_waiting_for_a_worker().await;
     alice
         .cancel_generation(proto::CancelGenerationRequest {
             target: Some(proto::cancel_generation_request::Target::MessageId(
