@@ -115,7 +115,7 @@ pub fn generation(row: GenerationRow) -> proto::Generation {
             .map(|id| id.to_string())
             .unwrap_or_default(),
         strength: row.strength.unwrap_or_default(),
-        // Signed URLs arrive with object storage; until then a stored key is not exposed.
+        // The edge signs a URL for the caller; a storage key never leaves the mesh.
         image_url: String::new(),
         cost: row.cost,
         is_favorite: row.is_favorite,
@@ -123,5 +123,6 @@ pub fn generation(row: GenerationRow) -> proto::Generation {
         created_at: Some(timestamp(row.created_at)),
         started_at: row.started_at.map(timestamp),
         completed_at: row.completed_at.map(timestamp),
+        image_url_expires_at: None,
     }
 }

@@ -391,12 +391,13 @@ async fn make_image(
         mut intent_recorded,
     } = signals;
     let (progress, mut progress_seen) = watch::channel(0u32);
-    let rendering = providers::generate_with_retries(
-        provider.as_ref(),
-        &request,
-        &progress,
-        &worker.config.provider_retries,
-    );
+    let (retries, mut retries_seen) = watch::channel(None::<providers::Retrying>);
+    let policy = &worker.config.provider_retries;
+    let on_retry = |retry| {
+        retries.send_replace(Some(retry));
+    };
+    let rendering =
+        providers::generate_with_retries(provider.as_ref(), &request, &progress, policy, &on_retry);
     // Runs beside the provider call and never finishes on its own: the select below ends
     // it with the call.
     let mut reporting_order = intent_recorded.clone();
@@ -405,13 +406,43 @@ async fn make_image(
             // The job is failing; its image calls are about to be dropped.
             std::future::pending::<()>().await;
         }
+        let mut step = Step {
+            attempt: 1,
+            max_attempts: policy.max_attempts.max(1),
+            ..Step::default()
+        };
         let mut last_sent: Option<u32> = None;
-        while progress_seen.changed().await.is_ok() {
-            let percent = *progress_seen.borrow_and_update();
-            // Every tenth of the way: enough for a progress bar, few events.
-            if last_sent.is_none_or(|last| percent >= last + 10) && percent < 100 {
-                publish_progress(worker, job, &generation_id, "rendering", percent).await;
-                last_sent = Some(percent);
+        loop {
+            tokio::select! {
+                changed = progress_seen.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let percent = *progress_seen.borrow_and_update();
+                    // Every tenth of the way: enough for a progress bar, few events.
+                    if last_sent.is_none_or(|last| percent >= last + 10) && percent < 100 {
+                        let rendering = Step { stage: "rendering", percent, ..step.clone() };
+                        publish_progress(worker, job, &generation_id, &rendering).await;
+                        last_sent = Some(percent);
+                    }
+                }
+                changed = retries_seen.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let Some(retry) = retries_seen.borrow_and_update().clone() else { continue };
+                    step.attempt = retry.next_attempt;
+                    let retrying = Step {
+                        stage: "retrying",
+                        percent: 0,
+                        detail: retry.trouble.to_string(),
+                        retry_in: retry.wait,
+                        ..step.clone()
+                    };
+                    publish_progress(worker, job, &generation_id, &retrying).await;
+                    // The next attempt's bar starts again from its first report.
+                    last_sent = None;
+                }
             }
         }
         std::future::pending::<()>().await;
@@ -458,8 +489,13 @@ async fn store_and_complete(
     let key = storage::key_for(&job.user_id, generation_id);
     // The "storing" event goes out while the image is written; both precede the
     // completion.
+    let storing = Step {
+        stage: "storing",
+        percent: 100,
+        ..Step::default()
+    };
     let ((), stored) = tokio::join!(
-        publish_progress(worker, job, generation_id, "storing", 100),
+        publish_progress(worker, job, generation_id, &storing),
         worker.store.put(&key, png),
     );
     stored.map_err(|err| JobError::Transient(format!("storing the image: {err}")))?;
@@ -695,13 +731,20 @@ async fn watch_cancellation(
     Ok(cancelled)
 }
 
-async fn publish_progress(
-    worker: &Worker,
-    job: &GenerateJob,
-    generation_id: &str,
-    stage: &str,
+/// One `generation_progress` event's content.
+#[derive(Clone, Debug, Default)]
+struct Step {
+    stage: &'static str,
     percent: u32,
-) {
+    /// The provider attempt, 1 for the first; 0 where attempts do not apply (storing).
+    attempt: u32,
+    max_attempts: u32,
+    /// For "retrying": why, in words fit for the user.
+    detail: String,
+    retry_in: Duration,
+}
+
+async fn publish_progress(worker: &Worker, job: &GenerateJob, generation_id: &str, step: &Step) {
     let event = proto::Event {
         id: Uuid::now_v7().to_string(),
         occurred_at: Some(now_timestamp()),
@@ -711,8 +754,12 @@ async fn publish_progress(
         payload: Some(proto::event::Payload::GenerationProgress(
             proto::GenerationProgress {
                 generation_id: generation_id.to_owned(),
-                stage: stage.to_owned(),
-                percent,
+                stage: step.stage.to_owned(),
+                percent: step.percent,
+                attempt: step.attempt,
+                max_attempts: step.max_attempts,
+                detail: step.detail.clone(),
+                retry_in_ms: u32::try_from(step.retry_in.as_millis()).unwrap_or(u32::MAX),
             },
         )),
     };

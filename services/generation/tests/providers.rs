@@ -239,6 +239,7 @@ async fn openai_server_error_then_success_is_retried() {
         &request(),
         &progress,
         &fast_retries(),
+        &|_| {},
     )
     .await
     .expect("an image");
@@ -271,6 +272,7 @@ async fn openai_rate_limit_carries_retry_after_and_is_retried() {
         ProviderError::Retryable {
             reason,
             retry_after,
+            ..
         } => {
             assert_eq!(retry_after, Some(Duration::from_secs(7)));
             assert!(reason.contains("Rate limit reached"), "{reason}");
@@ -287,9 +289,15 @@ async fn openai_rate_limit_carries_retry_after_and_is_retried() {
     )
     .await;
     always(&server, GENERATIONS, openai_image(&image)).await;
-    let out = generate_with_retries(provider.as_ref(), &request(), &progress, &fast_retries())
-        .await
-        .expect("an image");
+    let out = generate_with_retries(
+        provider.as_ref(),
+        &request(),
+        &progress,
+        &fast_retries(),
+        &|_| {},
+    )
+    .await
+    .expect("an image");
 
     assert_eq!(out, image);
     assert_eq!(requests_to(&server, GENERATIONS).await, 3);
@@ -307,6 +315,7 @@ async fn openai_bad_request_is_permanent_and_not_retried() {
         &request(),
         &progress,
         &fast_retries(),
+        &|_| {},
     )
     .await
     .expect_err("rejected");
@@ -363,6 +372,7 @@ async fn openai_malformed_answer_is_permanent() {
         &request(),
         &progress,
         &fast_retries(),
+        &|_| {},
     )
     .await
     .expect_err("malformed");

@@ -38,7 +38,7 @@ pub(super) fn base_url(value: &str) -> anyhow::Result<String> {
 /// The class of a request that got no response (or lost it half-way).
 pub(super) fn from_reqwest(provider: &str, err: &reqwest::Error) -> ProviderError {
     if err.is_timeout() {
-        ProviderError::retryable(format!("{provider}: timed out: {}", error_chain(err)))
+        ProviderError::timed_out(format!("{provider}: timed out: {}", error_chain(err)))
     } else if err.is_builder() {
         // The request itself cannot be built; it will not build next time either.
         ProviderError::permanent(format!("{provider}: invalid request: {}", error_chain(err)))
@@ -72,6 +72,7 @@ pub(super) fn from_status(
         ProviderError::Retryable {
             reason,
             retry_after: retry_after(headers),
+            trouble: super::Trouble::Status(status.as_u16()),
         }
     } else {
         // Other 4xx (a bad key, an unknown model, a refused prompt) and the 3xx a wrong
@@ -205,6 +206,7 @@ mod tests {
             ProviderError::Retryable {
                 reason: "api answered 429 Too Many Requests".to_owned(),
                 retry_after: Some(Duration::from_secs(7)),
+                trouble: super::super::Trouble::Status(429),
             }
         );
         headers.insert(

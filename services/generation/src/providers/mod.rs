@@ -88,6 +88,9 @@ pub enum ProviderError {
         reason: String,
         /// How long the provider asked us to wait (`Retry-After`).
         retry_after: Option<Duration>,
+        /// The kind of trouble, for the user's "retrying" notice (the reason may hold the
+        /// provider's own words, which are for the log).
+        trouble: Trouble,
     },
     /// The same request will fail the same way: a rejected prompt, a bad key, an unknown
     /// model, an answer that is not an image.
@@ -95,11 +98,44 @@ pub enum ProviderError {
     Permanent { reason: String },
 }
 
+/// What went wrong in a failure worth retrying, in terms a user can be shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// No answer within the request timeout.
+    TimedOut,
+    /// Refused or reset connections, DNS failures, a body cut short.
+    Unreachable,
+    /// An HTTP status worth retrying: 408, 429 or 5xx.
+    Status(u16),
+}
+
+impl fmt::Display for Trouble {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TimedOut => f.write_str("the image provider took too long to answer"),
+            Self::Unreachable => f.write_str("the image provider could not be reached"),
+            Self::Status(429) => f.write_str("the image provider is busy (HTTP 429)"),
+            Self::Status(status) => write!(f, "the image provider failed (HTTP {status})"),
+        }
+    }
+}
+
 impl ProviderError {
+    /// A retryable failure to reach the provider (see [`Trouble::Unreachable`]).
     pub fn retryable(reason: impl Into<String>) -> Self {
         Self::Retryable {
             reason: reason.into(),
             retry_after: None,
+            trouble: Trouble::Unreachable,
+        }
+    }
+
+    /// A retryable timeout.
+    pub fn timed_out(reason: impl Into<String>) -> Self {
+        Self::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+            trouble: Trouble::TimedOut,
         }
     }
 
@@ -156,8 +192,20 @@ impl RetryPolicy {
     }
 }
 
+/// A failed attempt that is about to be tried again: what the user is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retrying {
+    /// The attempt that comes next: 2 for the first retry.
+    pub next_attempt: u32,
+    pub max_attempts: u32,
+    /// How long until it starts.
+    pub wait: Duration,
+    pub trouble: Trouble,
+}
+
 /// Calls `provider` until it succeeds, fails permanently, or `policy` runs out of
-/// attempts; the last error is returned as it was.
+/// attempts; the last error is returned as it was. `on_retry` hears of each retry before
+/// its wait.
 ///
 /// Each attempt starts its progress from 0 again: a retried image really does start
 /// over, and the client is better told so than shown a bar that stalls.
@@ -168,6 +216,7 @@ pub async fn generate_with_retries(
     request: &ImageRequest,
     progress: &watch::Sender<u32>,
     policy: &RetryPolicy,
+    on_retry: &(dyn Fn(Retrying) + Send + Sync),
 ) -> Result<Bytes, ProviderError> {
     let max_attempts = policy.max_attempts.max(1);
     let mut attempt: u32 = 1;
@@ -176,8 +225,12 @@ pub async fn generate_with_retries(
             Ok(png) => return Ok(png),
             Err(error) => error,
         };
-        let retry_after = match &error {
-            ProviderError::Retryable { retry_after, .. } if attempt < max_attempts => *retry_after,
+        let (retry_after, trouble) = match &error {
+            ProviderError::Retryable {
+                retry_after,
+                trouble,
+                ..
+            } if attempt < max_attempts => (*retry_after, *trouble),
             _ => return Err(error),
         };
         let wait = policy.delay_after(attempt, retry_after);
@@ -188,6 +241,13 @@ pub async fn generate_with_retries(
             reason = error.reason(),
             "image provider attempt failed, retrying"
         );
+        on_retry(Retrying {
+            next_attempt: attempt.saturating_add(1),
+            max_attempts,
+            wait,
+            trouble,
+        });
+        report(progress, 0);
         tokio::time::sleep(wait).await;
         attempt = attempt.saturating_add(1);
     }
@@ -485,17 +545,40 @@ mod tests {
             ProviderError::Retryable {
                 reason: "429".to_owned(),
                 retry_after: Some(Duration::from_secs(3600)),
+                trouble: Trouble::Status(429),
             },
         ]);
         let (progress, watcher) = watch::channel(0);
+        let notices = Mutex::new(Vec::new());
 
-        let png = generate_with_retries(&provider, &request(), &progress, &fast_policy(3))
-            .await
-            .expect("the third attempt succeeds");
+        let png = generate_with_retries(&provider, &request(), &progress, &fast_policy(3), &|r| {
+            notices.lock().expect("not poisoned").push(r);
+        })
+        .await
+        .expect("the third attempt succeeds");
 
         assert_eq!(png, Bytes::from_static(b"png"));
         assert_eq!(provider.calls(), 3);
         assert_eq!(*watcher.borrow(), 100);
+        // The user hears of each retry: which attempt comes, why, and when.
+        let notices = notices.into_inner().expect("not poisoned");
+        assert_eq!(
+            notices,
+            [
+                Retrying {
+                    next_attempt: 2,
+                    max_attempts: 3,
+                    wait: Duration::from_millis(1),
+                    trouble: Trouble::Unreachable,
+                },
+                Retrying {
+                    next_attempt: 3,
+                    max_attempts: 3,
+                    wait: Duration::from_millis(5),
+                    trouble: Trouble::Status(429),
+                },
+            ]
+        );
     }
 
     #[tokio::test]
@@ -503,7 +586,7 @@ mod tests {
         let provider = Scripted::new(vec![ProviderError::permanent("bad prompt")]);
         let (progress, _watcher) = watch::channel(0);
 
-        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(5))
+        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(5), &|_| {})
             .await
             .expect_err("a permanent error");
 
@@ -520,7 +603,7 @@ mod tests {
         ]);
         let (progress, _watcher) = watch::channel(0);
 
-        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(2))
+        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(2), &|_| {})
             .await
             .expect_err("out of attempts");
 
@@ -533,12 +616,28 @@ mod tests {
         let provider = Scripted::new(vec![ProviderError::retryable("first")]);
         let (progress, _watcher) = watch::channel(0);
 
-        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(0))
+        let err = generate_with_retries(&provider, &request(), &progress, &fast_policy(0), &|_| {})
             .await
             .expect_err("no retry");
 
         assert_eq!(err, ProviderError::retryable("first"));
         assert_eq!(provider.calls(), 1);
+    }
+
+    #[test]
+    fn retry_notices_say_what_went_wrong_without_provider_details() {
+        assert_eq!(
+            Trouble::TimedOut.to_string(),
+            "the image provider took too long to answer"
+        );
+        assert_eq!(
+            Trouble::Status(429).to_string(),
+            "the image provider is busy (HTTP 429)"
+        );
+        assert_eq!(
+            Trouble::Status(503).to_string(),
+            "the image provider failed (HTTP 503)"
+        );
     }
 
     #[test]
