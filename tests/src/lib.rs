@@ -139,7 +139,7 @@ impl Mesh {
             intent_url: intent.url(),
             enhancement_url: enhancement.url(),
             service_token: token(),
-            storage: atelier_generation::config::Storage::Local(images.0.clone()),
+            storage: atelier_images::Storage::Local(images.0.clone()),
             providers: atelier_generation::providers::ProvidersConfig {
                 automatic1111_url: options.automatic1111_url.clone(),
                 progress_interval: Duration::from_millis(100),
@@ -175,8 +175,8 @@ impl Mesh {
     }
 
     /// The store the generation worker writes images to.
-    pub fn images(&self) -> anyhow::Result<atelier_generation::storage::ImageStore> {
-        atelier_generation::storage::ImageStore::local(&self.images.0)
+    pub fn images(&self) -> anyhow::Result<atelier_images::ImageStore> {
+        atelier_images::ImageStore::local(&self.images.0)
     }
 
     /// A valid `authorization` value for `user`.

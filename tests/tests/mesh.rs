@@ -116,7 +116,7 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
         let store = mesh.images().expect("store");
         for generation in &settled.generations {
             assert_eq!(generation.status(), proto::GenerationStatus::Completed);
-            let key = atelier_generation::storage::key_for("alice", &generation.id);
+            let key = atelier_images::key_for("alice", &generation.id);
             let png = store.get(&key).await.expect("the image is in storage");
             assert!(png.starts_with(b"\x89PNG"), "a PNG");
         }

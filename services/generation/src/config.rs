@@ -18,7 +18,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub provider_retries: RetryPolicy,
     /// Where images go: `ATELIER_S3_BUCKET` for S3, else `ATELIER_STORAGE_DIR`.
-    pub storage: Storage,
+    pub storage: atelier_images::Storage,
     /// Jobs handled at once by this process (they wait on providers, not on this CPU).
     pub concurrency: usize,
     /// Deliveries of a job before the worker gives up, fails its images and refunds.
@@ -29,12 +29,6 @@ pub struct Config {
     pub intent_deadline: Duration,
     pub enhancement_deadline: Duration,
     pub drain_timeout: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub enum Storage {
-    Local(std::path::PathBuf),
-    S3FromEnv,
 }
 
 impl Default for Config {
@@ -49,7 +43,7 @@ impl Default for Config {
             service_token: ServiceToken::new("atelier-local-service-token"),
             providers: ProvidersConfig::default(),
             provider_retries: RetryPolicy::default(),
-            storage: Storage::Local(".data/objects".into()),
+            storage: atelier_images::Storage::default(),
             concurrency: 16,
             max_deliver: 6,
             ack_wait: Duration::from_secs(30),
@@ -84,12 +78,7 @@ impl Config {
                 max_attempts: var_or("ATELIER_PROVIDER_ATTEMPTS", 3)?,
                 ..RetryPolicy::default()
             },
-            storage: match atelier_runtime::config::optional_var::<String>("ATELIER_S3_BUCKET")? {
-                Some(_) => Storage::S3FromEnv,
-                None => Storage::Local(
-                    var_or::<String>("ATELIER_STORAGE_DIR", ".data/objects".to_owned())?.into(),
-                ),
-            },
+            storage: atelier_images::Storage::from_env()?,
             concurrency: var_or("ATELIER_GENERATION_CONCURRENCY", defaults.concurrency)?,
             max_deliver: var_or("ATELIER_GENERATION_MAX_DELIVER", defaults.max_deliver)?,
             ack_wait: millis("ATELIER_GENERATION_ACK_WAIT_MS", defaults.ack_wait)?,

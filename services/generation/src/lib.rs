@@ -11,7 +11,6 @@
 
 pub mod config;
 pub mod providers;
-pub mod storage;
 pub mod worker;
 
 use std::future::Future;
@@ -29,8 +28,6 @@ use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
 pub use crate::config::Config;
-use crate::config::Storage;
-use crate::storage::ImageStore;
 use crate::worker::{Providers, Worker};
 
 /// Serves health on `listener` and handles jobs until `shutdown` resolves; then stops
@@ -76,10 +73,7 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
         concurrency: config.concurrency,
         drain_timeout: config.drain_timeout,
     };
-    let store = match &config.storage {
-        Storage::Local(dir) => ImageStore::local(dir)?,
-        Storage::S3FromEnv => ImageStore::s3_from_env()?,
-    };
+    let store = config.storage.open()?;
     let token = OutgoingCall::new(&config.service_token)?;
     let worker = Arc::new(Worker {
         conversation: ConversationServiceClient::with_interceptor(

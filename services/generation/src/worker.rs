@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use atelier_events::jobs::Job;
 use atelier_events::{Publisher, Subjects};
+use atelier_images::ImageStore;
 use atelier_proto::conversation::v1 as internal;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::enhancement::v1 as enhancement;
@@ -44,7 +45,6 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::providers::{self, ImageProvider, ImageRequest, ProviderError, ProviderKind};
-use crate::storage::{self, ImageStore};
 
 pub type ConversationClient = ConversationServiceClient<InterceptedService<Channel, OutgoingCall>>;
 pub type IntentClient = IntentServiceClient<InterceptedService<Channel, OutgoingCall>>;
@@ -486,7 +486,7 @@ async fn store_and_complete(
     generation_id: &str,
     png: Bytes,
 ) -> Result<(), JobError> {
-    let key = storage::key_for(&job.user_id, generation_id);
+    let key = atelier_images::key_for(&job.user_id, generation_id);
     // The "storing" event goes out while the image is written; both precede the
     // completion.
     let storing = Step {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use atelier_conversation::catalog::Catalog;
 use atelier_events::Subjects;
 use atelier_generation::providers::{ProvidersConfig, RetryPolicy};
-use atelier_generation::storage::ImageStore;
+use atelier_images::ImageStore;
 use atelier_llm::LlmConfig;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1 as proto;
@@ -208,7 +208,7 @@ impl Pipeline {
                 backoff_base: Duration::from_millis(50),
                 max_backoff: Duration::from_millis(200),
             },
-            storage: atelier_generation::config::Storage::Local(self.images.0.clone()),
+            storage: atelier_images::Storage::Local(self.images.0.clone()),
             ack_wait: self.options.ack_wait,
             max_deliver: self.options.max_deliver,
             intent_deadline: Duration::from_secs(8),

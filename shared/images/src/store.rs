@@ -1,10 +1,11 @@
-//! Where generated images live: any `object_store` backend, a local directory by default
-//! and an S3-compatible bucket in production.
+//! The image store: any `object_store` backend, a local directory by default and an
+//! S3-compatible bucket in production.
 //!
 //! The worker writes each image once, under a key derived from its owner and its
-//! generation ([`key_for`]), and the edge later reads it back to serve it. Going through
-//! `object_store` keeps both sides identical whatever the backend, so the whole mesh runs
-//! on a laptop with a directory and in a cluster with a bucket, with no code switch.
+//! generation ([`key_for`]), and the edge later reads it back to serve it (local) or signs
+//! a URL of the bucket for it (S3). Going through `object_store` keeps both sides identical
+//! whatever the backend, so the whole mesh runs on a laptop with a directory and in a
+//! cluster with a bucket, with no code switch.
 //!
 //! Keys are built here and nowhere else, because they come partly from user ids, which
 //! are not ours to trust: a `sub` claim may contain `/` or `..`, and a key built by
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 /// The directory of the local store when `ATELIER_STORAGE_DIR` is unset.
@@ -43,16 +45,71 @@ pub enum StorageError {
     },
 }
 
+/// Which backend holds the images, as configured: a local directory, or the S3 bucket the
+/// environment names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Local(std::path::PathBuf),
+    S3FromEnv,
+}
+
+impl Storage {
+    /// S3 when `ATELIER_S3_BUCKET` is set, else the directory `ATELIER_STORAGE_DIR`
+    /// (default `.data/objects`). Nothing is opened or contacted here.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(match optional_var::<String>("ATELIER_S3_BUCKET")? {
+            Some(_) => Self::S3FromEnv,
+            None => Self::Local(
+                var_or::<String>("ATELIER_STORAGE_DIR", DEFAULT_STORAGE_DIR.to_owned())?.into(),
+            ),
+        })
+    }
+
+    /// Opens the store: creates the local directory, or configures the S3 client.
+    pub fn open(&self) -> anyhow::Result<ImageStore> {
+        match self {
+            Self::Local(dir) => ImageStore::local(dir),
+            Self::S3FromEnv => ImageStore::s3_from_env(),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self::Local(DEFAULT_STORAGE_DIR.into())
+    }
+}
+
+/// An image read back, with what an HTTP cache needs to know of it.
+#[derive(Debug)]
+pub struct StoredImage {
+    pub bytes: Bytes,
+    /// The backend's entity tag, when it has one.
+    pub e_tag: Option<String>,
+    pub last_modified: std::time::SystemTime,
+}
+
 /// The image store. Cloning is cheap and clones share the backend and its connections.
 #[derive(Clone)]
 pub struct ImageStore {
     store: Arc<dyn ObjectStore>,
+    /// Presigns URLs of the bucket itself; `None` for a backend clients cannot reach (a
+    /// local directory), whose images the edge serves under its own signed URLs.
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl ImageStore {
     /// A store over any backend, e.g. `object_store::memory::InMemory` in tests.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            signer: None,
+        }
+    }
+
+    /// The backend's own URL signer, for a backend clients fetch from directly (S3).
+    pub fn signer(&self) -> Option<Arc<dyn Signer>> {
+        self.signer.clone()
     }
 
     /// A store in the directory `dir`, created if missing.
@@ -75,21 +132,21 @@ impl ImageStore {
     pub fn s3_from_env() -> anyhow::Result<Self> {
         let bucket: String = optional_var("ATELIER_S3_BUCKET")?
             .context("ATELIER_S3_BUCKET is not set: the S3 image store needs a bucket")?;
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(&bucket)
-            .build()
-            .with_context(|| format!("configuring the S3 image store for bucket {bucket:?}"))?;
-        Ok(Self::new(Arc::new(store)))
+        let store = Arc::new(
+            AmazonS3Builder::from_env()
+                .with_bucket_name(&bucket)
+                .build()
+                .with_context(|| format!("configuring the S3 image store for bucket {bucket:?}"))?,
+        );
+        Ok(Self {
+            store: store.clone(),
+            signer: Some(store),
+        })
     }
 
-    /// S3 when `ATELIER_S3_BUCKET` is set (see [`ImageStore::s3_from_env`]), else the
-    /// local directory `ATELIER_STORAGE_DIR` (default `.data/objects`).
+    /// The store [`Storage::from_env`] names.
     pub fn from_env() -> anyhow::Result<Self> {
-        if optional_var::<String>("ATELIER_S3_BUCKET")?.is_some() {
-            return Self::s3_from_env();
-        }
-        let dir: String = var_or("ATELIER_STORAGE_DIR", DEFAULT_STORAGE_DIR.to_owned())?;
-        Self::local(dir)
+        Storage::from_env()?.open()
     }
 
     /// Stores `png` at `key`, replacing what was there. Atomic on every backend: a reader
@@ -105,16 +162,28 @@ impl ImageStore {
 
     /// The image at `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        Ok(self.get_stored(key).await?.bytes)
+    }
+
+    /// The image at `key` with its entity tag and modification time.
+    pub async fn get_stored(&self, key: &str) -> Result<StoredImage, StorageError> {
         let path = parse_key(key)?;
         let found = self
             .store
             .get(&path)
             .await
             .map_err(|source| backend_error(key, source))?;
-        found
+        let e_tag = found.meta.e_tag.clone();
+        let last_modified = found.meta.last_modified.into();
+        let bytes = found
             .bytes()
             .await
-            .map_err(|source| backend_error(key, source))
+            .map_err(|source| backend_error(key, source))?;
+        Ok(StoredImage {
+            bytes,
+            e_tag,
+            last_modified,
+        })
     }
 }
 
@@ -339,7 +408,7 @@ mod tests {
     /// What `from_env` builds with exactly the given storage variables set.
     fn from_env_with(vars: &[(&str, &str)]) -> String {
         atelier_testkit::rerun_with_env(
-            "storage::tests::print_from_env",
+            "store::tests::print_from_env",
             PROBE,
             &["ATELIER_S3_", "ATELIER_STORAGE_", "AWS_"],
             vars,
