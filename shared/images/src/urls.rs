@@ -87,7 +87,7 @@ impl ImageUrls {
         Self {
             backend: Backend::Local {
                 base: base.trim_end_matches('/').to_owned(),
-                key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+                key: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)),
             },
             lifetime: lifetime.max(Duration::from_secs(4)),
         }
