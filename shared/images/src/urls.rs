@@ -62,7 +62,7 @@ enum Backend {
     /// The edge serves the images: `base` is its public HTTP root.
     Local {
         base: String,
-        key: hmac::Key,
+        key: Arc<hmac::Key>,
     },
     Presigned(Arc<dyn Signer>),
 }
