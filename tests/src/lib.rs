@@ -29,6 +29,9 @@ pub struct MeshOptions {
     pub automatic1111_url: Option<String>,
     /// Start the generation worker (a fast-path benchmark leaves the jobs queued).
     pub run_generation: bool,
+    pub watch: atelier_edge::config::WatchConfig,
+    /// The built web client the edge serves on its HTTP port.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for MeshOptions {
@@ -45,6 +48,8 @@ impl Default for MeshOptions {
             llm_url: None,
             automatic1111_url: None,
             run_generation: true,
+            watch: atelier_edge::config::WatchConfig::default(),
+            web_dir: None,
         }
     }
 }
@@ -53,6 +58,8 @@ impl Default for MeshOptions {
 /// streams and the stored images.
 pub struct Mesh {
     pub edge: RunningServer,
+    /// The edge's HTTP port: images, the web client, `/config.json`.
+    pub edge_http: std::net::SocketAddr,
     pub conversation: RunningServer,
     pub workers: Vec<RunningServer>,
     pub db: TestDatabase,
@@ -89,16 +96,35 @@ impl Mesh {
             atelier_conversation::run(conversation_config, listener, shutdown)
         })
         .await?;
+        let images = ImagesDir(
+            std::env::temp_dir().join(format!("atelier-mesh-images-{}", uuid::Uuid::now_v7())),
+        );
+        // Bound here, so the mesh knows where images and the web client are served.
+        let edge_http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let edge_http = edge_http_listener.local_addr()?;
         let edge_config = atelier_edge::Config {
             conversation_url: conversation.url(),
             service_token: ServiceToken::new(SERVICE_TOKEN),
             jwt: JwtVerifier::hs256(JWT_SECRET),
             cors_origins: vec![],
             rate_limit: options.rate_limit,
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            watch: options.watch.clone(),
+            http: atelier_edge::config::HttpConfig {
+                addr: edge_http,
+                web_dir: options.web_dir.clone(),
+                ..Default::default()
+            },
+            images: atelier_edge::config::ImagesConfig {
+                storage: atelier_images::Storage::Local(images.0.clone()),
+                ..Default::default()
+            },
         };
-        let edge =
-            spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))
-                .await?;
+        let edge = spawn_server(|listener, shutdown| {
+            atelier_edge::serve(edge_config, listener, edge_http_listener, shutdown)
+        })
+        .await?;
         let token = || ServiceToken::new(SERVICE_TOKEN);
         let llm = options.llm_url.as_deref().map(atelier_llm::LlmConfig::new);
         let intent_config = atelier_intent::Config {
@@ -129,9 +155,6 @@ impl Mesh {
         let title =
             spawn_server(|listener, shutdown| atelier_title::run(title_config, listener, shutdown))
                 .await?;
-        let images = ImagesDir(
-            std::env::temp_dir().join(format!("atelier-mesh-images-{}", uuid::Uuid::now_v7())),
-        );
         let generation_config = atelier_generation::Config {
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
@@ -158,6 +181,7 @@ impl Mesh {
         }
         Ok(Self {
             edge,
+            edge_http,
             conversation,
             workers,
             db,

@@ -1,38 +1,49 @@
-//! `atelier.v1.ChatService`: each RPC forwarded to the conversation service for the caller.
+//! `atelier.v1.ChatService`: each RPC forwarded to the conversation service for the caller,
+//! but WatchEvents, which the edge serves itself from NATS.
 //!
 //! The edge adds the user, the service credential and the trace context, carries the
 //! client's deadline over, and drops every other client header: nothing a user sends
-//! reaches an internal service but the request message itself.
+//! reaches an internal service but the request message itself. On the way back, every
+//! completed image gets a signed URL for the caller.
 
-use std::pin::Pin;
+use std::sync::Arc;
 
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_server::ChatService;
 use atelier_runtime::internal_call::{OutgoingCall, on_behalf_of};
-use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tonic_types::FieldViolation;
 
 use crate::error::EdgeError;
 use crate::gatekeeper::Caller;
+use crate::links::ImageLinks;
+use crate::watch::{EventStream, Watch};
 
 pub type ConversationClient = ConversationServiceClient<InterceptedService<Channel, OutgoingCall>>;
 
 pub struct ChatApi {
     pub conversation: ConversationClient,
+    pub links: ImageLinks,
+    pub watch: Arc<Watch>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The internal request for a public one: the message, the caller, the deadline.
-fn forward<T>(request: Request<T>) -> Result<Request<T>, Status> {
-    let caller = request
+/// The caller the gatekeeper admitted.
+fn caller<T>(request: &Request<T>) -> Result<String, Status> {
+    request
         .extensions()
         .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::internal("the gatekeeper did not run"))?;
+        .map(|caller| caller.0.clone())
+        .ok_or_else(|| Status::internal("the gatekeeper did not run"))
+}
+
+/// The internal request for a public one: the message, the caller, the deadline.
+fn forward<T>(request: Request<T>) -> Result<Request<T>, Status> {
+    let caller = Caller(caller(&request)?);
     let deadline = request.metadata().get("grpc-timeout").cloned();
     let mut forwarded = Request::new(request.into_inner());
     if let Some(deadline) = deadline {
@@ -115,72 +126,106 @@ impl ChatService for ChatApi {
         &self,
         request: Request<proto::SendMessageRequest>,
     ) -> Reply<proto::SendMessageResponse> {
-        relay(
+        let user = caller(&request)?;
+        let mut answer = relay(
             self.conversation
                 .clone()
                 .send_message(forward(request)?)
                 .await,
-        )
+        )?
+        .into_inner();
+        self.links
+            .sign_message(&user, answer.message.as_mut())
+            .await;
+        Ok(Response::new(answer))
     }
 
     async fn list_messages(
         &self,
         request: Request<proto::ListMessagesRequest>,
     ) -> Reply<proto::ListMessagesResponse> {
-        relay(
+        let user = caller(&request)?;
+        let mut answer = relay(
             self.conversation
                 .clone()
                 .list_messages(forward(request)?)
                 .await,
-        )
+        )?
+        .into_inner();
+        for message in &mut answer.messages {
+            self.links.sign_message(&user, Some(message)).await;
+        }
+        Ok(Response::new(answer))
     }
 
     async fn get_message(
         &self,
         request: Request<proto::GetMessageRequest>,
     ) -> Reply<proto::GetMessageResponse> {
-        relay(
+        let user = caller(&request)?;
+        let mut answer = relay(
             self.conversation
                 .clone()
                 .get_message(forward(request)?)
                 .await,
-        )
+        )?
+        .into_inner();
+        self.links
+            .sign_message(&user, answer.message.as_mut())
+            .await;
+        Ok(Response::new(answer))
     }
 
     async fn cancel_generation(
         &self,
         request: Request<proto::CancelGenerationRequest>,
     ) -> Reply<proto::CancelGenerationResponse> {
-        relay(
+        let user = caller(&request)?;
+        let mut answer = relay(
             self.conversation
                 .clone()
                 .cancel_generation(forward(request)?)
                 .await,
-        )
+        )?
+        .into_inner();
+        self.links
+            .sign_message(&user, answer.message.as_mut())
+            .await;
+        Ok(Response::new(answer))
     }
 
     async fn set_favorite(
         &self,
         request: Request<proto::SetFavoriteRequest>,
     ) -> Reply<proto::SetFavoriteResponse> {
-        relay(
+        let user = caller(&request)?;
+        let mut answer = relay(
             self.conversation
                 .clone()
                 .set_favorite(forward(request)?)
                 .await,
-        )
+        )?
+        .into_inner();
+        if let Some(generation) = answer.generation.as_mut() {
+            self.links.sign(&user, generation).await;
+        }
+        Ok(Response::new(answer))
     }
 
     async fn list_favorites(
         &self,
         request: Request<proto::ListFavoritesRequest>,
     ) -> Reply<proto::ListFavoritesResponse> {
-        relay(
+        let user = caller(&request)?;
+        let mut answer = relay(
             self.conversation
                 .clone()
                 .list_favorites(forward(request)?)
                 .await,
-        )
+        )?
+        .into_inner();
+        self.links.sign_all(&user, &mut answer.generations).await;
+        Ok(Response::new(answer))
     }
 
     async fn get_balance(
@@ -195,13 +240,42 @@ impl ChatService for ChatApi {
         )
     }
 
-    type WatchEventsStream =
-        Pin<Box<dyn Stream<Item = Result<proto::WatchEventsResponse, Status>> + Send>>;
+    type WatchEventsStream = EventStream;
 
     async fn watch_events(
         &self,
-        _request: Request<proto::WatchEventsRequest>,
+        request: Request<proto::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
-        Err(EdgeError::Unimplemented("WatchEvents").into())
+        let user = caller(&request)?;
+        let deadline = request.metadata().get("grpc-timeout").cloned();
+        let watch = request.into_inner();
+        let conversation_id = match watch.conversation_id.trim() {
+            "" => None,
+            id => {
+                if uuid::Uuid::parse_str(id).is_err() {
+                    return Err(atelier_runtime::grpc::invalid_argument(vec![
+                        FieldViolation::new(
+                            "conversation_id",
+                            "must be a conversation id (a UUID)",
+                        ),
+                    ]));
+                }
+                // Another user's conversation (or none) is NOT_FOUND, as everywhere.
+                let mut check = Request::new(proto::GetConversationRequest {
+                    conversation_id: id.to_owned(),
+                });
+                if let Some(deadline) = deadline {
+                    check.metadata_mut().insert("grpc-timeout", deadline);
+                }
+                on_behalf_of(&mut check, &user)?;
+                relay(self.conversation.clone().get_conversation(check).await)?;
+                Some(id.to_owned())
+            }
+        };
+        let stream = self
+            .watch
+            .open(&user, watch.resume_after, conversation_id)
+            .await?;
+        Ok(Response::new(stream))
     }
 }

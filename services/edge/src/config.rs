@@ -1,8 +1,10 @@
 //! The edge's settings, from the environment (see the README's table).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use atelier_runtime::config::{ConfigError, list_or, optional_var, var_or};
+use atelier_runtime::config::{ConfigError, Secret, list_or, optional_var, positive_var, var_or};
 use atelier_runtime::internal_call::ServiceToken;
 
 use crate::auth::JwtVerifier;
@@ -14,9 +16,83 @@ pub struct Config {
     pub conversation_url: String,
     pub service_token: ServiceToken,
     pub jwt: JwtVerifier,
-    /// Browser origins allowed to call over grpc-web; no other origin gets CORS headers.
+    /// Browser origins allowed to call over grpc-web; no other origin gets CORS headers
+    /// (but the edge's own web origin, [`HttpConfig::public_url`], always does).
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimit,
+    /// NATS, where WatchEvents reads the users' events.
+    pub nats_url: String,
+    /// The prefix of every subject and stream name (the same for the whole mesh).
+    pub subject_prefix: String,
+    pub watch: WatchConfig,
+    pub http: HttpConfig,
+    pub images: ImagesConfig,
+}
+
+/// How WatchEvents streams behave.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// A heartbeat goes out on a stream that sent nothing for this long, so proxies keep
+    /// it open and the client knows it is alive.
+    pub heartbeat: Duration,
+    /// Events waiting for one slow stream; one more ends that stream (it resumes from its
+    /// cursor) rather than slowing the others or growing memory.
+    pub buffer: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            buffer: 256,
+        }
+    }
+}
+
+/// The edge's plain HTTP port: signed image URLs (local storage), the web client, and
+/// the `/config.json` the web client starts from.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// The root clients reach the HTTP port at (image URLs start with it); `None` means
+    /// `http://<the bound address>`.
+    pub public_url: Option<String>,
+    /// The root clients reach the gRPC port at, told to the web client; `None` means
+    /// `http://<the bound address>`.
+    pub public_grpc_url: Option<String>,
+    /// The built web client (`web/dist`), served at `/`; `None` serves no page.
+    pub web_dir: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 50080)),
+            public_url: None,
+            public_grpc_url: None,
+            web_dir: None,
+        }
+    }
+}
+
+/// Where images are and how their URLs are signed.
+#[derive(Clone)]
+pub struct ImagesConfig {
+    pub storage: atelier_images::Storage,
+    /// Signs the URLs of a local store (HMAC-SHA256); unused with S3, which presigns.
+    pub url_secret: Secret,
+    /// How long a URL works, at least.
+    pub url_lifetime: Duration,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            storage: atelier_images::Storage::default(),
+            url_secret: Secret::new(DEFAULT_IMAGE_URL_SECRET),
+            url_lifetime: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The HS256 secret of the local mesh: fine on a laptop, never in production.
@@ -25,6 +101,33 @@ pub const DEFAULT_JWT_SECRET: &str = "atelier-local-jwt-secret";
 pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
 pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_CORS_ORIGINS: &[&str] = &["http://localhost:5173", "http://127.0.0.1:5173"];
+/// The image URL signing key of the local mesh: every edge replica must share the real one.
+pub const DEFAULT_IMAGE_URL_SECRET: &str = "atelier-local-image-url-secret";
+
+impl Default for Config {
+    /// The local mesh: every service on its default loopback port, the development secrets.
+    fn default() -> Self {
+        Self {
+            conversation_url: DEFAULT_CONVERSATION_URL.to_owned(),
+            service_token: ServiceToken::new(DEFAULT_SERVICE_TOKEN),
+            jwt: JwtVerifier::hs256(DEFAULT_JWT_SECRET.as_bytes()),
+            cors_origins: DEFAULT_CORS_ORIGINS
+                .iter()
+                .map(|origin| (*origin).to_owned())
+                .collect(),
+            rate_limit: RateLimit {
+                per_second: 20.0,
+                burst: 40,
+                idle_eviction: Duration::from_secs(600),
+            },
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            subject_prefix: "atelier".to_owned(),
+            watch: WatchConfig::default(),
+            http: HttpConfig::default(),
+            images: ImagesConfig::default(),
+        }
+    }
+}
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
@@ -69,6 +172,33 @@ impl Config {
                 per_second,
                 burst,
                 idle_eviction: Duration::from_secs(600),
+            },
+            nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
+            subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
+            watch: WatchConfig {
+                heartbeat: Duration::from_millis(positive_var(
+                    "ATELIER_WATCH_HEARTBEAT_MS",
+                    15_000,
+                )?),
+                buffer: usize::try_from(positive_var("ATELIER_WATCH_BUFFER", 256)?)
+                    .unwrap_or(usize::MAX),
+            },
+            http: HttpConfig {
+                addr: var_or("ATELIER_EDGE_HTTP_ADDR", HttpConfig::default().addr)?,
+                public_url: optional_var("ATELIER_EDGE_PUBLIC_HTTP_URL")?,
+                public_grpc_url: optional_var("ATELIER_EDGE_PUBLIC_GRPC_URL")?,
+                web_dir: optional_var::<String>("ATELIER_WEB_DIR")?.map(PathBuf::from),
+            },
+            images: ImagesConfig {
+                storage: atelier_images::Storage::from_env()?,
+                url_secret: Secret::new(var_or::<String>(
+                    "ATELIER_IMAGE_URL_SECRET",
+                    DEFAULT_IMAGE_URL_SECRET.to_owned(),
+                )?),
+                url_lifetime: Duration::from_secs(positive_var(
+                    "ATELIER_IMAGE_URL_TTL_SECONDS",
+                    3600,
+                )?),
             },
         })
     }

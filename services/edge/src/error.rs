@@ -20,8 +20,6 @@ pub enum EdgeError {
     Unauthenticated(#[from] AuthError),
     #[error("rate limited; retry in {0:?}")]
     RateLimited(Duration),
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
     #[error("upstream: {0}")]
     Upstream(Status),
 }
@@ -43,9 +41,6 @@ impl From<EdgeError> for Status {
                     details,
                 )
             }
-            EdgeError::Unimplemented(what) => Status::unimplemented(format!(
-                "{what} is not implemented yet; it arrives with the live event stream"
-            )),
             EdgeError::Upstream(status) => relay(status),
         }
     }

@@ -5,38 +5,71 @@
 //! call's JWT, rate-limits each user, and forwards the call to the conversation service
 //! with the user, the service credential and the trace context. Reflection lists only the
 //! public service, so internal APIs stay invisible from outside.
+//!
+//! It also serves what the conversation service cannot: WatchEvents, from NATS
+//! ([`watch`]), and signed image URLs ([`links`]), with the images themselves, the web
+//! client and its `/config.json` on a plain HTTP port of its own ([`http`]).
 
 pub mod auth;
 mod chat;
 pub mod config;
 mod error;
 mod gatekeeper;
+pub mod http;
+mod links;
 pub mod rate_limit;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::{HeaderName, HeaderValue, Method};
 use anyhow::Context as _;
+use atelier_images::ImageUrls;
 use atelier_proto::CHAT_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1::chat_service_server::ChatServiceServer;
 use atelier_runtime::grpc;
 use atelier_runtime::internal_call::OutgoingCall;
-use http::{HeaderName, HeaderValue, Method};
+use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
 use tonic_web::GrpcWebLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use crate::config::Config;
 
-/// Serves the public API on `listener` until `shutdown` resolves, then drains.
+/// Serves the public API on `listener` and the HTTP port on the configured address until
+/// `shutdown` resolves, then drains.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let http = TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.addr))?;
+    serve(config, listener, http, shutdown).await
+}
+
+/// [`run`] on listeners the caller bound: `grpc` for the API, `http` for images, the web
+/// client and its config.
+pub async fn serve(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let http_url = match &config.http.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => format!("http://{}", http.local_addr()?),
+    };
+    let grpc_url = match &config.http.public_grpc_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => format!("http://{}", grpc.local_addr()?),
+    };
     // Lazy: the edge starts (and reports health) while the conversation service is still
     // coming up; calls meanwhile answer UNAVAILABLE.
     let channel = Endpoint::from_shared(config.conversation_url.clone())
@@ -48,30 +81,86 @@ pub async fn run(
         channel,
         OutgoingCall::new(&config.service_token)?,
     );
+    let store = config
+        .images
+        .storage
+        .open()
+        .context("cannot open the image store")?;
+    let urls = Arc::new(match store.signer() {
+        Some(signer) => ImageUrls::presigned(signer, config.images.url_lifetime),
+        None => ImageUrls::local(
+            &http_url,
+            config.images.url_secret.expose().as_bytes(),
+            config.images.url_lifetime,
+        ),
+    });
+    let links = links::ImageLinks::new(Arc::clone(&urls));
+    // Connects in the background: the API answers while NATS is down; WatchEvents then
+    // answers UNAVAILABLE until it is back.
+    let nats = atelier_events::connect(&config.nats_url, "atelier-edge").await?;
+    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
+    let draining = CancellationToken::new();
+    let watch = Arc::new(watch::Watch::new(
+        nats,
+        subjects,
+        links.clone(),
+        config.watch.clone(),
+        draining.clone(),
+    ));
+
+    let site = Arc::new(http::Site {
+        urls,
+        store,
+        config_json: Bytes::from(serde_json::json!({ "grpcWebUrl": grpc_url }).to_string()),
+        web_dir: config.http.web_dir.clone(),
+    });
+    let http_server = tokio::spawn(http::serve(http, site, draining.clone()));
+
     let gatekeeper = gatekeeper::Gatekeeper {
         jwt: Arc::new(config.jwt.clone()),
         limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limit)),
     };
-    let chat = ChatServiceServer::with_interceptor(chat::ChatApi { conversation }, gatekeeper);
+    let chat = ChatServiceServer::with_interceptor(
+        chat::ChatApi {
+            conversation,
+            links,
+            watch,
+        },
+        gatekeeper,
+    );
     let (health, reflection_and_health) = grpc::health_and_reflection(&[CHAT_SERVICE_NAME])?;
+    let mut origins = config.cors_origins.clone();
+    // The web client the edge serves itself calls the API from the HTTP port's origin.
+    origins.push(http_url);
 
-    Server::builder()
+    let served = Server::builder()
         // Browsers speak grpc-web over HTTP/1.1; everyone else HTTP/2.
         .accept_http1(true)
+        // WatchEvents streams stay open for hours: find the connections of clients that
+        // vanished without closing them, so their streams end and free their buffers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Outermost: one span per call (preflights included), joined to the caller's trace.
         .layer(grpc::trace_layer())
         // CORS answers preflights before grpc-web translation, for listed origins only.
-        .layer(cors(&config.cors_origins)?)
+        .layer(cors(&origins)?)
         // grpc-web framing to and from plain gRPC for the services behind it.
         .layer(GrpcWebLayer::new())
         .add_routes(reflection_and_health)
         .add_service(chat)
         .serve_with_incoming_shutdown(
-            grpc::incoming(listener),
-            grpc::serve_until(health, vec![CHAT_SERVICE_NAME], shutdown),
+            grpc::incoming(grpc),
+            grpc::serve_until(health, vec![CHAT_SERVICE_NAME], async move {
+                shutdown.await;
+                // Streams end now (UNAVAILABLE, with their cursor), so the drain below
+                // waits only for unary calls.
+                draining.cancel();
+            }),
         )
         .await
-        .context("the edge server failed")
+        .context("the edge server failed");
+    let _ = http_server.await;
+    served
 }
 
 fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {

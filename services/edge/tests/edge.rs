@@ -23,6 +23,7 @@ const SERVICE_TOKEN: &str = "edge-test-service-token";
 const ALLOWED_ORIGIN: &str = "https://app.atelier.test";
 
 struct Mesh {
+    _images: ImagesDir,
     _db: TestDatabase,
     _nats: TestNats,
     _conversation: RunningServer,
@@ -35,6 +36,7 @@ impl Mesh {
         atelier_testkit::init_logging();
         let db = TestDatabase::create().await.expect("database");
         let nats = TestNats::new();
+        let images = ImagesDir::new();
         let conversation_config = atelier_conversation::Config {
             database: db.options(),
             max_connections: 8,
@@ -58,6 +60,11 @@ impl Mesh {
             jwt: JwtVerifier::hs256(JWT_SECRET),
             cors_origins: vec![ALLOWED_ORIGIN.to_owned()],
             rate_limit,
+            nats_url: nats.url.clone(),
+            subject_prefix: nats.prefix.clone(),
+            http: any_port(),
+            images: images_in(&images),
+            ..atelier_edge::Config::default()
         };
         let edge =
             spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))
@@ -69,6 +76,7 @@ impl Mesh {
             .await
             .expect("connect");
         Self {
+            _images: images,
             _db: db,
             _nats: nats,
             _conversation: conversation,
@@ -79,6 +87,36 @@ impl Mesh {
 
     fn client(&self) -> ChatServiceClient<Channel> {
         ChatServiceClient::new(self.channel.clone())
+    }
+}
+
+/// A temporary image directory, removed when dropped.
+struct ImagesDir(std::path::PathBuf);
+
+impl ImagesDir {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("atelier-edge-images-{}", uuid::Uuid::now_v7())))
+    }
+}
+
+impl Drop for ImagesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn images_in(dir: &ImagesDir) -> atelier_edge::config::ImagesConfig {
+    atelier_edge::config::ImagesConfig {
+        storage: atelier_images::Storage::Local(dir.0.clone()),
+        ..Default::default()
+    }
+}
+
+/// The HTTP port on any free loopback port.
+fn any_port() -> atelier_edge::config::HttpConfig {
+    atelier_edge::config::HttpConfig {
+        addr: "127.0.0.1:0".parse().expect("an address"),
+        ..Default::default()
     }
 }
 
@@ -146,7 +184,7 @@ async fn a_user_creates_a_conversation_and_sends_a_message_through_the_edge() {
     let status = client
         .send_message(with_token(
             proto::SendMessageRequest {
-                conversation_id: conversation.id,
+                conversation_id: conversation.id.clone(),
                 prompt: String::new(),
                 settings: None,
                 client_request_id: String::new(),
@@ -162,12 +200,36 @@ async fn a_user_creates_a_conversation_and_sends_a_message_through_the_edge() {
         .field_violations;
     assert_eq!(violations[0].field, "prompt");
 
-    // WatchEvents exists and says clearly that it is not there yet.
+    // WatchEvents' conversation filter is checked like every other id: malformed is
+    // INVALID_ARGUMENT naming the field, another user's is NOT_FOUND.
+    let watch = |conversation_id: &str, token: &str| {
+        with_token(
+            proto::WatchEventsRequest {
+                resume_after: None,
+                conversation_id: conversation_id.to_owned(),
+            },
+            token,
+        )
+    };
     let status = client
-        .watch_events(with_token(proto::WatchEventsRequest::default(), &token))
+        .watch_events(watch("not-a-uuid", &token))
         .await
-        .expect_err("not yet");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect_err("malformed");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = status
+        .get_details_bad_request()
+        .expect("details")
+        .field_violations;
+    assert_eq!(violations[0].field, "conversation_id");
+    let status = client
+        .watch_events(watch(&conversation.id, &token_for("mallory")))
+        .await
+        .expect_err("not mallory's");
+    assert_eq!(status.code(), Code::NotFound);
+    client
+        .watch_events(watch(&conversation.id, &token))
+        .await
+        .expect("alice watches her conversation");
 }
 
 #[tokio::test]
@@ -428,12 +490,16 @@ async fn an_unreachable_conversation_service_is_unavailable_not_internal() {
         .expect("bind");
     let url = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
+    let images = ImagesDir::new();
     let edge_config = atelier_edge::Config {
         conversation_url: url,
         service_token: ServiceToken::new(SERVICE_TOKEN),
         jwt: JwtVerifier::hs256(JWT_SECRET),
         cors_origins: vec![],
         rate_limit: generous(),
+        http: any_port(),
+        images: images_in(&images),
+        ..atelier_edge::Config::default()
     };
     let edge =
         spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))

@@ -64,6 +64,12 @@ pub mod error_reason {
     pub const GENERATION_LIMIT_REACHED: &str = "GENERATION_LIMIT_REACHED";
     /// Too many calls: wait for the RetryInfo delay.
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// A WatchEvents stream fell behind and was closed: reconnect with the `resume_after`
+    /// in the ErrorInfo metadata.
+    pub const SLOW_CONSUMER: &str = "SLOW_CONSUMER";
+    /// A WatchEvents stream was closed by the server (it drains): reconnect, to another
+    /// instance, with the `resume_after` in the ErrorInfo metadata.
+    pub const STREAM_CLOSED: &str = "STREAM_CLOSED";
 }
 
 /// The style presets `GenerationSettings.style_preset` accepts (empty means none).

@@ -79,6 +79,27 @@ pub fn list_or(name: &str, default: &[&str]) -> Result<Vec<String>, ConfigError>
     })
 }
 
+/// A secret setting: its `Debug` never prints it, and reading it takes an explicit
+/// [`Secret::expose`], so it does not reach a log by accident.
+#[derive(Clone)]
+pub struct Secret(std::sync::Arc<str>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(std::sync::Arc::from(value.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// The exit code for a configuration error (EX_USAGE, as in sysexits.h).
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
@@ -98,6 +119,13 @@ mod tests {
             positive_var("ATELIER_TEST_SURELY_UNSET_VARIABLE", 3).expect("default"),
             3
         );
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let secret = Secret::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(secret.expose(), "hunter2");
     }
 
     #[test]

@@ -1,0 +1,342 @@
+//! WatchEvents: every event of the caller, live, resumable from a cursor with no gap and
+//! no duplicate.
+//!
+//! A stream is, in order:
+//!
+//! 1. a [`Membership`] in its user's feed ([`hub`]): from then on every event stored for
+//!    the user reaches this stream live;
+//! 2. a start: with `resume_after`, the events stored after it are replayed from the
+//!    stream ([`log`]) first, or `resync_required` is sent when they may be gone; without,
+//!    the stream starts at the newest sequence;
+//! 3. live events, each checked against the stream's [`Position`]: duplicates of the
+//!    replay are dropped, and a missed predecessor sends the stream back to the log to
+//!    fill the gap before anything newer;
+//! 4. heartbeats when nothing was sent for the configured interval.
+//!
+//! It ends with RESOURCE_EXHAUSTED when the client fell behind (its queue overflowed) and
+//! with UNAVAILABLE when the edge drains or NATS cannot serve it; both carry the cursor to
+//! resume from. Nothing in a stream grows without bound: one queue of `buffer` events,
+//! one event read ahead.
+
+mod cursor;
+mod hub;
+mod log;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use atelier_events::Subjects;
+use atelier_proto::error_reason;
+use atelier_proto::v1 as proto;
+use futures::Stream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use self::cursor::{Live, Position, Resume};
+use self::hub::{Hub, Membership};
+use self::log::{EventLog, Replay};
+use crate::config::WatchConfig;
+use crate::links::ImageLinks;
+
+pub use self::hub::LiveEvent;
+
+/// What every stream of this edge shares.
+pub struct Watch {
+    hub: Arc<Hub>,
+    log: EventLog,
+    links: ImageLinks,
+    subjects: Subjects,
+    config: WatchConfig,
+    /// Cancelled when the edge drains: every stream ends with UNAVAILABLE.
+    draining: CancellationToken,
+}
+
+/// A stream of WatchEvents responses.
+pub type EventStream =
+    Pin<Box<dyn Stream<Item = Result<proto::WatchEventsResponse, Status>> + Send>>;
+
+impl Watch {
+    pub fn new(
+        nats: async_nats::Client,
+        subjects: Subjects,
+        links: ImageLinks,
+        config: WatchConfig,
+        draining: CancellationToken,
+    ) -> Self {
+        let log = EventLog::new(async_nats::jetstream::new(nats.clone()), subjects.clone());
+        Self {
+            hub: Arc::new(Hub::new(
+                nats,
+                subjects.clone(),
+                links.clone(),
+                config.buffer,
+            )),
+            log,
+            links,
+            subjects,
+            config,
+            draining,
+        }
+    }
+
+    /// Opens a stream for `user_id`. The live subscription is in place when this returns;
+    /// the replay (if any) runs as the client reads.
+    pub async fn open(
+        self: &Arc<Self>,
+        user_id: &str,
+        resume_after: Option<u64>,
+        conversation_id: Option<String>,
+    ) -> Result<EventStream, Status> {
+        if self.draining.is_cancelled() {
+            return Err(draining(None));
+        }
+        let membership = self.hub.join(user_id).await?;
+        let stream = WatchStream {
+            watch: Arc::clone(self),
+            user_id: user_id.to_owned(),
+            subject: self.subjects.user_events(user_id),
+            conversation_id,
+            membership,
+            position: Position::default(),
+            delivered: resume_after,
+            phase: Phase::Starting { resume_after },
+            ready: None,
+            heartbeat: Box::pin(tokio::time::sleep(self.config.heartbeat)),
+            ended: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            stream,
+            |mut stream| async move { stream.next().await.map(|item| (item, stream)) },
+        )))
+    }
+}
+
+enum Phase {
+    Starting {
+        resume_after: Option<u64>,
+    },
+    /// Reading stored events (a resume, or a gap) before going back to live ones.
+    Replaying(Box<Replay>),
+    Live,
+}
+
+struct WatchStream {
+    watch: Arc<Watch>,
+    user_id: String,
+    /// The user's subject in the events stream.
+    subject: String,
+    /// Only this conversation's events, when set.
+    conversation_id: Option<String>,
+    membership: Membership,
+    position: Position,
+    /// The last cursor sent to the client (or the one it resumed from): where it must
+    /// resume if this stream ends.
+    delivered: Option<u64>,
+    phase: Phase,
+    /// The next response, once decided: at most one is held.
+    ready: Option<proto::WatchEventsResponse>,
+    heartbeat: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+impl WatchStream {
+    async fn next(&mut self) -> Option<Result<proto::WatchEventsResponse, Status>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(response) = self.ready.take() {
+                self.delivered = Some(response.cursor);
+                let next_heartbeat = Instant::now() + self.watch.config.heartbeat;
+                self.heartbeat.as_mut().reset(next_heartbeat);
+                return Some(Ok(response));
+            }
+            let step = match &mut self.phase {
+                Phase::Starting { resume_after } => {
+                    let resume_after = *resume_after;
+                    self.start(resume_after).await
+                }
+                Phase::Replaying(_) => self.replay_next().await,
+                Phase::Live => self.live_next().await,
+            };
+            if let Err(status) = step {
+                self.ended = true;
+                return Some(Err(status));
+            }
+        }
+    }
+
+    async fn start(&mut self, resume_after: Option<u64>) -> Result<(), Status> {
+        let bounds = self.watch.log.bounds().await?;
+        match resume_after.map(|cursor| cursor::resume(cursor, bounds)) {
+            None => {
+                // Live only: what is stored from now on, no earlier event. A heartbeat
+                // first, so the client holds a cursor at once: a reconnect before its first
+                // event then misses nothing.
+                self.position = Position::new(bounds.last);
+                self.ready = Some(self.notice(
+                    bounds.last,
+                    proto::event::Payload::Heartbeat(proto::Heartbeat {}),
+                ));
+                self.phase = Phase::Live;
+            }
+            Some(Resume::Stale) => {
+                self.position = Position::new(bounds.last);
+                self.ready = Some(self.notice(
+                    bounds.last,
+                    proto::event::Payload::ResyncRequired(proto::ResyncRequired {}),
+                ));
+                self.phase = Phase::Live;
+            }
+            Some(Resume::After(cursor)) => {
+                self.position = Position::new(cursor);
+                self.phase = Phase::Replaying(Box::new(
+                    self.watch.log.replay(&self.subject, cursor).await?,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn replay_next(&mut self) -> Result<(), Status> {
+        let Phase::Replaying(replay) = &mut self.phase else {
+            return Ok(());
+        };
+        let stored = tokio::select! {
+            biased;
+            () = self.watch.draining.cancelled() => return Err(draining(self.delivered)),
+            stored = replay.next() => stored?,
+        };
+        match stored {
+            Some(mut stored) => {
+                if stored.sequence > self.position.sequence() {
+                    self.position.advance(stored.sequence);
+                    if self.wants(&stored.event) {
+                        self.watch
+                            .links
+                            .sign_event(&self.user_id, &mut stored.event)
+                            .await;
+                        self.ready = Some(proto::WatchEventsResponse {
+                            cursor: stored.sequence,
+                            event: Some(stored.event),
+                        });
+                    }
+                }
+            }
+            None => self.phase = Phase::Live,
+        }
+        Ok(())
+    }
+
+    async fn live_next(&mut self) -> Result<(), Status> {
+        if self.membership.overflowed() {
+            return Err(slow_consumer(self.delivered));
+        }
+        tokio::select! {
+            biased;
+            () = self.watch.draining.cancelled() => Err(draining(self.delivered)),
+            live = self.membership.recv() => match live {
+                Some(live) => self.on_live(&live).await,
+                None if self.membership.overflowed() => Err(slow_consumer(self.delivered)),
+                None => Err(draining(self.delivered)),
+            },
+            () = &mut self.heartbeat => {
+                let cursor = self.position.sequence();
+                self.ready = Some(self.notice(cursor, proto::event::Payload::Heartbeat(proto::Heartbeat {})));
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_live(&mut self, live: &LiveEvent) -> Result<(), Status> {
+        match self.position.classify(live.sequence, live.previous) {
+            Live::Duplicate => {}
+            Live::Gap => {
+                tracing::info!(
+                    after = self.position.sequence(),
+                    sequence = live.sequence,
+                    "live event gap; reading it from the stream"
+                );
+                let replay = self
+                    .watch
+                    .log
+                    .replay(&self.subject, self.position.sequence())
+                    .await?;
+                self.phase = Phase::Replaying(Box::new(replay));
+            }
+            Live::Next => {
+                self.position.advance(live.sequence);
+                if self.wants(&live.event) {
+                    self.ready = Some(proto::WatchEventsResponse {
+                        cursor: live.sequence,
+                        event: Some(live.event.clone()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wants(&self, event: &proto::Event) -> bool {
+        self.conversation_id
+            .as_deref()
+            .is_none_or(|conversation| event.conversation_id == conversation)
+    }
+
+    /// An event of the edge's own (a heartbeat, resync_required) at `cursor`.
+    fn notice(&self, cursor: u64, payload: proto::event::Payload) -> proto::WatchEventsResponse {
+        proto::WatchEventsResponse {
+            cursor,
+            event: Some(proto::Event {
+                id: uuid::Uuid::now_v7().to_string(),
+                occurred_at: Some(SystemTime::now().into()),
+                user_id: self.user_id.clone(),
+                conversation_id: self.conversation_id.clone().unwrap_or_default(),
+                message_id: String::new(),
+                payload: Some(payload),
+            }),
+        }
+    }
+}
+
+/// The status that ends a stream whose client fell behind.
+fn slow_consumer(delivered: Option<u64>) -> Status {
+    ended(
+        Code::ResourceExhausted,
+        error_reason::SLOW_CONSUMER,
+        "this stream fell behind and was closed",
+        delivered,
+    )
+}
+
+/// The status that ends a stream when the edge drains (or loses its event feed).
+fn draining(delivered: Option<u64>) -> Status {
+    ended(
+        Code::Unavailable,
+        error_reason::STREAM_CLOSED,
+        "this server is closing the stream",
+        delivered,
+    )
+}
+
+/// A stream's end, telling the client where to resume: in the message for people, and as
+/// ErrorInfo metadata `resume_after` for code.
+fn ended(code: Code, reason: &str, what: &str, delivered: Option<u64>) -> Status {
+    let (message, metadata) = match delivered {
+        Some(cursor) => (
+            format!("{what}; reconnect with resume_after={cursor}"),
+            HashMap::from([("resume_after".to_owned(), cursor.to_string())]),
+        ),
+        None => (format!("{what}; reconnect"), HashMap::new()),
+    };
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, error_reason::DOMAIN, metadata);
+    if code == Code::Unavailable {
+        details.set_retry_info(Some(Duration::from_millis(100)));
+    }
+    Status::with_error_details(code, message, details)
+}
