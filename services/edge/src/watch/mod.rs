@@ -83,8 +83,10 @@ impl Watch {
         }
     }
 
-    /// Opens a stream for `user_id`. The live subscription is in place when this returns;
-    /// the replay (if any) runs as the client reads.
+    /// Opens a stream for `user_id`. When this returns, the live subscription is in place
+    /// and the stream's start is fixed: everything stored from now on reaches it (the
+    /// client may act on the answer's headers at once), and with `resume_after`, what was
+    /// stored after that cursor is replayed first as the client reads.
     pub async fn open(
         self: &Arc<Self>,
         user_id: &str,
@@ -95,19 +97,37 @@ impl Watch {
             return Err(draining(None));
         }
         let membership = self.hub.join(user_id).await?;
-        let stream = WatchStream {
+        // After the subscription: an event stored between the two is both at or below
+        // `bounds.last` and delivered live, and the position drops the live copy.
+        let bounds = self.log.bounds().await?;
+        let mut stream = WatchStream {
             watch: Arc::clone(self),
             user_id: user_id.to_owned(),
             subject: self.subjects.user_events(user_id),
             conversation_id,
             membership,
-            position: Position::default(),
+            position: Position::new(bounds.last),
             delivered: resume_after,
-            phase: Phase::Starting { resume_after },
+            phase: Phase::Live,
             ready: None,
             heartbeat: Box::pin(tokio::time::sleep(self.config.heartbeat)),
             ended: false,
         };
+        match resume_after.map(|cursor| cursor::resume(cursor, bounds)) {
+            // Live only: what is stored from now on. A heartbeat first, so the client
+            // holds a cursor at once and a reconnect before its first event misses nothing.
+            None => stream.ready = Some(stream.notice(bounds.last, heartbeat())),
+            Some(Resume::Stale) => {
+                stream.ready = Some(stream.notice(
+                    bounds.last,
+                    proto::event::Payload::ResyncRequired(proto::ResyncRequired {}),
+                ));
+            }
+            Some(Resume::After(cursor)) => {
+                stream.position = Position::new(cursor);
+                stream.phase = Phase::Starting { after: cursor };
+            }
+        }
         Ok(Box::pin(futures::stream::unfold(
             stream,
             |mut stream| async move { stream.next().await.map(|item| (item, stream)) },
@@ -115,9 +135,14 @@ impl Watch {
     }
 }
 
+fn heartbeat() -> proto::event::Payload {
+    proto::event::Payload::Heartbeat(proto::Heartbeat {})
+}
+
 enum Phase {
+    /// About to replay what follows a cursor (the replay starts on the first read).
     Starting {
-        resume_after: Option<u64>,
+        after: u64,
     },
     /// Reading stored events (a resume, or a gap) before going back to live ones.
     Replaying(Box<Replay>),
@@ -156,9 +181,13 @@ impl WatchStream {
                 return Some(Ok(response));
             }
             let step = match &mut self.phase {
-                Phase::Starting { resume_after } => {
-                    let resume_after = *resume_after;
-                    self.start(resume_after).await
+                Phase::Starting { after } => {
+                    let after = *after;
+                    self.watch
+                        .log
+                        .replay(&self.subject, after)
+                        .await
+                        .map(|replay| self.phase = Phase::Replaying(Box::new(replay)))
                 }
                 Phase::Replaying(_) => self.replay_next().await,
                 Phase::Live => self.live_next().await,
@@ -168,38 +197,6 @@ impl WatchStream {
                 return Some(Err(status));
             }
         }
-    }
-
-    async fn start(&mut self, resume_after: Option<u64>) -> Result<(), Status> {
-        let bounds = self.watch.log.bounds().await?;
-        match resume_after.map(|cursor| cursor::resume(cursor, bounds)) {
-            None => {
-                // Live only: what is stored from now on, no earlier event. A heartbeat
-                // first, so the client holds a cursor at once: a reconnect before its first
-                // event then misses nothing.
-                self.position = Position::new(bounds.last);
-                self.ready = Some(self.notice(
-                    bounds.last,
-                    proto::event::Payload::Heartbeat(proto::Heartbeat {}),
-                ));
-                self.phase = Phase::Live;
-            }
-            Some(Resume::Stale) => {
-                self.position = Position::new(bounds.last);
-                self.ready = Some(self.notice(
-                    bounds.last,
-                    proto::event::Payload::ResyncRequired(proto::ResyncRequired {}),
-                ));
-                self.phase = Phase::Live;
-            }
-            Some(Resume::After(cursor)) => {
-                self.position = Position::new(cursor);
-                self.phase = Phase::Replaying(Box::new(
-                    self.watch.log.replay(&self.subject, cursor).await?,
-                ));
-            }
-        }
-        Ok(())
     }
 
     async fn replay_next(&mut self) -> Result<(), Status> {
@@ -246,7 +243,7 @@ impl WatchStream {
             },
             () = &mut self.heartbeat => {
                 let cursor = self.position.sequence();
-                self.ready = Some(self.notice(cursor, proto::event::Payload::Heartbeat(proto::Heartbeat {})));
+                self.ready = Some(self.notice(cursor, heartbeat()));
                 Ok(())
             }
         }
