@@ -706,13 +706,8 @@ async fn a_filtered_stream_shows_one_conversation_and_still_moves_its_cursor() {
     );
     // The heartbeat's cursor is past the other conversation's events: resuming from it
     // replays none of them.
-    let heartbeat = loop {
-        let response = next_response(&mut filtered).await.expect("no error");
-        if is_heartbeat(&response) {
-            break response;
-        }
-        panic!("unexpected {response:?}");
-    };
+    let heartbeat = next_response(&mut filtered).await.expect("no error");
+    assert!(is_heartbeat(&heartbeat), "unexpected {heartbeat:?}");
     assert_eq!(heartbeat.cursor, last_other);
     // A resumed filtered stream replays only its conversation.
     let mut replayed = client
