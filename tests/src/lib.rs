@@ -209,6 +209,80 @@ impl Mesh {
     }
 }
 
+/// A client's WatchEvents stream, read as a client reads it: heartbeats skipped, the
+/// cursor kept.
+pub struct Watcher {
+    stream: tonic::Streaming<atelier_proto::v1::WatchEventsResponse>,
+    /// The last cursor received (heartbeats included).
+    pub cursor: Option<u64>,
+}
+
+impl Watcher {
+    /// Opens a stream for the bearer's user on `channel`, live or after `resume_after`.
+    pub async fn open(
+        channel: Channel,
+        bearer: &str,
+        resume_after: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let request = authorized(
+            atelier_proto::v1::WatchEventsRequest {
+                resume_after,
+                conversation_id: String::new(),
+            },
+            bearer,
+        )?;
+        let stream = atelier_proto::v1::chat_service_client::ChatServiceClient::new(channel)
+            .watch_events(request)
+            .await?
+            .into_inner();
+        Ok(Self {
+            stream,
+            cursor: resume_after,
+        })
+    }
+
+    /// The next event that is not a heartbeat, within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> anyhow::Result<atelier_proto::v1::Event> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let response = tokio::time::timeout_at(deadline, self.stream.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("no event within {wait:?}"))??
+                .ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+            self.cursor = Some(response.cursor);
+            let event = response
+                .event
+                .ok_or_else(|| anyhow::anyhow!("a response without an event"))?;
+            if !matches!(
+                event.payload,
+                Some(atelier_proto::v1::event::Payload::Heartbeat(_))
+            ) {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+/// The name of an event's payload, e.g. `generation_completed`.
+pub fn kind(event: &atelier_proto::v1::Event) -> &'static str {
+    use atelier_proto::v1::event::Payload;
+    match &event.payload {
+        Some(Payload::MessageCreated(_)) => "message_created",
+        Some(Payload::GenerationQueued(_)) => "generation_queued",
+        Some(Payload::GenerationStarted(_)) => "generation_started",
+        Some(Payload::IntentResolved(_)) => "intent_resolved",
+        Some(Payload::GenerationProgress(_)) => "generation_progress",
+        Some(Payload::GenerationCompleted(_)) => "generation_completed",
+        Some(Payload::GenerationFailed(_)) => "generation_failed",
+        Some(Payload::GenerationCancelled(_)) => "generation_cancelled",
+        Some(Payload::TitleUpdated(_)) => "title_updated",
+        Some(Payload::CreditsChanged(_)) => "credits_changed",
+        Some(Payload::ResyncRequired(_)) => "resync_required",
+        Some(Payload::Heartbeat(_)) => "heartbeat",
+        None => "none",
+    }
+}
+
 /// Wraps `message` in a request carrying `bearer` as its authorization.
 pub fn authorized<T>(message: T, bearer: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);

@@ -1,8 +1,11 @@
 //! End-to-end: the whole mesh in one process, driven only through the public API.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
-use atelier_tests::{Mesh, MeshOptions, authorized};
+use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, kind};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -12,6 +15,10 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
     let mesh = Mesh::start(MeshOptions::default()).await.expect("mesh");
     let bearer = mesh.bearer("alice").expect("token");
     let mut chat = ChatServiceClient::new(mesh.connect().await.expect("connect"));
+    // The client watches its events before it sends anything.
+    let mut watcher = Watcher::open(mesh.connect().await.expect("connect"), &bearer, None)
+        .await
+        .expect("watch");
 
     let conversation = chat
         .create_conversation(
@@ -81,45 +88,189 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
     let newest_first: Vec<_> = sent.iter().rev().cloned().collect();
     assert_eq!(ids(&history.messages), ids(&newest_first));
 
-    // The pipeline makes every image: follow each message to its stored picture.
-    for message in &sent {
-        let mut settled = None;
-        for _ in 0..300 {
-            let current = chat
-                .get_message(
-                    authorized(
-                        proto::GetMessageRequest {
-                            message_id: message.id.clone(),
-                        },
-                        &bearer,
-                    )
-                    .expect("request"),
-                )
-                .await
-                .expect("get")
-                .into_inner()
-                .message
-                .expect("message");
-            if current.status() == proto::MessageStatus::Completed {
-                settled = Some(current);
-                break;
+    // The pipeline makes every image: follow each message through WatchEvents, as a
+    // client does, to its completed generations.
+    let mut steps: HashMap<String, Vec<&'static str>> = HashMap::new();
+    let mut unfinished: usize = sent.iter().map(|message| message.generations.len()).sum();
+    while unfinished > 0 {
+        let event = watcher
+            .next(Duration::from_secs(30))
+            .await
+            .expect("the pipeline's next event");
+        assert_eq!(event.user_id, "alice");
+        if let Some(proto::event::Payload::GenerationCompleted(done)) = &event.payload {
+            for generation in &done.generations {
+                assert_eq!(generation.status(), proto::GenerationStatus::Completed);
+                assert!(
+                    generation.image_url.starts_with("http://"),
+                    "{generation:?}"
+                );
             }
-            assert_ne!(
-                current.status(),
-                proto::MessageStatus::Failed,
-                "{current:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            unfinished -= done.generations.len();
         }
-        let settled = settled.expect("completed within 30 s");
+        assert!(
+            !matches!(
+                event.payload,
+                Some(proto::event::Payload::GenerationFailed(_))
+            ),
+            "{event:?}"
+        );
+        steps
+            .entry(event.message_id.clone())
+            .or_default()
+            .push(kind(&event));
+    }
+    for message in &sent {
+        let steps = &steps[&message.id];
+        let at = |kind: &str| {
+            steps
+                .iter()
+                .position(|step| *step == kind)
+                .unwrap_or_else(|| panic!("{kind} in {steps:?}"))
+        };
+        // Each step once, in causal order; progress between the start and the end.
+        assert!(
+            at("message_created") < at("generation_started"),
+            "{steps:?}"
+        );
+        assert!(
+            at("generation_started") < at("intent_resolved"),
+            "{steps:?}"
+        );
+        assert!(
+            at("intent_resolved") < at("generation_progress"),
+            "{steps:?}"
+        );
+        assert!(
+            at("generation_progress") < at("generation_completed"),
+            "{steps:?}"
+        );
+        for kind in ["message_created", "generation_started", "intent_resolved"] {
+            assert_eq!(
+                steps.iter().filter(|step| **step == kind).count(),
+                1,
+                "{steps:?}"
+            );
+        }
+    }
+
+    // Every completed image has a signed URL the edge serves: in GetMessage, ListMessages
+    // and ListFavorites.
+    let http = reqwest::Client::new();
+    let mut image_urls = Vec::new();
+    for message in &sent {
+        let settled = chat
+            .get_message(
+                authorized(
+                    proto::GetMessageRequest {
+                        message_id: message.id.clone(),
+                    },
+                    &bearer,
+                )
+                .expect("request"),
+            )
+            .await
+            .expect("get")
+            .into_inner()
+            .message
+            .expect("message");
+        assert_eq!(settled.status(), proto::MessageStatus::Completed);
         assert!(!settled.enhanced_prompt.is_empty());
-        let store = mesh.images().expect("store");
         for generation in &settled.generations {
             assert_eq!(generation.status(), proto::GenerationStatus::Completed);
-            let key = atelier_images::key_for("alice", &generation.id);
-            let png = store.get(&key).await.expect("the image is in storage");
-            assert!(png.starts_with(b"\x89PNG"), "a PNG");
+            assert!(generation.image_url_expires_at.is_some());
+            let fetched = http.get(&generation.image_url).send().await.expect("GET");
+            assert_eq!(fetched.status(), 200, "{}", generation.image_url);
+            assert_eq!(fetched.headers()["content-type"], "image/png");
+            let png = fetched.bytes().await.expect("body");
+            let decoded = png::Decoder::new(std::io::Cursor::new(png.to_vec()))
+                .read_info()
+                .expect("a PNG");
+            assert_eq!(decoded.info().width, generation.width);
+            image_urls.push((generation.id.clone(), generation.image_url.clone()));
         }
+    }
+    let history = chat
+        .list_messages(
+            authorized(
+                proto::ListMessagesRequest {
+                    conversation_id: conversation.id.clone(),
+                    ..Default::default()
+                },
+                &bearer,
+            )
+            .expect("request"),
+        )
+        .await
+        .expect("list")
+        .into_inner();
+    for generation in history.messages.iter().flat_map(|m| &m.generations) {
+        assert!(!generation.image_url.is_empty(), "{generation:?}");
+    }
+    let (favorite_id, favorite_url) = image_urls[0].clone();
+    chat.set_favorite(
+        authorized(
+            proto::SetFavoriteRequest {
+                generation_id: favorite_id.clone(),
+                favorite: true,
+            },
+            &bearer,
+        )
+        .expect("request"),
+    )
+    .await
+    .expect("favourite");
+    let favorites = chat
+        .list_favorites(
+            authorized(proto::ListFavoritesRequest::default(), &bearer).expect("request"),
+        )
+        .await
+        .expect("favourites")
+        .into_inner();
+    assert_eq!(favorites.generations[0].id, favorite_id);
+    // URLs are stable for a while, so a browser's cache keeps working across reloads.
+    assert_eq!(favorites.generations[0].image_url, favorite_url);
+
+    // A cache revalidates with the entity tag.
+    let first = http.get(&favorite_url).send().await.expect("GET");
+    let etag = first.headers()["etag"].clone();
+    assert!(
+        first.headers()["cache-control"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("private, max-age=")
+    );
+    let again = http
+        .get(&favorite_url)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(again.status(), 304);
+
+    // Tampered, another user's and expired URLs are all a bare 403.
+    let tampered = favorite_url.replace("signature=", "signature=A");
+    let bobs = favorite_url.replace(
+        &atelier_images::key_for("alice", &favorite_id),
+        &atelier_images::key_for("bob", &favorite_id),
+    );
+    let expired = atelier_images::ImageUrls::local(
+        &format!("http://{}", mesh.edge_http),
+        atelier_edge::config::DEFAULT_IMAGE_URL_SECRET.as_bytes(),
+        Duration::from_secs(60),
+    )
+    .url_for(
+        "alice",
+        &favorite_id,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    )
+    .await
+    .expect("signed")
+    .url;
+    for refused in [tampered, bobs, expired] {
+        let response = http.get(&refused).send().await.expect("GET");
+        assert_eq!(response.status(), 403, "{refused}");
+        assert!(response.bytes().await.expect("body").is_empty());
     }
 
     let listed = chat
