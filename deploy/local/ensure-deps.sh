@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure everything Atelier needs locally is present and running:
-# PostgreSQL, NATS with JetStream, cargo, cargo-nextest and npm (for buf lint).
+# PostgreSQL, NATS with JetStream, cargo, cargo-nextest and npm (buf lint, the web
+# client); with --browser also Chromium (the web client's browser test).
 # Idempotent: when everything is already there it only probes and prints one
 # "ok" line per dependency. It installs (apt-get) and starts things only when
 # they are missing.
@@ -312,8 +313,26 @@ ensure_npm() {
   echo "npm: ok (installed $(npm --version 2>/dev/null))"
 }
 
+# ------------------------------------------------------------------ Chromium
+
+# The browser test drives Debian's Chromium through playwright-core (a browser download
+# of playwright's own cannot run on these machines).
+ensure_chromium() {
+  local chromium="${CHROMIUM:-/usr/bin/chromium}"
+  if [ -x "$chromium" ]; then
+    echo "chromium: ok ($("$chromium" --version 2>/dev/null || echo "$chromium"))"
+    return
+  fi
+  apt_install chromium
+  [ -x "$chromium" ] || die "chromium: installed, but $chromium is still missing (set CHROMIUM)"
+  echo "chromium: ok (installed $("$chromium" --version 2>/dev/null))"
+}
+
 ensure_postgres
 ensure_nats
 ensure_cargo
 ensure_nextest
 ensure_npm
+if [ "${1:-}" = --browser ]; then
+  ensure_chromium
+fi

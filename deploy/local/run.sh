@@ -7,6 +7,7 @@
 # Every default can be overridden from the environment:
 #   ATELIER_DATABASE_URL, ATELIER_NATS_URL, ATELIER_CONVERSATION_URL,
 #   ATELIER_<SERVICE>_LISTEN_ADDR (e.g. ATELIER_EDGE_LISTEN_ADDR),
+#   ATELIER_EDGE_HTTP_ADDR (127.0.0.1:50080): images and the web client,
 #   ATELIER_PG_HOST / ATELIER_PG_PORT / ATELIER_NATS_PORT (see ensure-deps.sh),
 #   ATELIER_RUN_WAIT_SECS (30): how long to wait for a service to listen.
 # Anything else in the caller's environment (RUST_LOG, JWT settings, ...) is
@@ -36,6 +37,8 @@ declare -A listen=(
   [generation]="${ATELIER_GENERATION_LISTEN_ADDR:-127.0.0.1:50056}"
   [edge]="${ATELIER_EDGE_LISTEN_ADDR:-127.0.0.1:50051}"
 )
+edge_http="${ATELIER_EDGE_HTTP_ADDR:-127.0.0.1:50080}"
+storage_dir="${ATELIER_STORAGE_DIR:-$repo/.data/objects}"
 database_url="${ATELIER_DATABASE_URL:-postgres://postgres@$pg_host:$pg_port/atelier}"
 nats_url="${ATELIER_NATS_URL:-nats://127.0.0.1:${ATELIER_NATS_PORT:-4222}}"
 conversation_url="${ATELIER_CONVERSATION_URL:-http://${listen[conversation]}}"
@@ -62,6 +65,9 @@ for svc in "${services[@]}"; do
     die "port for $svc (${listen[$svc]}) is already in use; stop whatever holds it (or set ATELIER_${svc^^}_LISTEN_ADDR)"
   fi
 done
+if addr_open "$edge_http"; then
+  die "the edge's HTTP port ($edge_http) is already in use; stop whatever holds it (or set ATELIER_EDGE_HTTP_ADDR)"
+fi
 
 bash deploy/local/ensure-deps.sh
 
@@ -77,6 +83,7 @@ fi
 
 say "cargo build --workspace --bins"
 cargo build --workspace --bins
+bash deploy/local/build-web.sh
 
 for svc in "${services[@]}"; do
   [ -x "$bin_dir/atelier-$svc" ] \
@@ -172,21 +179,29 @@ start title ATELIER_CONVERSATION_URL="$conversation_url"
 start generation ATELIER_CONVERSATION_URL="$conversation_url" \
   ATELIER_INTENT_URL="http://${listen[intent]}" \
   ATELIER_ENHANCEMENT_URL="http://${listen[enhancement]}" \
-  ATELIER_STORAGE_DIR="${ATELIER_STORAGE_DIR:-$repo/.data/objects}"
-# The edge forwards to conversation, so let conversation come up first.
+  ATELIER_STORAGE_DIR="$storage_dir"
+# The edge forwards to conversation, so let conversation come up first. It reads the
+# images the worker stores (to serve them under signed URLs), serves the web client, and
+# lets the page's own origin call it over grpc-web.
 wait_listening conversation
-start edge ATELIER_CONVERSATION_URL="$conversation_url"
+start edge ATELIER_CONVERSATION_URL="$conversation_url" \
+  ATELIER_STORAGE_DIR="$storage_dir" \
+  ATELIER_EDGE_HTTP_ADDR="$edge_http" \
+  ATELIER_WEB_DIR="$repo/web/dist"
 wait_listening edge
 check_children
+# A development token for the page (HS256 with the local secret, or the one set).
+web_token="$("$bin_dir/atelier-mint-token" --sub "${ATELIER_WEB_USER:-alice}" --ttl-seconds 86400 2>/dev/null || true)"
 
 cat <<EOF
 
 Atelier mesh is up.
+  web client:              http://$edge_http/#token=$web_token
   edge (gRPC + grpc-web):  ${listen[edge]}
   mint a token:            export TOKEN="\$($bin_dir/atelier-mint-token --sub alice)"
   try it:                  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/CreateConversation
-  watch a message finish:  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"message_id":"<id>"}' ${listen[edge]} atelier.v1.ChatService/GetMessage
-  images:                  ${ATELIER_STORAGE_DIR:-$repo/.data/objects}
+  watch your events:       grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/WatchEvents
+  images:                  $storage_dir (served under signed URLs at http://$edge_http/images/...)
   metrics:                 http://${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}/metrics (intent), http://${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}/metrics (enhancement)
   logs:                    $log_dir/<service>.log
 Press Ctrl-C to stop all services.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs via .ci/run):
-#   dependencies -> rustfmt -> buf lint -> clippy -> nextest.
+#   dependencies -> rustfmt -> buf lint -> the web client's build -> clippy -> nextest.
 # Cheap checks run first so formatting/lint mistakes fail fast, before compiling.
 set -euo pipefail
 
@@ -27,7 +27,7 @@ export ATELIER_TEST_NATS_URL="${ATELIER_TEST_NATS_URL:-nats://127.0.0.1:${ATELIE
 step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
-bash deploy/local/ensure-deps.sh
+bash deploy/local/ensure-deps.sh --browser
 echo "tests use ATELIER_TEST_DATABASE_URL=$ATELIER_TEST_DATABASE_URL ATELIER_TEST_NATS_URL=$ATELIER_TEST_NATS_URL"
 
 step "cargo fmt --all --check"
@@ -43,6 +43,10 @@ else
   echo "buf lint needs npx: run deploy/local/ensure-deps.sh (it installs npm)" >&2
   exit 1
 fi
+
+# The browser test (in nextest) serves web/dist; its build also type-checks the client.
+step "web client: npm ci, buf generate, tsc, esbuild"
+bash deploy/local/build-web.sh
 
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
