@@ -312,6 +312,59 @@ async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
 }
 
 #[tokio::test]
+async fn a_provider_being_retried_shows_it_in_the_progress_events() {
+    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 90)).await;
+    // The first attempt meets an overloaded server; the retry succeeds.
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(
+            ResponseTemplate::new(503).set_body_json(serde_json::json!({ "error": "busy" })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&sd)
+        .await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+
+    pipeline
+        .event_kinds_once("alice", "generation_completed")
+        .await;
+    let events = pipeline.events("alice").await;
+    let retrying = events
+        .iter()
+        .position(|event| {
+            matches!(&event.payload, Some(proto::event::Payload::GenerationProgress(progress))
+                if progress.stage == "retrying")
+        })
+        .expect("a retrying progress event");
+    let Some(proto::event::Payload::GenerationProgress(notice)) = &events[retrying].payload else {
+        unreachable!("found above");
+    };
+    assert_eq!(notice.generation_id, done.generations[0].id);
+    // The second attempt of the pipeline's two.
+    assert_eq!((notice.attempt, notice.max_attempts), (2, 2));
+    assert_eq!(notice.detail, "the image provider failed (HTTP 503)");
+    assert!(notice.retry_in_ms > 0);
+    let completed = events
+        .iter()
+        .position(|event| {
+            matches!(
+                event.payload,
+                Some(proto::event::Payload::GenerationCompleted(_))
+            )
+        })
+        .expect("a completion");
+    assert!(retrying < completed);
+}
+
+#[tokio::test]
 async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() {
     // The first render hangs (the worker doing it is killed); the next is quick.
     let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 2)).await;
