@@ -183,9 +183,9 @@ impl WatchStream {
             let step = match &mut self.phase {
                 Phase::Starting { after } => {
                     let after = *after;
-                    self.watch
-                        .log
-                        .replay(&self.subject, after)
+                    // Boxed, here and on every rarely taken await: an idle stream's state
+                    // is this future, so it stays as small as the live path's.
+                    Box::pin(self.watch.log.replay(&self.subject, after))
                         .await
                         .map(|replay| self.phase = Phase::Replaying(Box::new(replay)))
                 }
@@ -206,17 +206,19 @@ impl WatchStream {
         let stored = tokio::select! {
             biased;
             () = self.watch.draining.cancelled() => return Err(draining(self.delivered)),
-            stored = replay.next() => stored?,
+            stored = Box::pin(replay.next()) => stored?,
         };
         match stored {
             Some(mut stored) => {
                 if stored.sequence > self.position.sequence() {
                     self.position.advance(stored.sequence);
                     if self.wants(&stored.event) {
-                        self.watch
-                            .links
-                            .sign_event(&self.user_id, &mut stored.event)
-                            .await;
+                        Box::pin(
+                            self.watch
+                                .links
+                                .sign_event(&self.user_id, &mut stored.event),
+                        )
+                        .await;
                         self.ready = Some(proto::WatchEventsResponse {
                             cursor: stored.sequence,
                             event: Some(stored.event),
@@ -258,11 +260,12 @@ impl WatchStream {
                     sequence = live.sequence,
                     "live event gap; reading it from the stream"
                 );
-                let replay = self
-                    .watch
-                    .log
-                    .replay(&self.subject, self.position.sequence())
-                    .await?;
+                let replay = Box::pin(
+                    self.watch
+                        .log
+                        .replay(&self.subject, self.position.sequence()),
+                )
+                .await?;
                 self.phase = Phase::Replaying(Box::new(replay));
             }
             Live::Next => {
