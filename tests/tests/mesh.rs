@@ -69,25 +69,6 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
         sent.push(message);
     }
 
-    let history = chat
-        .list_messages(
-            authorized(
-                proto::ListMessagesRequest {
-                    conversation_id: conversation.id.clone(),
-                    ..Default::default()
-                },
-                &bearer,
-            )
-            .expect("request"),
-        )
-        .await
-        .expect("list")
-        .into_inner();
-    let ids =
-        |messages: &[proto::Message]| messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-    let newest_first: Vec<_> = sent.iter().rev().cloned().collect();
-    assert_eq!(ids(&history.messages), ids(&newest_first));
-
     // The pipeline makes every image: follow each message through WatchEvents, as a
     // client does, to its completed generations.
     let mut steps: HashMap<String, Vec<&'static str>> = HashMap::new();
@@ -204,6 +185,11 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
         .await
         .expect("list")
         .into_inner();
+    let ids =
+        |messages: &[proto::Message]| messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+    let newest_first: Vec<_> = sent.iter().rev().cloned().collect();
+    assert_eq!(ids(&history.messages), ids(&newest_first));
+
     for generation in history.messages.iter().flat_map(|m| &m.generations) {
         assert!(!generation.image_url.is_empty(), "{generation:?}");
     }

@@ -59,11 +59,16 @@ impl Events {
         }
     }
 
-    /// An edge on these streams, reaching NATS at `nats_url`.
-    async fn edge_via(&self, nats_url: &str, watch: WatchConfig) -> RunningServer {
+    /// An edge on these streams, reaching NATS at `nats_url` and the conversation service
+    /// at `conversation_url`.
+    async fn edge_with(
+        &self,
+        nats_url: &str,
+        conversation_url: &str,
+        watch: WatchConfig,
+    ) -> RunningServer {
         let config = atelier_edge::Config {
-            // No conversation service: these tests use no RPC but WatchEvents.
-            conversation_url: "http://127.0.0.1:9".to_owned(),
+            conversation_url: conversation_url.to_owned(),
             service_token: ServiceToken::new("watch-test-service-token"),
             jwt: JwtVerifier::hs256(JWT_SECRET),
             nats_url: nats_url.to_owned(),
@@ -82,6 +87,12 @@ impl Events {
         spawn_server(|listener, shutdown| atelier_edge::run(config, listener, shutdown))
             .await
             .expect("edge")
+    }
+
+    /// An edge reaching NATS through `nats_url`, with no conversation service: these
+    /// tests use no RPC but WatchEvents.
+    async fn edge_via(&self, nats_url: &str, watch: WatchConfig) -> RunningServer {
+        self.edge_with(nats_url, "http://127.0.0.1:9", watch).await
     }
 
     async fn edge(&self, watch: WatchConfig) -> RunningServer {
@@ -640,29 +651,16 @@ async fn a_filtered_stream_shows_one_conversation_and_still_moves_its_cursor() {
     })
     .await
     .expect("conversation service");
-    let config = atelier_edge::Config {
-        conversation_url: conversation_service.url(),
-        service_token: ServiceToken::new("watch-test-service-token"),
-        jwt: JwtVerifier::hs256(JWT_SECRET),
-        nats_url: events.nats.url.clone(),
-        subject_prefix: events.nats.prefix.clone(),
-        watch: WatchConfig {
-            heartbeat: Duration::from_millis(300),
-            ..WatchConfig::default()
-        },
-        http: HttpConfig {
-            addr: "127.0.0.1:0".parse().expect("an address"),
-            ..Default::default()
-        },
-        images: ImagesConfig {
-            storage: atelier_images::Storage::Local(events.images.0.clone()),
-            ..Default::default()
-        },
-        ..atelier_edge::Config::default()
-    };
-    let edge = spawn_server(|listener, shutdown| atelier_edge::run(config, listener, shutdown))
-        .await
-        .expect("edge");
+    let edge = events
+        .edge_with(
+            &events.nats.url,
+            &conversation_service.url(),
+            WatchConfig {
+                heartbeat: Duration::from_millis(300),
+                ..WatchConfig::default()
+            },
+        )
+        .await;
     let token = mint_hs256(JWT_SECRET, "alice", 600).expect("token");
     let watching = |message| authorized(message, &token);
     let mut client = ChatServiceClient::new(channel(&edge).await);
