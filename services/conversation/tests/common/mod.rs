@@ -69,6 +69,7 @@ impl TestApp {
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
             sweep_interval: std::time::Duration::from_millis(200),
+            queue_report_interval: std::time::Duration::from_millis(100),
         };
         configure(&mut config);
         let server = spawn_server(|listener, shutdown| run(config, listener, shutdown))
