@@ -93,6 +93,8 @@ impl Mesh {
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
             sweep_interval: Duration::from_millis(500),
+            // The deployment default: the load generator measures what production runs.
+            queue_report_interval: Duration::from_secs(1),
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)

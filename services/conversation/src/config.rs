@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use atelier_runtime::config::{ConfigError, optional_var, var_or};
+use atelier_runtime::config::{ConfigError, optional_var, positive_var, var_or};
 use atelier_runtime::internal_call::ServiceToken;
 use sqlx::postgres::PgConnectOptions;
 
@@ -28,6 +28,9 @@ pub struct Config {
     pub subject_prefix: String,
     /// How often the sweeper looks for rows a crash or an outage left unpublished.
     pub sweep_interval: std::time::Duration,
+    /// How often the queue reporter looks at the queue while it is not empty, and the
+    /// shortest time between two generation_queued events of one message.
+    pub queue_report_interval: std::time::Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/atelier";
@@ -86,6 +89,60 @@ impl Config {
             nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
             sweep_interval: std::time::Duration::from_millis(sweep_ms),
+            queue_report_interval: std::time::Duration::from_millis(positive_var(
+                "ATELIER_QUEUE_REPORT_MS",
+                1000,
+            )?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROBE: &str = "ATELIER_CONVERSATION_FROM_ENV_PROBE";
+
+    /// The queue report interval `from_env` reads with exactly `vars` set (of the queue's
+    /// variables), or its error.
+    fn queue_report_interval_with(vars: &[(&str, &str)]) -> String {
+        atelier_testkit::rerun_with_env(
+            "config::tests::print_from_env",
+            PROBE,
+            &["ATELIER_QUEUE_"],
+            vars,
+        )
+    }
+
+    #[test]
+    fn print_from_env() {
+        if std::env::var_os(PROBE).is_none() {
+            return;
+        }
+        let printed = match Config::from_env() {
+            Ok(config) => format!("{:?}", config.queue_report_interval),
+            Err(err) => format!("error: {err}"),
+        };
+        println!("from_env: {printed}");
+    }
+
+    #[test]
+    fn the_queue_is_reported_every_second_by_default() {
+        assert_eq!(queue_report_interval_with(&[]), "1s");
+        assert_eq!(
+            queue_report_interval_with(&[("ATELIER_QUEUE_REPORT_MS", "250")]),
+            "250ms"
+        );
+    }
+
+    #[test]
+    fn a_queue_report_interval_must_be_a_positive_number() {
+        for bad in ["0", "-5", "soon"] {
+            let printed = queue_report_interval_with(&[("ATELIER_QUEUE_REPORT_MS", bad)]);
+            assert!(
+                printed.starts_with("error:") && printed.contains("ATELIER_QUEUE_REPORT_MS"),
+                "{bad}: {printed}"
+            );
+        }
     }
 }

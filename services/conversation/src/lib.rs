@@ -16,6 +16,7 @@ mod messages;
 pub mod outbox;
 mod pagination;
 mod pipeline;
+pub mod queue;
 pub mod relay;
 mod requests;
 mod service;
@@ -42,6 +43,8 @@ pub struct State {
     pub pool: PgPool,
     pub config: Config,
     pub relay: Arc<relay::Relay>,
+    /// Asks the queue reporter for a run: after a change to the queue.
+    pub queue: queue::Nudge,
 }
 
 /// Serves the conversation service on `listener` until `shutdown` resolves, then drains
@@ -64,14 +67,24 @@ pub async fn run(
     let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
     // Connects in the background: SendMessage answers while NATS is down.
     let nats = atelier_events::connect(&config.nats_url, "atelier-conversation").await?;
-    let (relay, relay_tasks) = relay::Relay::new(pool.clone(), nats, subjects);
+    let nudge = queue::Nudge::default();
+    let (relay, relay_tasks) = relay::Relay::new(pool.clone(), nats, subjects, nudge.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sweeper =
-        tokio::spawn(Arc::clone(&relay).sweep_until(config.sweep_interval, until_stopped(stopped)));
+    let sweeper = tokio::spawn(
+        Arc::clone(&relay).sweep_until(config.sweep_interval, until_stopped(stopped.clone())),
+    );
+    let reporter = queue::Reporter::new(
+        pool.clone(),
+        Arc::clone(&relay),
+        config.queue_report_interval,
+        nudge.clone(),
+    );
+    let reporter = tokio::spawn(reporter.run_until(until_stopped(stopped)));
     let state = Arc::new(State {
         pool: pool.clone(),
         config,
         relay,
+        queue: nudge,
     });
 
     let (health, reflection_and_health) =
@@ -93,6 +106,7 @@ pub async fn run(
         .await
         .context("the conversation server failed")?;
     let _ = sweeper.await;
+    let _ = reporter.await;
     // Every handle on the relay went with the server: its last marks are written (bounded,
     // in case a connection task still holds one; an unmarked row is only published again).
     let _ = tokio::time::timeout(Duration::from_secs(5), relay_tasks.finished()).await;

@@ -144,6 +144,9 @@ pub async fn send(
                 announced.extend(rows.outbox_if_titled);
             }
             state.relay.hand_off(announced);
+            // A new message in the queue: the reporter announces its place once the rows
+            // above are published (a nudge is a notification, not a wait).
+            state.queue.nudge();
             return Ok(proto::SendMessageResponse {
                 message: Some(message),
             });

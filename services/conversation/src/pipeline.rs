@@ -63,7 +63,8 @@ pub async fn start(
         .map(|row| row.generation.id.to_string())
         .collect();
     let mut events = Vec::new();
-    if rows.iter().any(|row| row.first_start) {
+    let left_the_queue = rows.iter().any(|row| row.first_start);
+    if left_the_queue {
         let context = EventContext {
             user_id,
             conversation_id: Some(message.conversation_id),
@@ -77,6 +78,10 @@ pub async fn start(
         )));
     }
     commit_and_announce(state, tx, events).await?;
+    if left_the_queue {
+        // Every message behind this one moved up.
+        state.queue.nudge();
+    }
 
     if let Some(status) = rows.iter().find_map(|row| row.message_status.clone()) {
         message.status = status;
@@ -203,6 +208,11 @@ pub async fn complete(
             )),
         ];
     commit_and_announce(state, tx, events).await?;
+    if locked.status == "queued" {
+        // An image completed without a start (not the worker's way): the queue may have
+        // changed.
+        state.queue.nudge();
+    }
     Ok(internal::CompleteGenerationResponse {
         generation: Some(generation),
         completed: true,
@@ -328,6 +338,10 @@ async fn end(
         )));
     }
     commit_and_announce(state, tx, events).await?;
+    if locked.status == "queued" {
+        // The message left the queue, or its waiting images changed.
+        state.queue.nudge();
+    }
     Ok(refunded)
 }
 

@@ -17,6 +17,10 @@
 //! replicas share the work without publishing a row twice at once. Should a row be
 //! published twice anyway (a crash between the publish and its mark), its `Nats-Msg-Id`
 //! (the row id) makes JetStream drop the copy.
+//!
+//! Once rows are marked (by the marker or the sweeper) the queue reporter is nudged: it
+//! reports a message only after its SendMessage rows are marked published. The reporter's
+//! own events have no outbox row; [`Relay::publish_unrecorded`] sends them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +32,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::db::{self, OutboxRow};
+use crate::queue::Nudge;
 
 /// Rows younger than this are left to their in-process hand-off.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
@@ -52,6 +57,8 @@ pub struct Relay {
     streams: OnceCell<()>,
     hand_offs: mpsc::Sender<Vec<OutboxRow>>,
     marks: mpsc::Sender<Vec<Uuid>>,
+    /// Nudged once rows are marked published.
+    marked: Nudge,
 }
 
 /// The relay's background tasks: they end once the relay is dropped, after finishing
@@ -67,16 +74,18 @@ impl Background {
 }
 
 impl Relay {
-    /// The relay and its background tasks (the hand-off publisher and the marker).
+    /// The relay and its background tasks (the hand-off publisher and the marker). `marked`
+    /// is nudged each time rows are marked published.
     pub fn new(
         pool: PgPool,
         client: async_nats::Client,
         subjects: Subjects,
+        marked: Nudge,
     ) -> (Arc<Self>, Background) {
         let js = async_nats::jetstream::new(client);
         let (hand_offs, hand_off_queue) = mpsc::channel(HAND_OFF_QUEUE);
         let (marks, mark_queue) = mpsc::channel(MARK_QUEUE);
-        let marker = tokio::spawn(mark_published(pool.clone(), mark_queue));
+        let marker = tokio::spawn(mark_published(pool.clone(), mark_queue, marked.clone()));
         let relay = Arc::new(Self {
             pool,
             subjects,
@@ -85,6 +94,7 @@ impl Relay {
             streams: OnceCell::new(),
             hand_offs,
             marks,
+            marked,
         });
         let publisher = tokio::spawn(publish_hand_offs(Arc::downgrade(&relay), hand_off_queue));
         (relay, Background(vec![publisher, marker]))
@@ -107,6 +117,22 @@ impl Relay {
         all
     }
 
+    /// Publishes events that have no outbox row (the queue reporter's) in order and waits
+    /// for the stream; nothing is marked and nothing is retried. True only if every event
+    /// was stored. While the connection to NATS is down it publishes nothing: a message
+    /// waiting in the client's buffer could reach the stream after the caller gave up on
+    /// it, and after events that must follow it.
+    pub async fn publish_unrecorded(&self, events: &[OutboxRow]) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        if self.js.client().connection_state() != async_nats::connection::State::Connected {
+            tracing::debug!("NATS is not connected; nothing published");
+            return false;
+        }
+        self.send_batch(events).await.len() == events.len()
+    }
+
     /// Queues `rows` for the background publisher, for handlers that must not wait. A full
     /// queue (NATS far behind) leaves them to the sweeper.
     pub fn hand_off(&self, rows: Vec<OutboxRow>) {
@@ -126,7 +152,7 @@ impl Relay {
             })
             .await
         {
-            tracing::warn!(error = %err, "NATS unavailable; the sweeper will retry");
+            tracing::warn!(error = %err, "NATS unavailable; publishing later");
             return Vec::new();
         }
         let mut acks = Vec::with_capacity(rows.len());
@@ -143,7 +169,7 @@ impl Relay {
             match sent {
                 Ok(ack) => acks.push((row.id, ack)),
                 Err(err) => {
-                    tracing::warn!(error = %err, outbox_id = %row.id, "publish failed; the sweeper will retry");
+                    tracing::warn!(error = %err, id = %row.id, "publish failed; publishing later");
                     break;
                 }
             }
@@ -153,7 +179,7 @@ impl Relay {
             match ack.await {
                 Ok(_) => stored.push(id),
                 Err(err) => {
-                    tracing::warn!(error = %err, outbox_id = %id, "publish not acknowledged; the sweeper will retry")
+                    tracing::warn!(error = %err, %id, "publish not acknowledged; publishing later")
                 }
             }
         }
@@ -194,6 +220,9 @@ impl Relay {
         db::outbox::mark_published(&mut *tx, &published).await?;
         db::outbox::delete_published_before(&mut *tx, KEEP_PUBLISHED).await?;
         tx.commit().await?;
+        if !published.is_empty() {
+            self.marked.nudge();
+        }
         Ok(published.len())
     }
 }
@@ -218,15 +247,16 @@ async fn publish_hand_offs(
 }
 
 /// The background marker: takes every published batch waiting and marks it in one
-/// statement. Ends when the relay is gone and the queue is empty.
-async fn mark_published(pool: PgPool, mut queue: mpsc::Receiver<Vec<Uuid>>) {
+/// statement, then nudges `marked`. Ends when the relay is gone and the queue is empty.
+async fn mark_published(pool: PgPool, mut queue: mpsc::Receiver<Vec<Uuid>>, marked: Nudge) {
     while let Some(first) = queue.recv().await {
         let mut ids = first;
         while let Ok(more) = queue.try_recv() {
             ids.extend(more);
         }
-        if let Err(err) = db::outbox::mark_published(&pool, &ids).await {
-            tracing::warn!(error = %err, "cannot mark outbox rows published");
+        match db::outbox::mark_published(&pool, &ids).await {
+            Ok(()) => marked.nudge(),
+            Err(err) => tracing::warn!(error = %err, "cannot mark outbox rows published"),
         }
     }
 }

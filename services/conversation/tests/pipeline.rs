@@ -13,7 +13,7 @@ use atelier_proto::v1 as proto;
 use atelier_testkit::TcpProxy;
 use common::{
     TestApp, balance, create_conversation, get_message, send_images, send_request,
-    send_with_settings,
+    send_with_settings, start,
 };
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -55,17 +55,6 @@ async fn read_stream(
 
 fn subjects(app: &TestApp) -> Subjects {
     Subjects::new(&app.nats.prefix).expect("prefix")
-}
-
-/// StartGeneration, as the worker calls it.
-async fn start(client: &mut common::Client, message_id: &str) -> internal::StartGenerationResponse {
-    client
-        .start_generation(internal::StartGenerationRequest {
-            message_id: message_id.to_owned(),
-        })
-        .await
-        .expect("start")
-        .into_inner()
 }
 
 /// GetGenerationContext, as the worker calls it.
@@ -124,30 +113,35 @@ async fn sent_messages_reach_the_streams_in_order() {
         "the outbox row id: {msg_id}"
     );
 
+    // SendMessage's three events, then (once they are all published) the queue reporter's:
+    // no worker runs, so the message waits at the head of the queue.
     let events = read_stream(
         &app,
         &subjects.events_stream(),
         subjects.user_events("alice"),
-        3,
+        4,
     )
     .await;
-    let kinds: Vec<_> = events
+    let events: Vec<proto::Event> = events
         .iter()
-        .map(|event| {
-            match proto::Event::decode(event.payload.clone())
-                .expect("event")
-                .payload
-            {
-                Some(proto::event::Payload::MessageCreated(_)) => "message_created",
-                Some(proto::event::Payload::CreditsChanged(_)) => "credits_changed",
-                Some(proto::event::Payload::TitleUpdated(_)) => "title_updated",
-                other => panic!("unexpected event {other:?}"),
-            }
-        })
+        .map(|event| proto::Event::decode(event.payload.clone()).expect("event"))
         .collect();
+    let kinds: Vec<_> = events.iter().map(common::kind).collect();
     assert_eq!(
         kinds,
-        ["message_created", "credits_changed", "title_updated"]
+        [
+            "message_created",
+            "credits_changed",
+            "title_updated",
+            "generation_queued"
+        ]
+    );
+    let queued = common::queued_reports(&events, &message.id);
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].position, 0);
+    assert_eq!(
+        queued[0].generation_ids,
+        [message.generations[0].id.clone()]
     );
 }
 

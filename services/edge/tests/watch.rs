@@ -644,6 +644,7 @@ async fn a_filtered_stream_shows_one_conversation_and_still_moves_its_cursor() {
                 nats_url: events.nats.url.clone(),
                 subject_prefix: events.nats.prefix.clone(),
                 sweep_interval: Duration::from_millis(500),
+                queue_report_interval: Duration::from_secs(1),
             },
             listener,
             shutdown,

@@ -55,7 +55,8 @@ pub enum SendOutcome {
 ///    for the row lock and re-checks the condition);
 /// 2. the credits are reserved in one conditional UPDATE (`balance >= cost`), only if 1 held;
 /// 3. the message, its generations, the reservation's ledger row and the outbox rows are
-///    inserted, only if 2 held.
+///    inserted, only if 2 held. The outbox rows name the message (`outbox.message_id`): the
+///    queue reporter waits for them to be published before it reports the message.
 ///
 /// Lock order is always conversation then account, so concurrent senders cannot deadlock.
 /// Data-modifying CTEs run to completion whether read or not; the final SELECT reports
@@ -117,8 +118,8 @@ pub async fn insert_new(
                  INSERT INTO credit_ledger (id, user_id, kind, amount, reference, created_at) \
                  SELECT $19, $2, 'reserve', $4, message.id::text, $14 FROM message \
              ), announcement AS ( \
-                 INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
-                 SELECT o.id, o.subject, o.payload, $14, $24 \
+                 INSERT INTO outbox (id, subject, payload, created_at, traceparent, message_id) \
+                 SELECT o.id, o.subject, o.payload, $14, $24, message.id \
                  FROM message, unnest($20::uuid[], $21::text[], $22::bytea[], $23::bool[]) \
                      AS o(id, subject, payload, only_if_titled) \
                  WHERE NOT o.only_if_titled OR (SELECT sets_title FROM conversation) \

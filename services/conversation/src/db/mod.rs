@@ -35,6 +35,7 @@ pub mod generations;
 pub mod messages;
 pub mod outbox;
 pub mod pipeline;
+pub mod queue;
 
 use std::time::Duration;
 

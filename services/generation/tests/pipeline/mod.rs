@@ -139,6 +139,7 @@ impl Pipeline {
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
             sweep_interval: Duration::from_millis(300),
+            queue_report_interval: Duration::from_millis(100),
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
