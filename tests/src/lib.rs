@@ -3,8 +3,6 @@
 //! wired exactly as in deployment (the edge reaches the conversation service over gRPC
 //! with the service credential).
 
-pub mod fakes;
-
 use std::path::PathBuf;
 use std::time::Duration;
 

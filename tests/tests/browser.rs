@@ -44,7 +44,10 @@ async fn the_web_client_follows_a_message_live_across_a_reload() {
     let web = web_dir();
     check_prerequisites(&web);
     // Renders take long enough for the page to be reloaded while one runs.
-    let sd = atelier_tests::fakes::automatic1111(Duration::from_secs(4)).await;
+    let sd = atelier_testkit::fakes::automatic1111(atelier_testkit::fakes::sized_answer(
+        Duration::from_secs(4),
+    ))
+    .await;
     let mesh = Mesh::start(MeshOptions {
         automatic1111_url: Some(sd.uri()),
         web_dir: Some(web.join("dist")),

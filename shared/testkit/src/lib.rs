@@ -8,10 +8,12 @@
 //! - [`spawn_server`]: runs any service's `run(config, listener, shutdown)` on 127.0.0.1:0.
 //! - [`StatementCounter`]: counts the SQL statements sqlx sends, to prove query budgets.
 //! - [`rerun_with_env`]: config tests read the environment in a child process.
+//! - [`fakes`]: HTTP fakes of the image providers' public APIs.
 //! - [`init_logging`]: test output stays quiet unless `TEST_LOG` is set.
 
 mod database;
 mod env;
+pub mod fakes;
 mod nats;
 mod proxy;
 mod server;

@@ -19,7 +19,6 @@ use atelier_proto::conversation::v1::conversation_service_client::ConversationSe
 use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
-use base64::Engine as _;
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -467,52 +466,7 @@ impl Pipeline {
     }
 }
 
-/// A PNG of one grey level, base64-encoded, as AUTOMATIC1111 returns images.
-pub fn png_base64(width: u32, height: u32, shade: u8) -> String {
-    let mut bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut bytes, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().expect("header");
-        writer
-            .write_image_data(&vec![shade; (width * height * 3) as usize])
-            .expect("pixels");
-    }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// An AUTOMATIC1111 answer carrying one PNG.
-pub fn png_answer(width: u32, height: u32, shade: u8) -> wiremock::ResponseTemplate {
-    wiremock::ResponseTemplate::new(200)
-        .set_body_json(serde_json::json!({ "images": [png_base64(width, height, shade)] }))
-}
-
-/// A fake AUTOMATIC1111 server: txt2img answers `txt2img`, progress reports 40 %, an
-/// interrupt is accepted. Tests mount more on it (img2img, a first slow answer).
-pub async fn automatic1111(txt2img: wiremock::ResponseTemplate) -> wiremock::MockServer {
-    use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(txt2img)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/sdapi/v1/progress"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "progress": 0.4 })),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/interrupt"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    server
-}
+pub use atelier_testkit::fakes::{automatic1111, png_answer};
 
 /// An OpenAI chat-completions answer whose message content is `content`.
 pub fn completion(content: &str) -> serde_json::Value {
