@@ -5,12 +5,17 @@
 //! Then, on a second mesh with the whole pipeline and fakes at fixed latencies (the LLM
 //! at 200 ms, AUTOMATIC1111 at 500 ms per image), the time from SendMessage to the
 //! generation_completed event, beside the fakes' critical path, so the mesh's own
-//! overhead shows.
+//! overhead shows. The client follows each message on WatchEvents, as a client does.
 //!
-//! `cargo run --release -p atelier-tests --bin loadgen [-- --quick] [--pipeline-only]`
+//! Last, WatchEvents alone ([`watch`]), against an edge process of its own (the release
+//! binary `atelier-edge`, built beside this one): each event's delay from its publish to
+//! a client with 1 to 10,000 streams open, and the edge's memory per idle stream.
+//!
+//! `cargo run --release -p atelier-tests --bin loadgen [-- --quick] [--pipeline-only | --watch-only]`
 //!
 //! It needs the PostgreSQL of `ATELIER_TEST_DATABASE_URL` (the local one by default) and
-//! creates, then drops, a database of its own. Numbers only: it asserts nothing.
+//! creates, then drops, a database of its own (the WatchEvents part needs only NATS).
+//! Numbers only: it asserts nothing.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +29,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+mod bare;
 mod fakes;
 mod pipeline;
+mod watch;
 
 /// (concurrency, calls) of each SendMessage run.
 const RUNS: [(usize, usize); 3] = [(1, 2_000), (16, 8_000), (64, 8_000)];
@@ -34,10 +41,18 @@ const WARM_UP_CALLS: usize = 50;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // The WatchEvents benchmark runs this program as its bare stream server.
+    if let Some((port, bare)) = bare::arguments(&args)? {
+        return bare::serve(port, bare).await;
+    }
     let quick = std::env::args().any(|arg| arg == "--quick");
     let per_sender = if quick { 3 } else { 13 };
     if std::env::args().any(|arg| arg == "--pipeline-only") {
         return pipeline::run(per_sender).await;
+    }
+    if std::env::args().any(|arg| arg == "--watch-only") {
+        return watch::run(quick).await;
     }
     let scale = if quick { 10 } else { 1 };
     let statements = StatementCounter::install();
@@ -110,6 +125,8 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     pipeline::run(per_sender).await?;
+    println!();
+    watch::run(quick).await?;
     Ok(())
 }
 
@@ -211,6 +228,8 @@ async fn pg_floor(mesh: &Mesh, calls: usize) -> anyhow::Result<Latencies> {
 
 /// A user with a conversation and a connection of their own, as one browser tab would be.
 struct Sender {
+    /// The sender's HTTP/2 connection, which its WatchEvents stream shares.
+    channel: Channel,
     client: ChatServiceClient<Channel>,
     bearer: String,
     conversation_id: String,
@@ -219,7 +238,8 @@ struct Sender {
 impl Sender {
     async fn new(mesh: &Mesh, user: &str) -> anyhow::Result<Self> {
         let bearer = mesh.bearer(user)?;
-        let mut client = ChatServiceClient::new(mesh.connect().await?);
+        let channel = mesh.connect().await?;
+        let mut client = ChatServiceClient::new(channel.clone());
         let conversation = client
             .create_conversation(authorized(
                 proto::CreateConversationRequest::default(),
@@ -230,6 +250,7 @@ impl Sender {
             .conversation
             .context("no conversation")?;
         Ok(Self {
+            channel,
             client,
             bearer,
             conversation_id: conversation.id,

@@ -1,4 +1,5 @@
-//! SendMessage to generation_completed through the whole pipeline, with fakes.
+//! SendMessage to generation_completed through the whole pipeline, with fakes, as a
+//! client sees it: each sender follows its events on WatchEvents through the edge.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,8 @@ use super::fakes::{Answers, Fakes};
 use super::{Latencies, Sender};
 use anyhow::Context as _;
 use atelier_proto::v1 as proto;
-use atelier_tests::{Mesh, MeshOptions};
+use atelier_proto::v1::chat_service_client::ChatServiceClient;
+use atelier_tests::{Mesh, MeshOptions, authorized};
 use base64::Engine as _;
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -17,6 +19,8 @@ use tokio::sync::oneshot;
 const LLM_LATENCY: Duration = Duration::from_millis(200);
 const IMAGE_LATENCY: Duration = Duration::from_millis(500);
 const CONCURRENCY: usize = 16;
+/// The mesh's overhead over the fakes' critical path, at p99, that issue 8 aims under.
+const TARGET_OVERHEAD_P99_MS: f64 = 15.0;
 /// Follow-ups per sender before the measured ones.
 const WARM_UP_FOLLOW_UPS: usize = 3;
 
@@ -51,7 +55,7 @@ enum Step {
     Completed,
 }
 
-/// When each step of each message reached the client (from the live event subject),
+/// When each step of each message reached the client (on its WatchEvents stream),
 /// and who waits for a message to end.
 #[derive(Default)]
 struct Timelines {
@@ -104,49 +108,41 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
     })
     .await?;
 
-    // Completion times come from the events the pipeline publishes, as a client sees them.
+    // Completion times come from the events as a client sees them: each sender follows
+    // its own user's events on WatchEvents, on its own connection, opened before its
+    // first message.
     let timelines: SharedTimelines = Arc::default();
+    let mut watchers = tokio::task::JoinSet::new();
+    // Beside it, the live NATS subjects the edge subscribes to, to tell what WatchEvents
+    // adds: when each generation_completed reached this process there.
+    let on_nats: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let nats = async_nats::connect(&mesh.nats.url).await?;
     let mut live = nats
         .subscribe(format!("{}.live.user.*", mesh.nats.prefix))
         .await?;
     nats.flush().await?;
-    let listening = Arc::clone(&timelines);
-    let listener = tokio::spawn(async move {
+    let recording = Arc::clone(&on_nats);
+    let nats_listener = tokio::spawn(async move {
         while let Some(message) = live.next().await {
             let arrived = Instant::now();
-            let Ok(event) = proto::Event::decode(message.payload) else {
-                continue;
-            };
-            use proto::event::Payload;
-            let step = match &event.payload {
-                Some(Payload::GenerationStarted(_)) => Step::Started,
-                Some(Payload::IntentResolved(_)) => Step::IntentResolved,
-                Some(Payload::GenerationProgress(progress)) if progress.stage == "storing" => {
-                    Step::Storing
-                }
-                Some(Payload::GenerationCompleted(_) | Payload::GenerationFailed(_)) => {
-                    Step::Completed
-                }
-                _ => continue,
-            };
-            let mut timelines = listening.lock().expect("lock");
-            timelines
-                .seen
-                .entry(event.message_id.clone())
-                .or_default()
-                .push((step, arrived));
-            if step == Step::Completed
-                && let Some(waiter) = timelines.waiting.remove(&event.message_id)
+            if let Ok(event) = proto::Event::decode(message.payload)
+                && matches!(
+                    event.payload,
+                    Some(proto::event::Payload::GenerationCompleted(_))
+                )
             {
-                let _ = waiter.send(());
+                recording
+                    .lock()
+                    .expect("lock")
+                    .insert(event.message_id, arrived);
             }
         }
     });
-
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..CONCURRENCY {
         let mut sender = Sender::new(&mesh, &format!("pipeline-{index}")).await?;
+        let events = watch(&sender).await?;
+        watchers.spawn(follow(events, Arc::clone(&timelines)));
         let timelines = Arc::clone(&timelines);
         tasks.spawn(async move {
             // A first picture, so that every measured prompt has a previous one and
@@ -170,7 +166,9 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
     while let Some(joined) = tasks.join_next().await {
         samples.extend(joined??);
     }
-    listener.abort();
+    watchers.shutdown().await;
+    nats_listener.abort();
+    let on_nats = std::mem::take(&mut *on_nats.lock().expect("lock"));
     let timelines = std::mem::take(&mut timelines.lock().expect("lock").seen);
     let at = |sample: &Sample, step: Step| -> anyhow::Result<Instant> {
         match step {
@@ -193,7 +191,7 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
     let latencies = between(Step::Sent, Step::Completed)?;
     let critical = (LLM_LATENCY + IMAGE_LATENCY).as_secs_f64() * 1000.0;
     println!(
-        "pipeline  SendMessage -> generation_completed, {} messages at concurrency {CONCURRENCY}",
+        "pipeline  SendMessage -> generation_completed on the sender's WatchEvents stream, {} messages at concurrency {CONCURRENCY}",
         latencies.count()
     );
     println!(
@@ -218,6 +216,15 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
             value - measured_critical,
         );
     }
+    let overhead_p99 = latencies.percentile_ms(99.0) - critical;
+    println!(
+        "          target: mesh overhead p99 < {TARGET_OVERHEAD_P99_MS:.0} ms as a client sees it: {overhead_p99:.1} ms, {}",
+        if overhead_p99 < TARGET_OVERHEAD_P99_MS {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
     println!("          where the time goes, step by step (events as the client sees them):");
     let llm = LLM_LATENCY.as_millis();
     let critical_fakes = (LLM_LATENCY + IMAGE_LATENCY).as_millis();
@@ -255,12 +262,82 @@ pub async fn run(per_sender: usize) -> anyhow::Result<()> {
     ] {
         print_step(label, &between(from, to)?, &note);
     }
+    let behind_nats = samples
+        .iter()
+        .map(|sample| {
+            let on_nats = on_nats
+                .get(&sample.message_id)
+                .context("a generation_completed was not seen on NATS")?;
+            Ok(at(sample, Step::Completed)?.saturating_duration_since(*on_nats))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    print_step(
+        "completed: live NATS subject -> WatchEvents",
+        &Latencies::new(behind_nats),
+        "what the edge adds",
+    );
     Ok(())
+}
+
+/// Opens `sender`'s live WatchEvents stream on its connection and waits for its first
+/// response (a heartbeat): from then on every event of the user reaches it.
+async fn watch(sender: &Sender) -> anyhow::Result<tonic::Streaming<proto::WatchEventsResponse>> {
+    let request = authorized(
+        proto::WatchEventsRequest {
+            resume_after: None,
+            conversation_id: String::new(),
+        },
+        &sender.bearer,
+    )?;
+    let mut events = ChatServiceClient::new(sender.channel.clone())
+        .watch_events(request)
+        .await?
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .context("no first heartbeat within 10 s")??
+        .context("the event stream ended at once")?;
+    Ok(events)
+}
+
+/// Records when each step of each message arrives on `events`, and wakes whoever waits
+/// for a message to end.
+async fn follow(
+    mut events: tonic::Streaming<proto::WatchEventsResponse>,
+    timelines: SharedTimelines,
+) {
+    use proto::event::Payload;
+    while let Ok(Some(response)) = events.message().await {
+        let arrived = Instant::now();
+        let Some(event) = response.event else {
+            continue;
+        };
+        let step = match &event.payload {
+            Some(Payload::GenerationStarted(_)) => Step::Started,
+            Some(Payload::IntentResolved(_)) => Step::IntentResolved,
+            Some(Payload::GenerationProgress(progress)) if progress.stage == "storing" => {
+                Step::Storing
+            }
+            Some(Payload::GenerationCompleted(_) | Payload::GenerationFailed(_)) => Step::Completed,
+            _ => continue,
+        };
+        let mut timelines = timelines.lock().expect("lock");
+        timelines
+            .seen
+            .entry(event.message_id.clone())
+            .or_default()
+            .push((step, arrived));
+        if step == Step::Completed
+            && let Some(waiter) = timelines.waiting.remove(&event.message_id)
+        {
+            let _ = waiter.send(());
+        }
+    }
 }
 
 fn print_step(label: &str, step: &Latencies, note: &str) {
     println!(
-        "          {label:<42} p50 {:7.1} ms  p99 {:7.1} ms  ({note})",
+        "          {label:<44} p50 {:7.1} ms  p99 {:7.1} ms  ({note})",
         step.percentile_ms(50.0),
         step.percentile_ms(99.0),
     );
