@@ -30,6 +30,8 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small first encode buffers, for long-lived streams (see src/codec.rs).
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

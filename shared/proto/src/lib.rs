@@ -4,6 +4,8 @@
 //! feeds server reflection so grpcurl and buf curl can call any service without the
 //! .proto files.
 
+pub mod codec;
+
 // Generated code is prost's, not ours to restyle.
 /// The public API: resources, the event envelope and `ChatService`.
 #[allow(clippy::large_enum_variant)]

@@ -146,13 +146,15 @@ impl Hub {
         let links = self.links.clone();
         let user = user_id.to_owned();
         let fed = Arc::clone(&members);
+        // The task lives as long as the user is connected, mostly waiting for the next
+        // message: the one-off and rare steps are boxed, so its state is the loop's alone.
         let task = tokio::spawn(async move {
-            let subscribed = async {
+            let subscribed = Box::pin(async {
                 let subscriber = client.subscribe(subject).await?;
                 // The server has the interest once it answers a ping sent after it.
                 client.flush().await?;
                 anyhow::Ok(subscriber)
-            };
+            });
             let mut subscriber = match subscribed.await {
                 Ok(subscriber) => {
                     ready_tx.send_replace(Some(true));
@@ -168,7 +170,7 @@ impl Hub {
                 let Some(mut live) = LiveEvent::parse(&message) else {
                     continue;
                 };
-                links.sign_event(&user, &mut live.event).await;
+                Box::pin(links.sign_event(&user, &mut live.event)).await;
                 fan_out(&fed, &Arc::new(live));
             }
             // The subscription is gone for good (the client closed): end every stream, so
