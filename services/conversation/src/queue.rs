@@ -8,9 +8,10 @@
 //! One background task per replica runs the reporter. Each run is one transaction:
 //!
 //! 1. `pg_try_advisory_xact_lock`: one replica reports at a time; the others skip the run.
-//! 2. Every queued message is ranked; those whose rank is not the position last reported
-//!    are read, except those whose SendMessage outbox rows are not all published yet (so a
-//!    generation_queued never precedes its message_created).
+//! 2. The head of the queue ([`REPORTED_DEPTH`] messages) is ranked; those whose rank is
+//!    not the position last reported are read, except those whose SendMessage outbox rows
+//!    are not all published yet (so a generation_queued never precedes its
+//!    message_created).
 //! 3. [`worth_reporting`] picks the ones to report now, head of the queue first, at most
 //!    [`MAX_EVENTS_PER_RUN`] (the next run, shortly after, takes the rest).
 //! 4. They are locked `FOR UPDATE SKIP LOCKED` where still queued and not reported since
@@ -46,6 +47,10 @@ use crate::relay::Relay;
 
 /// The key of the reporter's advisory lock, the same in every replica ("atelierQ").
 pub const REPORTER_LOCK_KEY: i64 = 0x6174_656c_6965_7251;
+/// How deep into the queue a run ranks messages: a run's cost stays bounded (a few
+/// milliseconds) however long the queue grows while the workers are down; a message
+/// further back is first reported once it comes within this depth.
+pub const REPORTED_DEPTH: i64 = 2_000;
 /// The most generation_queued events one run publishes; the rest wait for the next run,
 /// which comes shortly after.
 pub const MAX_EVENTS_PER_RUN: usize = 500;
@@ -184,7 +189,7 @@ impl Reporter {
             tx.rollback().await?;
             return Ok(Run::Skipped);
         }
-        let queue = db::queue::changed_positions(&mut tx).await?;
+        let queue = db::queue::changed_positions(&mut tx, REPORTED_DEPTH).await?;
         let mut due: Vec<&Changed> = queue
             .changed
             .iter()

@@ -484,3 +484,26 @@ async fn two_replicas_never_report_a_position_twice() {
     }
     assert!(moved > 0, "the queue moved");
 }
+
+#[tokio::test]
+async fn a_run_ranks_only_the_head_of_a_long_queue() {
+    let app = TestApp::spawn().await;
+    let (_, messages) = three_queued_messages(&app).await;
+    let pool = app.db.pool().await.expect("pool");
+    let mut tx = pool.begin().await.expect("transaction");
+    let view = atelier_conversation::db::queue::changed_positions(&mut tx, 2)
+        .await
+        .expect("ranked");
+    // Two of the three are ranked and counted; the third is left to a later run.
+    assert_eq!(view.length, 2);
+    assert!(
+        view.changed
+            .iter()
+            .all(|changed| changed.message_id != uuid(&messages[2].id) && changed.position < 2),
+        "{view:?}"
+    );
+}
+
+fn uuid(id: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id).expect("a message id")
+}

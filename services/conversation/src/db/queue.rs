@@ -22,7 +22,7 @@ pub async fn try_lock_reporter(tx: &mut sqlx::PgConnection, key: i64) -> sqlx::R
 /// The queue as one run sees it.
 #[derive(Debug)]
 pub struct QueueView {
-    /// Queued messages, all of them.
+    /// Queued messages, counted up to the depth the run ranks.
     pub length: u64,
     /// The database's clock at the start of the transaction (what [`record`] stores).
     pub now: DateTime<Utc>,
@@ -51,20 +51,27 @@ struct QueueRow {
     queue_reported_at: Option<DateTime<Utc>>,
 }
 
-/// Ranks every queued message (a window function over the partial index
-/// `messages_queued`) and returns the queue's length with the messages whose rank is not
-/// the position last reported. A message whose SendMessage outbox rows are not all
-/// published yet counts in the ranks but is not returned: its generation_queued must not
-/// reach the stream before its message_created.
+/// Ranks the first `depth` queued messages (an ordered scan of the partial index
+/// `messages_queued`, a window function over it) and returns their count with those whose
+/// rank is not the position last reported. A message whose SendMessage outbox rows are
+/// not all published yet counts in the ranks but is not returned: its generation_queued
+/// must not reach the stream before its message_created.
+///
+/// The depth bounds a run's cost when the queue is long (the workers are down): deeper
+/// messages are reported once they come within it.
 ///
 /// Always one row at least: the count, with no message when none changed.
 #[tracing::instrument(skip(tx))]
-pub async fn changed_positions(tx: &mut sqlx::PgConnection) -> sqlx::Result<QueueView> {
+pub async fn changed_positions(tx: &mut sqlx::PgConnection, depth: i64) -> sqlx::Result<QueueView> {
     let rows: Vec<QueueRow> = sqlx::query_as(
-        "WITH queue AS ( \
+        "WITH head AS ( \
+             SELECT id, created_at, queue_position, queue_reported_at \
+             FROM messages WHERE status = 'queued' \
+             ORDER BY created_at, id LIMIT $1 \
+         ), queue AS ( \
              SELECT id, queue_position, queue_reported_at, \
                     row_number() OVER (ORDER BY created_at, id) - 1 AS position \
-             FROM messages WHERE status = 'queued' \
+             FROM head \
          ) \
          SELECT c.length, now() AS now, q.id, q.position, q.queue_position, q.queue_reported_at \
          FROM (SELECT count(*) AS length FROM queue) c \
@@ -75,6 +82,7 @@ pub async fn changed_positions(tx: &mut sqlx::PgConnection) -> sqlx::Result<Queu
                 WHERE o.message_id = q.id AND o.published_at IS NULL) \
          ORDER BY q.position",
     )
+    .bind(depth)
     .fetch_all(&mut *tx)
     .await?;
     let length = rows.first().map_or(0, |row| row.length);
