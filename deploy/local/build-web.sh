@@ -7,6 +7,14 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo/web"
 
+# The toolchain (protoc-gen-es, playwright-core) needs Node.js 20 or newer.
+node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+if [ "$node_major" -lt 20 ]; then
+  echo "web: Node.js 20 or newer is needed to build the web client (found $(node --version 2>/dev/null || echo none));" >&2
+  echo "web: install a newer nodejs (Debian 13 ships 20; NodeSource has packages for older releases) and re-run" >&2
+  exit 1
+fi
+
 # npx and npm must never stop to ask a question.
 export npm_config_yes=true npm_config_fund=false npm_config_audit=false
 
