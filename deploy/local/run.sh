@@ -10,6 +10,8 @@
 #   ATELIER_EDGE_HTTP_ADDR (127.0.0.1:50080): images and the web client,
 #   ATELIER_PG_HOST / ATELIER_PG_PORT / ATELIER_NATS_PORT (see ensure-deps.sh),
 #   ATELIER_RUN_WAIT_SECS (30): how long to wait for a service to listen.
+#   ATELIER_SERVICE_TOKEN, ATELIER_JWT_HS256_SECRET, ATELIER_IMAGE_URL_SECRET:
+#   generated once under .dev/secrets/ when unset.
 # Anything else in the caller's environment (RUST_LOG, JWT settings, ...) is
 # inherited by every service.
 set -euo pipefail
@@ -69,7 +71,27 @@ if addr_open "$edge_http"; then
   die "the edge's HTTP port ($edge_http) is already in use; stop whatever holds it (or set ATELIER_EDGE_HTTP_ADDR)"
 fi
 
-bash deploy/local/ensure-deps.sh
+bash deploy/local/ensure-deps.sh --client-tools
+
+# The mesh's secrets: random, made once per checkout under .dev/secrets/ (git-ignored,
+# readable by this user only), and the same for every service. A value already in the
+# environment wins. No service starts with a missing, built-in or short secret unless
+# ATELIER_ENV=development (see SECURITY.md).
+secrets_dir="$repo/.dev/secrets"
+local_secret() {
+  local file="$secrets_dir/$1"
+  if [ ! -s "$file" ]; then
+    mkdir -p "$secrets_dir"
+    chmod 700 "$secrets_dir"
+    (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$file.tmp" && mv "$file.tmp" "$file")
+    say "generated a secret in ${file#"$repo"/}"
+  fi
+  cat "$file"
+}
+ATELIER_SERVICE_TOKEN="${ATELIER_SERVICE_TOKEN:-$(local_secret service-token)}"
+ATELIER_JWT_HS256_SECRET="${ATELIER_JWT_HS256_SECRET:-$(local_secret jwt-hs256)}"
+ATELIER_IMAGE_URL_SECRET="${ATELIER_IMAGE_URL_SECRET:-$(local_secret image-url)}"
+export ATELIER_SERVICE_TOKEN ATELIER_JWT_HS256_SECRET ATELIER_IMAGE_URL_SECRET
 
 # The conversation service owns the 'atelier' database. Only create it when we
 # are using our default URL; a caller-supplied URL is the caller's business.
@@ -195,7 +217,7 @@ start edge ATELIER_CONVERSATION_URL="$conversation_url" \
   ATELIER_WEB_DIR="$web_dir"
 wait_listening edge
 check_children
-# A development token for the page (HS256 with the local secret, or the one set).
+# A token for the page, signed with the mesh's HS256 secret.
 web_token="$("$bin_dir/atelier-mint-token" --sub "${ATELIER_WEB_USER:-alice}" --ttl-seconds 86400 2>/dev/null || true)"
 
 cat <<EOF
@@ -203,7 +225,9 @@ cat <<EOF
 Atelier mesh is up.
   web client:              http://$edge_http/#token=$web_token
   edge (gRPC + grpc-web):  ${listen[edge]}
+  tools on PATH:           export PATH="$repo/.dev/tools/bin:\$PATH"   (grpcurl, when ensure-deps installed it there)
   mint a token:            export TOKEN="\$($bin_dir/atelier-mint-token --sub alice)"
+  grant credits:           grpcurl -plaintext -H "x-atelier-service-token: \$(cat .dev/secrets/service-token)" -d '{"user_id": "alice", "amount": 500, "reference": "grant-1"}' ${listen[conversation]} atelier.conversation.v1.ConversationService/GrantCredits
   try it:                  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/CreateConversation
   watch your events:       grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/WatchEvents
   images:                  $storage_dir (served under signed URLs at http://$edge_http/images/...)

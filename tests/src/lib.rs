@@ -13,9 +13,6 @@ use atelier_runtime::internal_call::ServiceToken;
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use tonic::transport::{Channel, Endpoint};
 
-const JWT_SECRET: &[u8] = b"mesh-jwt-secret";
-const SERVICE_TOKEN: &str = "mesh-service-token";
-
 /// Knobs a mesh test or benchmark turns; everything else is the deployment default.
 #[derive(Clone, Debug)]
 pub struct MeshOptions {
@@ -65,6 +62,10 @@ pub struct Mesh {
     pub db: TestDatabase,
     pub nats: TestNats,
     images: ImagesDir,
+    /// This mesh's own HS256 key (random, like its service credential).
+    jwt_secret: String,
+    /// This mesh's own image URL key: a test signs with it to make a URL the edge would.
+    pub image_url_secret: String,
 }
 
 /// The worker's image directory, removed with the mesh.
@@ -80,11 +81,15 @@ impl Mesh {
     pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         let nats = TestNats::new();
+        // Secrets of this mesh's own, as run.sh generates them.
+        let service_token = atelier_testkit::random_secret();
+        let jwt_secret = atelier_testkit::random_secret();
+        let image_url_secret = atelier_testkit::random_secret();
         let conversation_config = atelier_conversation::Config {
             database: db.options(),
             max_connections: options.database_connections,
             run_migrations: true,
-            service_token: ServiceToken::new(SERVICE_TOKEN),
+            service_token: ServiceToken::new(&service_token),
             starting_credits: options.starting_credits,
             max_generations_per_conversation: options.max_generations_per_conversation,
             catalog: Catalog::embedded(),
@@ -106,8 +111,8 @@ impl Mesh {
         let edge_http = edge_http_listener.local_addr()?;
         let edge_config = atelier_edge::Config {
             conversation_url: conversation.url(),
-            service_token: ServiceToken::new(SERVICE_TOKEN),
-            jwt: JwtVerifier::hs256(JWT_SECRET),
+            service_token: ServiceToken::new(&service_token),
+            jwt: JwtVerifier::hs256(jwt_secret.as_bytes()),
             cors_origins: vec![],
             rate_limit: options.rate_limit,
             nats_url: nats.url.clone(),
@@ -120,6 +125,7 @@ impl Mesh {
             },
             images: atelier_edge::config::ImagesConfig {
                 storage: atelier_images::Storage::Local(images.0.clone()),
+                url_secret: atelier_runtime::config::Secret::new(&image_url_secret),
                 ..Default::default()
             },
         };
@@ -127,7 +133,7 @@ impl Mesh {
             atelier_edge::serve(edge_config, listener, edge_http_listener, shutdown)
         })
         .await?;
-        let token = || ServiceToken::new(SERVICE_TOKEN);
+        let token = || ServiceToken::new(&service_token);
         let llm = options.llm_url.as_deref().map(atelier_llm::LlmConfig::new);
         let intent_config = atelier_intent::Config {
             service_token: token(),
@@ -189,6 +195,8 @@ impl Mesh {
             db,
             nats,
             images,
+            jwt_secret,
+            image_url_secret,
         })
     }
 
@@ -207,7 +215,10 @@ impl Mesh {
 
     /// A valid `authorization` value for `user`.
     pub fn bearer(&self, user: &str) -> anyhow::Result<String> {
-        Ok(format!("Bearer {}", mint_hs256(JWT_SECRET, user, 3600)?))
+        Ok(format!(
+            "Bearer {}",
+            mint_hs256(self.jwt_secret.as_bytes(), user, 3600)?
+        ))
     }
 }
 

@@ -242,7 +242,7 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
     );
     let expired = atelier_images::ImageUrls::local(
         &format!("http://{}", mesh.edge_http),
-        atelier_edge::config::DEFAULT_IMAGE_URL_SECRET.as_bytes(),
+        mesh.image_url_secret.as_bytes(),
         Duration::from_secs(60),
     )
     .url_for(

@@ -34,7 +34,6 @@ pub struct Config {
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/atelier";
-pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
@@ -79,10 +78,9 @@ impl Config {
             database,
             max_connections: var_or("ATELIER_DATABASE_MAX_CONNECTIONS", 16)?,
             run_migrations: var_or("ATELIER_DATABASE_MIGRATE", true)?,
-            service_token: ServiceToken::new(var_or::<String>(
-                "ATELIER_SERVICE_TOKEN",
-                DEFAULT_SERVICE_TOKEN.to_owned(),
-            )?),
+            service_token: ServiceToken::from_env(
+                atelier_runtime::config::Environment::from_env()?
+            )?,
             starting_credits,
             max_generations_per_conversation,
             catalog,
@@ -106,11 +104,14 @@ mod tests {
     /// The queue report interval `from_env` reads with exactly `vars` set (of the queue's
     /// variables), or its error.
     fn queue_report_interval_with(vars: &[(&str, &str)]) -> String {
+        let token = atelier_testkit::random_secret();
+        let mut set = vec![("ATELIER_SERVICE_TOKEN", token.as_str())];
+        set.extend_from_slice(vars);
         atelier_testkit::rerun_with_env(
             "config::tests::print_from_env",
             PROBE,
-            &["ATELIER_QUEUE_"],
-            vars,
+            &["ATELIER_QUEUE_", "ATELIER_ENV"],
+            &set,
         )
     }
 

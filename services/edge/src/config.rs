@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use atelier_runtime::config::{ConfigError, Secret, list_or, optional_var, positive_var, var_or};
-use atelier_runtime::internal_call::ServiceToken;
+use atelier_runtime::config::{
+    ConfigError, Environment, Secret, list_or, optional_var, positive_var, secret, var_or,
+};
+use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, ServiceToken};
 
 use crate::auth::JwtVerifier;
 use crate::rate_limit::RateLimit;
@@ -95,13 +97,14 @@ impl Default for ImagesConfig {
     }
 }
 
-/// The HS256 secret of the local mesh: fine on a laptop, never in production.
+/// The HS256 secret of development mode (`ATELIER_ENV=development`): public, so refused
+/// anywhere else.
 pub const DEFAULT_JWT_SECRET: &str = "atelier-local-jwt-secret";
 /// The service credential of the local mesh (the conversation service has the same).
-pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
 pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_CORS_ORIGINS: &[&str] = &["http://localhost:5173", "http://127.0.0.1:5173"];
-/// The image URL signing key of the local mesh: every edge replica must share the real one.
+/// The image URL signing key of development mode: public, so refused anywhere else. Every
+/// edge replica must share the real one.
 pub const DEFAULT_IMAGE_URL_SECRET: &str = "atelier-local-image-url-secret";
 
 impl Default for Config {
@@ -109,7 +112,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             conversation_url: DEFAULT_CONVERSATION_URL.to_owned(),
-            service_token: ServiceToken::new(DEFAULT_SERVICE_TOKEN),
+            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             jwt: JwtVerifier::hs256(DEFAULT_JWT_SECRET.as_bytes()),
             cors_origins: DEFAULT_CORS_ORIGINS
                 .iter()
@@ -131,6 +134,7 @@ impl Default for Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let environment = Environment::from_env()?;
         let jwt = match optional_var::<String>("ATELIER_JWT_RS256_PUBLIC_KEY_FILE")? {
             Some(path) => {
                 let pem = std::fs::read(&path).map_err(|err| {
@@ -141,7 +145,8 @@ impl Config {
                 })?
             }
             None => JwtVerifier::hs256(
-                var_or::<String>("ATELIER_JWT_HS256_SECRET", DEFAULT_JWT_SECRET.to_owned())?
+                secret("ATELIER_JWT_HS256_SECRET", DEFAULT_JWT_SECRET, environment)?
+                    .expose()
                     .as_bytes(),
             ),
         };
@@ -157,15 +162,15 @@ impl Config {
                 "the rate and ATELIER_RATE_LIMIT_BURST must be positive",
             ))?;
         }
+        let http_addr = var_or("ATELIER_EDGE_HTTP_ADDR", HttpConfig::default().addr)?;
+        environment.check_listen("ATELIER_EDGE_HTTP_ADDR", http_addr)?;
+        let storage = atelier_images::Storage::from_env()?;
         Ok(Self {
             conversation_url: var_or(
                 "ATELIER_CONVERSATION_URL",
                 DEFAULT_CONVERSATION_URL.to_owned(),
             )?,
-            service_token: ServiceToken::new(var_or::<String>(
-                "ATELIER_SERVICE_TOKEN",
-                DEFAULT_SERVICE_TOKEN.to_owned(),
-            )?),
+            service_token: ServiceToken::from_env(environment)?,
             jwt,
             cors_origins: list_or("ATELIER_CORS_ORIGINS", DEFAULT_CORS_ORIGINS)?,
             rate_limit: RateLimit {
@@ -184,17 +189,22 @@ impl Config {
                     .unwrap_or(usize::MAX),
             },
             http: HttpConfig {
-                addr: var_or("ATELIER_EDGE_HTTP_ADDR", HttpConfig::default().addr)?,
+                addr: http_addr,
                 public_url: optional_var("ATELIER_EDGE_PUBLIC_HTTP_URL")?,
                 public_grpc_url: optional_var("ATELIER_EDGE_PUBLIC_GRPC_URL")?,
                 web_dir: optional_var::<String>("ATELIER_WEB_DIR")?.map(PathBuf::from),
             },
             images: ImagesConfig {
-                storage: atelier_images::Storage::from_env()?,
-                url_secret: Secret::new(var_or::<String>(
-                    "ATELIER_IMAGE_URL_SECRET",
-                    DEFAULT_IMAGE_URL_SECRET.to_owned(),
-                )?),
+                url_secret: match &storage {
+                    // Presigned by the bucket: the edge signs nothing itself.
+                    atelier_images::Storage::S3FromEnv => Secret::new(""),
+                    atelier_images::Storage::Local(_) => secret(
+                        "ATELIER_IMAGE_URL_SECRET",
+                        DEFAULT_IMAGE_URL_SECRET,
+                        environment,
+                    )?,
+                },
+                storage,
                 url_lifetime: Duration::from_secs(positive_var(
                     "ATELIER_IMAGE_URL_TTL_SECONDS",
                     3600,

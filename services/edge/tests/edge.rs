@@ -520,3 +520,32 @@ async fn an_unreachable_conversation_service_is_unavailable_not_internal() {
         status.message()
     );
 }
+
+/// Outside development the service refuses to start without its service credential, its JWT secret and its image URL key, or with a built-in or
+/// short one; development mode warns, and listens on loopback only.
+#[test]
+fn refuses_to_start_unsafely() {
+    use atelier_testkit::startup::{
+        RequiredSecret, assert_development_is_loopback_only, assert_development_warns,
+        assert_secrets_required,
+    };
+    let binary = env!("CARGO_BIN_EXE_atelier-edge");
+    let secrets = [
+        RequiredSecret {
+            variable: "ATELIER_SERVICE_TOKEN",
+            development_value: atelier_runtime::internal_call::DEVELOPMENT_SERVICE_TOKEN,
+        },
+        RequiredSecret {
+            variable: "ATELIER_JWT_HS256_SECRET",
+            development_value: atelier_edge::config::DEFAULT_JWT_SECRET,
+        },
+        RequiredSecret {
+            variable: "ATELIER_IMAGE_URL_SECRET",
+            development_value: atelier_edge::config::DEFAULT_IMAGE_URL_SECRET,
+        },
+    ];
+    assert_secrets_required(binary, &secrets, &[]);
+    assert_development_is_loopback_only(binary, "ATELIER_LISTEN_ADDR", &[]);
+    assert_development_is_loopback_only(binary, "ATELIER_EDGE_HTTP_ADDR", &[]);
+    assert_development_warns(binary, "ATELIER_SERVICE_TOKEN", &[]);
+}

@@ -7,11 +7,10 @@
 use std::time::Duration;
 
 use atelier_llm::LlmConfig;
-use atelier_runtime::config::{positive_var, var_or};
-use atelier_runtime::internal_call::ServiceToken;
+use atelier_runtime::config::positive_var;
+use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, ServiceToken};
 
 /// The service credential of a local mesh; every deployment sets its own.
-pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -37,17 +36,19 @@ impl Config {
     ///
     /// - the `ATELIER_LLM_*` variables (see [`LlmConfig::from_env`]); no
     ///   `ATELIER_LLM_BASE_URL` means the deterministic fallback only;
-    /// - `ATELIER_SERVICE_TOKEN`, default [`DEFAULT_SERVICE_TOKEN`];
+    /// - `ATELIER_SERVICE_TOKEN`, required outside development (`ATELIER_ENV`);
     /// - `ATELIER_ENHANCEMENT_CACHE_TTL_SECS`, default 600;
     /// - `ATELIER_ENHANCEMENT_CACHE_CAPACITY`, default 10000.
     pub fn from_env() -> anyhow::Result<Self> {
+        let environment = atelier_runtime::config::Environment::from_env()?;
+        let metrics_addr = atelier_runtime::config::optional_var("ATELIER_METRICS_ADDR")?;
+        if let Some(addr) = metrics_addr {
+            environment.check_listen("ATELIER_METRICS_ADDR", addr)?;
+        }
         Ok(Self {
-            metrics_addr: atelier_runtime::config::optional_var("ATELIER_METRICS_ADDR")?,
+            metrics_addr,
             llm: LlmConfig::from_env()?,
-            service_token: ServiceToken::new(var_or::<String>(
-                "ATELIER_SERVICE_TOKEN",
-                DEFAULT_SERVICE_TOKEN.to_owned(),
-            )?),
+            service_token: ServiceToken::from_env(environment)?,
             cache_ttl: Duration::from_secs(positive_var(
                 "ATELIER_ENHANCEMENT_CACHE_TTL_SECS",
                 Self::DEFAULT_CACHE_TTL.as_secs(),
@@ -64,7 +65,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             llm: None,
-            service_token: ServiceToken::new(DEFAULT_SERVICE_TOKEN),
+            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             cache_ttl: Self::DEFAULT_CACHE_TTL,
             cache_capacity: Self::DEFAULT_CACHE_CAPACITY,
             metrics_addr: None,

@@ -346,7 +346,7 @@ async fn the_default_config_serves_the_fallback() {
     let response = EnhancementServiceClient::with_interceptor(
         channel(&server).await,
         OutgoingCall::new(&ServiceToken::new(
-            atelier_enhancement::config::DEFAULT_SERVICE_TOKEN,
+            atelier_runtime::internal_call::DEVELOPMENT_SERVICE_TOKEN,
         ))
         .expect("ascii"),
     )
@@ -356,4 +356,23 @@ async fn the_default_config_serves_the_fallback() {
     .into_inner();
     assert_is_fallback(&response, PROMPT, "anime", "");
     server.stop().await.expect("stops cleanly");
+}
+
+/// Outside development the service refuses to start without its service credential, or with a built-in or
+/// short one; development mode warns, and listens on loopback only.
+#[test]
+fn refuses_to_start_unsafely() {
+    use atelier_testkit::startup::{
+        RequiredSecret, assert_development_is_loopback_only, assert_development_warns,
+        assert_secrets_required,
+    };
+    let binary = env!("CARGO_BIN_EXE_atelier-enhancement");
+    let secrets = [RequiredSecret {
+        variable: "ATELIER_SERVICE_TOKEN",
+        development_value: atelier_runtime::internal_call::DEVELOPMENT_SERVICE_TOKEN,
+    }];
+    assert_secrets_required(binary, &secrets, &[]);
+    assert_development_is_loopback_only(binary, "ATELIER_LISTEN_ADDR", &[]);
+    assert_development_is_loopback_only(binary, "ATELIER_METRICS_ADDR", &[]);
+    assert_development_warns(binary, "ATELIER_SERVICE_TOKEN", &[]);
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use atelier_runtime::config::var_or;
-use atelier_runtime::internal_call::ServiceToken;
+use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, ServiceToken};
 
 use crate::providers::{ProvidersConfig, RetryPolicy};
 
@@ -40,7 +40,7 @@ impl Default for Config {
             conversation_url: "http://127.0.0.1:50052".to_owned(),
             intent_url: "http://127.0.0.1:50053".to_owned(),
             enhancement_url: "http://127.0.0.1:50054".to_owned(),
-            service_token: ServiceToken::new("atelier-local-service-token"),
+            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             providers: ProvidersConfig::default(),
             provider_retries: RetryPolicy::default(),
             storage: atelier_images::Storage::default(),
@@ -69,10 +69,9 @@ impl Config {
             conversation_url: var_or("ATELIER_CONVERSATION_URL", defaults.conversation_url)?,
             intent_url: var_or("ATELIER_INTENT_URL", defaults.intent_url)?,
             enhancement_url: var_or("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,
-            service_token: ServiceToken::new(var_or::<String>(
-                "ATELIER_SERVICE_TOKEN",
-                "atelier-local-service-token".to_owned(),
-            )?),
+            service_token: ServiceToken::from_env(
+                atelier_runtime::config::Environment::from_env()?
+            )?,
             providers: ProvidersConfig::from_env()?,
             provider_retries: RetryPolicy {
                 max_attempts: var_or("ATELIER_PROVIDER_ATTEMPTS", 3)?,

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use atelier_llm::LlmConfig;
 use atelier_runtime::config::{ConfigError, var_or};
-use atelier_runtime::internal_call::{OutgoingCall, ServiceToken};
+use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, OutgoingCall, ServiceToken};
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_SUBJECT_PREFIX: &str = "atelier";
 pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
-pub const DEFAULT_SERVICE_TOKEN: &str = "atelier-local-service-token";
 pub const DEFAULT_TITLE_DEADLINE_MS: u64 = 5000;
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
@@ -53,7 +52,7 @@ impl Default for Config {
             nats_url: DEFAULT_NATS_URL.to_owned(),
             subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
             conversation_url: DEFAULT_CONVERSATION_URL.to_owned(),
-            service_token: ServiceToken::new(DEFAULT_SERVICE_TOKEN),
+            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             llm: None,
             title_deadline: Duration::from_millis(DEFAULT_TITLE_DEADLINE_MS),
             concurrency: DEFAULT_CONCURRENCY,
@@ -91,10 +90,8 @@ impl Config {
                 err,
             ))?;
         }
-        let service_token = ServiceToken::new(var_or::<String>(
-            "ATELIER_SERVICE_TOKEN",
-            DEFAULT_SERVICE_TOKEN.to_owned(),
-        )?);
+        let service_token =
+            ServiceToken::from_env(atelier_runtime::config::Environment::from_env()?)?;
         if let Err(err) = OutgoingCall::new(&service_token) {
             Err(ConfigError::new("ATELIER_SERVICE_TOKEN", "<hidden>", err))?;
         }

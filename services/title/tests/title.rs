@@ -420,3 +420,21 @@ async fn an_unreachable_conversation_service_is_retried() {
     })
     .await;
 }
+
+/// Outside development the service refuses to start without its service credential, or with a built-in or
+/// short one; development mode warns, and listens on loopback only.
+#[test]
+fn refuses_to_start_unsafely() {
+    use atelier_testkit::startup::{
+        RequiredSecret, assert_development_is_loopback_only, assert_development_warns,
+        assert_secrets_required,
+    };
+    let binary = env!("CARGO_BIN_EXE_atelier-title");
+    let secrets = [RequiredSecret {
+        variable: "ATELIER_SERVICE_TOKEN",
+        development_value: atelier_runtime::internal_call::DEVELOPMENT_SERVICE_TOKEN,
+    }];
+    assert_secrets_required(binary, &secrets, &[]);
+    assert_development_is_loopback_only(binary, "ATELIER_LISTEN_ADDR", &[]);
+    assert_development_warns(binary, "ATELIER_SERVICE_TOKEN", &[]);
+}

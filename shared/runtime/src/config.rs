@@ -79,6 +79,123 @@ pub fn list_or(name: &str, default: &[&str]) -> Result<Vec<String>, ConfigError>
     })
 }
 
+/// Where the process runs, from `ATELIER_ENV`: `production` (the default) or `development`.
+///
+/// In production every secret must be set, long enough, and not a built-in development
+/// value, or the process refuses to start. Development allows the built-in values (with a
+/// warning at start-up), so a laptop runs with no settings, but refuses to listen on
+/// anything but loopback, so those public values never guard a reachable port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Development,
+}
+
+impl Environment {
+    pub const VARIABLE: &str = "ATELIER_ENV";
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match optional_var::<String>(Self::VARIABLE)?.as_deref() {
+            None | Some("production") => Ok(Self::Production),
+            Some("development") => Ok(Self::Development),
+            Some(other) => Err(ConfigError::new(
+                Self::VARIABLE,
+                other,
+                "must be production or development",
+            )),
+        }
+    }
+
+    /// Refuses to listen on `addr` (from variable `name`) when it is not loopback in
+    /// development.
+    pub fn check_listen(self, name: &str, addr: std::net::SocketAddr) -> Result<(), ConfigError> {
+        if self == Self::Development && !addr.ip().is_loopback() {
+            return Err(ConfigError::new(
+                name,
+                addr.to_string(),
+                "development mode (ATELIER_ENV=development) listens on loopback only: its \
+                 built-in secrets are public",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The shortest secret accepted outside development: HS256 and HMAC keys of fewer than
+/// 32 bytes (256 bits) are guessable offline.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The secret in variable `name`, checked for `environment` (see [`Environment`]).
+/// `development_value` is what development uses when the variable is unset.
+pub fn secret(
+    name: &str,
+    development_value: &str,
+    environment: Environment,
+) -> Result<Secret, ConfigError> {
+    let value = std::env::var(name).ok().filter(|value| !value.is_empty());
+    check_secret(name, value, development_value, environment)
+}
+
+/// [`secret`] on a value already read: the rules, without the environment.
+pub fn check_secret(
+    name: &str,
+    value: Option<String>,
+    development_value: &str,
+    environment: Environment,
+) -> Result<Secret, ConfigError> {
+    let problem = match &value {
+        None => Some("is not set"),
+        Some(value) if value == development_value => Some("is the built-in development value"),
+        Some(value) if value.len() < MIN_SECRET_BYTES => Some("is shorter than 32 bytes"),
+        Some(_) => None,
+    };
+    match (problem, environment) {
+        (None, _) => Ok(Secret::new(value.unwrap_or_default())),
+        (Some(problem), Environment::Production) => Err(ConfigError::new(
+            name,
+            "<hidden>",
+            format!(
+                "{problem}: set a random secret of at least {MIN_SECRET_BYTES} bytes \
+                 (e.g. `head -c 48 /dev/urandom | base64`), the same in every service \
+                 that shares it, or run with ATELIER_ENV=development on loopback"
+            ),
+        )),
+        (Some(problem), Environment::Development) => {
+            warn_at_start(format!(
+                "{name} {problem}: using {}; acceptable in development only",
+                if value.is_some() {
+                    "it"
+                } else {
+                    "the built-in development value"
+                }
+            ));
+            Ok(Secret::new(
+                value.unwrap_or_else(|| development_value.to_owned()),
+            ))
+        }
+    }
+}
+
+/// Warnings found while the configuration was read, before logging started: the process
+/// logs them once telemetry is up ([`take_start_warnings`]).
+static START_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn warn_at_start(warning: String) {
+    START_WARNINGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(warning);
+}
+
+/// The warnings found while reading the configuration, once.
+pub fn take_start_warnings() -> Vec<String> {
+    std::mem::take(
+        &mut START_WARNINGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
 /// A secret setting: its `Debug` never prints it, and reading it takes an explicit
 /// [`Secret::expose`], so it does not reach a log by accident.
 #[derive(Clone)]
@@ -119,6 +236,66 @@ mod tests {
             positive_var("ATELIER_TEST_SURELY_UNSET_VARIABLE", 3).expect("default"),
             3
         );
+    }
+
+    const DEV: &str = "atelier-local-development-value";
+    const GOOD: &str = "0123456789abcdefghijklmnopqrstuvwxyz";
+
+    #[test]
+    fn production_refuses_missing_development_and_short_secrets() {
+        for (value, problem) in [
+            (None, "is not set"),
+            (Some(DEV), "development value"),
+            (Some("short-secret"), "shorter than 32 bytes"),
+        ] {
+            let err = check_secret(
+                "ATELIER_X_SECRET",
+                value.map(str::to_owned),
+                DEV,
+                Environment::Production,
+            )
+            .expect_err("refused");
+            assert_eq!(err.name, "ATELIER_X_SECRET");
+            assert!(err.reason.contains(problem), "{err}");
+            // The value itself is never echoed.
+            assert!(!err.to_string().contains("short-secret"), "{err}");
+        }
+        let good = check_secret(
+            "ATELIER_X_SECRET",
+            Some(GOOD.to_owned()),
+            DEV,
+            Environment::Production,
+        )
+        .expect("a good secret");
+        assert_eq!(good.expose(), GOOD);
+    }
+
+    #[test]
+    fn development_allows_them_with_a_warning() {
+        let _ = take_start_warnings();
+        let secret = check_secret("ATELIER_X_SECRET", None, DEV, Environment::Development)
+            .expect("development default");
+        assert_eq!(secret.expose(), DEV);
+        let warnings = take_start_warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|warning| warning.contains("ATELIER_X_SECRET")),
+            "{warnings:?}"
+        );
+        assert!(!warnings.iter().any(|warning| warning.contains(DEV)));
+    }
+
+    #[test]
+    fn development_listens_on_loopback_only() {
+        let loopback = "127.0.0.1:50051".parse().expect("an address");
+        let anywhere = "0.0.0.0:50051".parse().expect("an address");
+        assert!(Environment::Development.check_listen("A", loopback).is_ok());
+        assert!(Environment::Production.check_listen("A", anywhere).is_ok());
+        let err = Environment::Development
+            .check_listen("ATELIER_LISTEN_ADDR", anywhere)
+            .expect_err("refused");
+        assert_eq!(err.name, "ATELIER_LISTEN_ADDR");
     }
 
     #[test]

@@ -22,9 +22,26 @@ pub const USER_ID_HEADER: &str = "x-atelier-user-id";
 #[derive(Clone)]
 pub struct ServiceToken(Arc<str>);
 
+/// The service credential of development mode (`ATELIER_ENV=development`): public, so
+/// refused anywhere else.
+pub const DEVELOPMENT_SERVICE_TOKEN: &str = "atelier-local-service-token";
+
 impl ServiceToken {
     pub fn new(secret: impl Into<String>) -> Self {
         Self(Arc::from(secret.into()))
+    }
+
+    /// `ATELIER_SERVICE_TOKEN`, checked like every secret
+    /// ([`crate::config::secret`]).
+    pub fn from_env(
+        environment: crate::config::Environment,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let secret = crate::config::secret(
+            "ATELIER_SERVICE_TOKEN",
+            DEVELOPMENT_SERVICE_TOKEN,
+            environment,
+        )?;
+        Ok(Self::new(secret.expose()))
     }
 
     fn matches(&self, presented: &[u8]) -> bool {

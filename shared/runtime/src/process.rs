@@ -12,12 +12,14 @@ use crate::config::{self, ConfigError};
 pub type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where a service listens: `ATELIER_LISTEN_ADDR`, or `default` (a loopback port per
-/// service so the local mesh needs no settings).
+/// service so the local mesh needs no settings); loopback only in development.
 pub fn listen_addr(default: &str) -> Result<SocketAddr, ConfigError> {
     let fallback = default
         .parse()
         .map_err(|err| ConfigError::new("ATELIER_LISTEN_ADDR", default, err))?;
-    config::var_or("ATELIER_LISTEN_ADDR", fallback)
+    let addr = config::var_or("ATELIER_LISTEN_ADDR", fallback)?;
+    config::Environment::from_env()?.check_listen("ATELIER_LISTEN_ADDR", addr)?;
+    Ok(addr)
 }
 
 /// Runs a service process: `load` reads its config, `run` serves on the bound listener
@@ -52,6 +54,15 @@ where
     };
     let outcome = runtime.block_on(async move {
         let _telemetry = crate::telemetry::init(name)?;
+        if config::Environment::from_env()? == config::Environment::Development {
+            tracing::warn!(
+                service = name,
+                "development mode (ATELIER_ENV=development): built-in secrets allowed, loopback only"
+            );
+        }
+        for warning in config::take_start_warnings() {
+            tracing::warn!(service = name, "{warning}");
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|err| anyhow::anyhow!("cannot listen on {addr}: {err}"))?;

@@ -9,6 +9,7 @@
 //! - [`StatementCounter`]: counts the SQL statements sqlx sends, to prove query budgets.
 //! - [`rerun_with_env`]: config tests read the environment in a child process.
 //! - [`fakes`]: HTTP fakes of the image providers' public APIs.
+//! - [`startup`]: what a service binary refuses before it listens (secrets, addresses).
 //! - [`init_logging`]: test output stays quiet unless `TEST_LOG` is set.
 
 mod database;
@@ -17,6 +18,7 @@ pub mod fakes;
 mod nats;
 mod proxy;
 mod server;
+pub mod startup;
 mod statements;
 
 pub use database::TestDatabase;
@@ -25,6 +27,17 @@ pub use nats::TestNats;
 pub use proxy::TcpProxy;
 pub use server::{RunningServer, spawn_server};
 pub use statements::StatementCounter;
+
+/// A random secret of 64 characters (about 150 random bits), as a test run's service
+/// credential or signing key: like `run.sh`, no test relies on a value written in the
+/// source.
+pub fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::now_v7().simple(),
+        uuid::Uuid::now_v7().simple()
+    )
+}
 
 /// Logs to the test's output when `TEST_LOG` is set (its value is the filter, e.g. `debug`).
 pub fn init_logging() {

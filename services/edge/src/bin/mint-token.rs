@@ -1,9 +1,13 @@
 //! `atelier-mint-token --sub alice [--ttl-seconds 3600]`: prints an HS256 JWT the local edge
-//! accepts, signed with `ATELIER_JWT_HS256_SECRET` (or the local default).
+//! accepts, signed with `ATELIER_JWT_HS256_SECRET`; unset, with the secret `run.sh`
+//! generated (`.dev/secrets/jwt-hs256`, from the checkout's root), or with the development
+//! value when `ATELIER_ENV=development`.
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: atelier-mint-token --sub <user-id> [--ttl-seconds <seconds>]";
+/// Where `run.sh` keeps the local mesh's JWT secret.
+const LOCAL_SECRET_FILE: &str = ".dev/secrets/jwt-hs256";
 
 fn main() -> ExitCode {
     let mut subject = None;
@@ -29,9 +33,14 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(64);
     };
-    let secret = std::env::var("ATELIER_JWT_HS256_SECRET")
-        .unwrap_or_else(|_| atelier_edge::config::DEFAULT_JWT_SECRET.to_owned());
-    match atelier_edge::auth::mint_hs256(secret.as_bytes(), &subject, ttl_seconds) {
+    let secret = match secret() {
+        Ok(secret) => secret,
+        Err(err) => {
+            eprintln!("atelier-mint-token: {err}");
+            return ExitCode::from(64);
+        }
+    };
+    match atelier_edge::auth::mint_hs256(secret.expose().as_bytes(), &subject, ttl_seconds) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
@@ -41,4 +50,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn secret() -> Result<atelier_runtime::config::Secret, String> {
+    use atelier_runtime::config::{Environment, Secret, secret};
+    let environment = Environment::from_env().map_err(|err| err.to_string())?;
+    let set = std::env::var("ATELIER_JWT_HS256_SECRET").is_ok_and(|value| !value.is_empty());
+    if !set && let Ok(local) = std::fs::read_to_string(LOCAL_SECRET_FILE) {
+        return Ok(Secret::new(local.trim()));
+    }
+    secret(
+        "ATELIER_JWT_HS256_SECRET",
+        atelier_edge::config::DEFAULT_JWT_SECRET,
+        environment,
+    )
+    .map_err(|err| err.to_string())
 }

@@ -76,7 +76,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the events of a step may take to arrive after the last one is published.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HS256 secret the child edge verifies, and this program signs with.
-const JWT_SECRET: &str = "loadgen-watch-jwt-secret";
+/// The HS256 key of the benchmark's edge (it is refused under 32 bytes).
+const JWT_SECRET: &str = "loadgen-watch-jwt-secret-of-thirty-two-bytes-or-more";
 
 /// The targets this benchmark reports against.
 const TARGET_P99_STREAMS: usize = 1_000;
@@ -740,6 +741,8 @@ impl ServerProcess {
             .env("ATELIER_NATS_URL", &nats.url)
             .env("ATELIER_SUBJECT_PREFIX", &nats.prefix)
             .env("ATELIER_JWT_HS256_SECRET", JWT_SECRET)
+            .env("ATELIER_SERVICE_TOKEN", atelier_testkit::random_secret())
+            .env("ATELIER_IMAGE_URL_SECRET", atelier_testkit::random_secret())
             .env("ATELIER_STORAGE_DIR", &storage)
             // WatchEvents without a conversation filter never calls it.
             .env("ATELIER_CONVERSATION_URL", "http://127.0.0.1:9")
