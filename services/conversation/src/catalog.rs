@@ -59,6 +59,10 @@ pub struct ModelSpec {
 /// Image sides must be multiples of this: every diffusion model works on 8x8 latent cells.
 pub const SIDE_MULTIPLE: u32 = 8;
 
+/// The longest model name: every message and image carries it, so it counts in the size
+/// of the largest message (see `pagination`).
+pub const MAX_MODEL_NAME_CHARS: usize = 64;
+
 impl Catalog {
     /// The embedded catalog (`catalog.json` beside this crate's Cargo.toml).
     pub fn embedded() -> Self {
@@ -93,6 +97,10 @@ impl Catalog {
         for (index, model) in self.models.iter().enumerate() {
             let name = &model.name;
             anyhow::ensure!(!name.is_empty(), "model #{index} has no name");
+            anyhow::ensure!(
+                name.chars().count() <= MAX_MODEL_NAME_CHARS,
+                "model {name:?} has a name over {MAX_MODEL_NAME_CHARS} characters"
+            );
             anyhow::ensure!(
                 self.models[..index].iter().all(|other| &other.name != name),
                 "model {name:?} appears twice"
@@ -206,5 +214,15 @@ mod tests {
                 "{err:?} should mention {expected:?}"
             );
         }
+        let model = |name: &str| {
+            format!(
+                r#"{{"default_model":"{name}","models":[{{"name":"{name}","provider":"builtin","price_per_image":1,"price_per_megapixel":0,"min_side":64,"max_side":128,"default_width":64,"default_height":64}}]}}"#
+            )
+        };
+        Catalog::from_json(&model(&"m".repeat(MAX_MODEL_NAME_CHARS))).expect("64 characters");
+        let err = Catalog::from_json(&model(&"m".repeat(MAX_MODEL_NAME_CHARS + 1)))
+            .expect_err("65 characters")
+            .to_string();
+        assert!(err.contains("over 64 characters"), "{err}");
     }
 }

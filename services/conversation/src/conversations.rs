@@ -42,14 +42,20 @@ pub async fn list(
     request: proto::ListConversationsRequest,
 ) -> Result<proto::ListConversationsResponse, ServiceError> {
     let page = PageRequest::parse(request.page_size, &request.page_token)?;
-    let mut rows =
+    let rows =
         db::conversations::list(&state.pool, user_id, request.include_archived, &page).await?;
-    let next_page_token = page.finish(&mut rows, |row| Cursor {
-        at: row.last_activity_at,
-        id: row.id,
-    });
+    let (conversations, next_page_token) = page.fill(
+        rows,
+        |row| Cursor {
+            at: row.last_activity_at,
+            id: row.id,
+        },
+        wire::conversation,
+        // No images.
+        |_| 0,
+    );
     Ok(proto::ListConversationsResponse {
-        conversations: rows.into_iter().map(wire::conversation).collect(),
+        conversations,
         next_page_token,
     })
 }

@@ -35,6 +35,17 @@ pub enum ServiceError {
     },
     #[error("balance {balance} does not cover cost {cost}")]
     CreditsExhausted { balance: i64, cost: i64 },
+    /// A SendMessage reused a client_request_id of its conversation for another request;
+    /// `fields` are the protobuf paths that differ from the first one.
+    #[error(
+        "client_request_id {client_request_id:?} made message {message_id}, with a different {}",
+        fields.join(", ")
+    )]
+    IdempotencyKeyReused {
+        client_request_id: String,
+        message_id: String,
+        fields: Vec<&'static str>,
+    },
     /// PostgreSQL cannot be reached right now (connection refused, pool exhausted): the
     /// caller may retry.
     #[error("database unavailable")]
@@ -111,6 +122,33 @@ impl From<ServiceError> for Status {
                     HashMap::from([
                         ("balance".to_owned(), balance.to_string()),
                         ("cost".to_owned(), cost.to_string()),
+                    ]),
+                ),
+            ),
+            // FAILED_PRECONDITION, not INVALID_ARGUMENT: the request is valid on its own (with
+            // a new key it succeeds), it is the state, the key already bound to another
+            // request, that refuses it; and repeating it will not help until the client
+            // changes something. Not ALREADY_EXISTS either, which a client could take for
+            // "your message exists": this request's message was never made.
+            ServiceError::IdempotencyKeyReused {
+                client_request_id,
+                message_id,
+                fields,
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                format!(
+                    "client_request_id {client_request_id:?} was already used in this \
+                     conversation for message {message_id}, with a different {}; resend that \
+                     request unchanged to get its message, or use a new client_request_id \
+                     for a new request",
+                    fields.join(", ")
+                ),
+                ErrorDetails::with_error_info(
+                    error_reason::IDEMPOTENCY_KEY_REUSED,
+                    error_reason::DOMAIN,
+                    HashMap::from([
+                        ("message_id".to_owned(), message_id),
+                        ("fields".to_owned(), fields.join(",")),
                     ]),
                 ),
             ),

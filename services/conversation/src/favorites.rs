@@ -35,13 +35,19 @@ pub async fn list(
     request: proto::ListFavoritesRequest,
 ) -> Result<proto::ListFavoritesResponse, ServiceError> {
     let page = PageRequest::parse(request.page_size, &request.page_token)?;
-    let mut rows = db::generations::favorites(&state.pool, user_id, &page).await?;
-    let next_page_token = page.finish(&mut rows, |row| Cursor {
-        at: row.created_at,
-        id: row.id,
-    });
+    let rows = db::generations::favorites(&state.pool, user_id, &page).await?;
+    let (generations, next_page_token) = page.fill(
+        rows,
+        |row| Cursor {
+            at: row.created_at,
+            id: row.id,
+        },
+        wire::generation,
+        // The edge signs a URL for every completed image.
+        |generation| usize::from(generation.status() == proto::GenerationStatus::Completed),
+    );
     Ok(proto::ListFavoritesResponse {
-        generations: rows.into_iter().map(wire::generation).collect(),
+        generations,
         next_page_token,
     })
 }

@@ -20,6 +20,7 @@ pub mod queue;
 pub mod relay;
 mod requests;
 mod service;
+mod text;
 mod wire;
 
 use std::future::Future;
@@ -29,10 +30,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use atelier_proto::CONVERSATION_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
+use atelier_proto::limits;
 use atelier_runtime::grpc;
 use atelier_runtime::internal_call::RequireServiceToken;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 pub use crate::config::Config;
@@ -89,8 +92,13 @@ pub async fn run(
 
     let (health, reflection_and_health) =
         grpc::health_and_reflection(&[CONVERSATION_SERVICE_NAME])?;
-    let api =
-        ConversationServiceServer::with_interceptor(service::ConversationApi { state }, token);
+    // Message size limits: atelier_proto::limits, which has the table of every hop.
+    let api = InterceptedService::new(
+        ConversationServiceServer::new(service::ConversationApi { state })
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
+        token,
+    );
     Server::builder()
         // Outermost: one span per RPC, joined to the caller's trace.
         .layer(grpc::trace_layer())

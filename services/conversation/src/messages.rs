@@ -11,6 +11,7 @@ use crate::error::ServiceError;
 use crate::outbox::{self, EventContext};
 use crate::pagination::{Cursor, PageRequest};
 use crate::requests::{self, NewMessage};
+use crate::text;
 use crate::{State, wire};
 
 /// Longest automatic title, in characters, before the LLM title replaces it.
@@ -153,7 +154,7 @@ pub async fn send(
         }
         Ok(SendOutcome::Replay(existing)) => {
             tx.rollback().await?;
-            return replay(state, user_id, existing).await;
+            return replay(state, user_id, existing, &new).await;
         }
         Ok(SendOutcome::ConversationRefused) => {
             tx.rollback().await?;
@@ -186,7 +187,7 @@ pub async fn send(
         )
         .await?
     {
-        return replay(state, user_id, existing).await;
+        return replay(state, user_id, existing, &new).await;
     }
     match refusal {
         Some(cost) => {
@@ -199,16 +200,72 @@ pub async fn send(
     }
 }
 
-/// The answer to a retried SendMessage: the message its first call created, as it is now.
+/// The answer to a retried SendMessage: the message its first call created, as it is now,
+/// if the retry is the same request; IDEMPOTENCY_KEY_REUSED if the key was used for
+/// another one. The first message is read here anyway, so comparing the stored prompt and
+/// settings costs no extra statement, and the fast path stores and computes nothing for
+/// it.
 async fn replay(
     state: &State,
     user_id: &str,
     message_id: Uuid,
+    retry: &NewMessage,
 ) -> Result<proto::SendMessageResponse, ServiceError> {
-    let message = load_message(state, user_id, message_id).await?;
+    let first = db::messages::get(&state.pool, user_id, message_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+    let fields = differences(retry, &first);
+    if !fields.is_empty() {
+        return Err(ServiceError::IdempotencyKeyReused {
+            client_request_id: retry.client_request_id.clone().unwrap_or_default(),
+            message_id: message_id.to_string(),
+            fields,
+        });
+    }
+    let generations = db::generations::of_messages(&state.pool, &[message_id]).await?;
     Ok(proto::SendMessageResponse {
-        message: Some(message),
+        message: Some(wire::message(first, generations)),
     })
+}
+
+/// The request fields, as protobuf paths, in which a retry differs from the message its
+/// key made: the normalised prompt and every setting as resolved (an unset setting
+/// compares as its default, so leaving out `model` and naming the default model are the
+/// same request). Empty: the same request.
+fn differences(retry: &NewMessage, first: &MessageRow) -> Vec<&'static str> {
+    let settings = &retry.settings;
+    [
+        ("prompt", first.content == retry.prompt),
+        ("settings.model", first.model == settings.model),
+        (
+            "settings.width",
+            i64::from(first.width) == i64::from(settings.width),
+        ),
+        (
+            "settings.height",
+            i64::from(first.height) == i64::from(settings.height),
+        ),
+        (
+            "settings.image_count",
+            i64::from(first.image_count) == i64::from(settings.image_count),
+        ),
+        (
+            "settings.style_preset",
+            first.style_preset == settings.style_preset,
+        ),
+        (
+            "settings.seed",
+            first.seed.map(i128::from) == settings.seed.map(i128::from),
+        ),
+        (
+            "settings.negative_prompt",
+            first.negative_prompt == settings.negative_prompt,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(field, _)| field)
+    .collect()
 }
 
 /// Why the conversation refused the message. Read only on this failure path.
@@ -247,7 +304,8 @@ fn seed_of(requested: Option<u64>, position: u32, generation_id: Uuid) -> i64 {
 }
 
 /// The conversation title until the LLM's arrives: the prompt's first words, cut at a word
-/// boundary, with an ellipsis when cut.
+/// boundary, with an ellipsis when cut. The prompt is normalised text ([`text::clean`]), so
+/// the title is too: one line, NFC, nothing invisible.
 pub fn automatic_title(prompt: &str) -> String {
     let words: Vec<&str> = prompt.split_whitespace().collect();
     let full = words.join(" ");
@@ -266,8 +324,8 @@ pub fn automatic_title(prompt: &str) -> String {
         title.push_str(word);
     }
     if title.is_empty() {
-        // One huge word: cut it.
-        title = full.chars().take(AUTOMATIC_TITLE_CHARS - 1).collect();
+        // One huge word: cut it, but not inside a combining sequence or a joined emoji.
+        title = text::prefix(&full, AUTOMATIC_TITLE_CHARS - 1).to_owned();
     }
     title.push('…');
     title
@@ -281,7 +339,7 @@ pub async fn list(
     let conversation_id = requests::id("conversation_id", &request.conversation_id)?;
     let page = PageRequest::parse(request.page_size, &request.page_token)?;
     // Statement 1: the page (owner-filtered).
-    let mut rows = db::messages::page(&state.pool, user_id, conversation_id, &page).await?;
+    let rows = db::messages::page(&state.pool, user_id, conversation_id, &page).await?;
     if rows.is_empty() {
         // Statement 2 when the page is empty: is that an empty conversation or someone else's?
         db::conversations::get(&state.pool, user_id, conversation_id)
@@ -289,20 +347,33 @@ pub async fn list(
             .ok_or_else(|| ServiceError::not_found("conversation", conversation_id))?;
         return Ok(proto::ListMessagesResponse::default());
     }
-    let next_page_token = page.finish(&mut rows, |row| Cursor {
-        at: row.created_at,
-        id: row.id,
-    });
-    // Statement 2 otherwise: every generation of the page at once.
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    // Statement 2 otherwise: every generation of the page at once (not the probe row's,
+    // which is never in the page).
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .take(page.size as usize)
+        .map(|row| row.id)
+        .collect();
     let mut by_message = group_by_message(db::generations::of_messages(&state.pool, &ids).await?);
-    let messages = rows
-        .into_iter()
-        .map(|row| {
+    let (messages, next_page_token) = page.fill(
+        rows,
+        |row| Cursor {
+            at: row.created_at,
+            id: row.id,
+        },
+        |row| {
             let generations = by_message.remove(&row.id).unwrap_or_default();
             wire::message(row, generations)
-        })
-        .collect();
+        },
+        // The edge signs a URL for every completed image.
+        |message| {
+            message
+                .generations
+                .iter()
+                .filter(|generation| generation.status() == proto::GenerationStatus::Completed)
+                .count()
+        },
+    );
     Ok(proto::ListMessagesResponse {
         messages,
         next_page_token,
@@ -371,6 +442,167 @@ mod tests {
     fn one_huge_word_is_cut() {
         let title = automatic_title(&"x".repeat(500));
         assert_eq!(title.chars().count(), AUTOMATIC_TITLE_CHARS);
+    }
+
+    #[test]
+    fn automatic_titles_are_normalised_titles() {
+        let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}";
+        for raw in [
+            "a red fox\nin the\tsnow",
+            &format!("{}x\u{303}yz", "w".repeat(58)),
+            &format!("{}{family}{family}", "w".repeat(57)),
+            &"caf\u{E9} ".repeat(30),
+        ] {
+            let prompt = text::clean(raw, text::PROMPT).expect("a valid prompt");
+            let title = automatic_title(&prompt);
+            assert!(title.chars().count() <= AUTOMATIC_TITLE_CHARS, "{title}");
+            assert_eq!(text::clean(&title, text::TITLE).as_ref(), Ok(&title));
+            assert!(!title.contains("x…"), "a mark cut from its base: {title}");
+            assert!(!title.contains("\u{200D}…"), "a joined emoji cut: {title}");
+        }
+    }
+
+    /// The row SendMessage stores for `message`.
+    fn stored(message: &NewMessage) -> MessageRow {
+        let settings = &message.settings;
+        MessageRow {
+            id: Uuid::now_v7(),
+            conversation_id: message.conversation_id,
+            content: message.prompt.clone(),
+            model: settings.model.clone(),
+            width: i32::try_from(settings.width).expect("fits"),
+            height: i32::try_from(settings.height).expect("fits"),
+            image_count: i16::try_from(settings.image_count).expect("fits"),
+            style_preset: settings.style_preset.clone(),
+            seed: settings.seed.map(|seed| i64::try_from(seed).expect("fits")),
+            negative_prompt: settings.negative_prompt.clone(),
+            status: "completed".into(),
+            intent_kind: Some("new".into()),
+            resolved_prompt: Some("resolved".into()),
+            edit_type: None,
+            strength: None,
+            enhanced_prompt: Some("enhanced".into()),
+            effective_negative_prompt: Some("effective".into()),
+            cost: settings.cost(),
+            client_request_id: message.client_request_id.clone(),
+            created_at: db::now(),
+        }
+    }
+
+    #[test]
+    fn a_retry_differs_in_exactly_the_fields_it_changed() {
+        let catalog = crate::catalog::Catalog::embedded();
+        let conversation_id = Uuid::now_v7().to_string();
+        let parse = |prompt: &str, settings: proto::GenerationSettings| {
+            NewMessage::parse(
+                proto::SendMessageRequest {
+                    conversation_id: conversation_id.clone(),
+                    prompt: prompt.into(),
+                    settings: Some(settings),
+                    client_request_id: "key".into(),
+                },
+                &catalog,
+            )
+            .expect("valid")
+        };
+        let base = proto::GenerationSettings {
+            model: "sdxl".into(),
+            width: Some(768),
+            height: Some(512),
+            image_count: Some(2),
+            style_preset: "anime".into(),
+            seed: Some(7),
+            negative_prompt: "blurry".into(),
+        };
+        let first = stored(&parse("a red fox", base.clone()));
+
+        // The same request, written differently: normalisation and defaults make it equal.
+        let same = parse(" a red\u{200B} fox ", base.clone());
+        assert_eq!(differences(&same, &first), Vec::<&str>::new());
+        let defaults = stored(&parse("fox", proto::GenerationSettings::default()));
+        let explicit = parse(
+            "fox",
+            proto::GenerationSettings {
+                model: "builtin".into(),
+                image_count: Some(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(differences(&explicit, &defaults), Vec::<&str>::new());
+
+        let changes: Vec<(&str, proto::GenerationSettings, &str)> = vec![
+            ("a red fox at night", base.clone(), "prompt"),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    model: "builtin".into(),
+                    ..base.clone()
+                },
+                "settings.model",
+            ),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    width: Some(512),
+                    ..base.clone()
+                },
+                "settings.width",
+            ),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    height: Some(768),
+                    ..base.clone()
+                },
+                "settings.height",
+            ),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    image_count: Some(3),
+                    ..base.clone()
+                },
+                "settings.image_count",
+            ),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    style_preset: String::new(),
+                    ..base.clone()
+                },
+                "settings.style_preset",
+            ),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    seed: None,
+                    ..base.clone()
+                },
+                "settings.seed",
+            ),
+            (
+                "a red fox",
+                proto::GenerationSettings {
+                    negative_prompt: "blurry, dark".into(),
+                    ..base.clone()
+                },
+                "settings.negative_prompt",
+            ),
+        ];
+        for (prompt, settings, field) in changes {
+            assert_eq!(differences(&parse(prompt, settings), &first), [field]);
+        }
+        let everything = parse(
+            "another fox",
+            proto::GenerationSettings {
+                seed: Some(8),
+                ..base
+            },
+        );
+        assert_eq!(
+            differences(&everything, &first),
+            ["prompt", "settings.seed"]
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::requests;
 use crate::{State, wire};
 
 /// The longest failure reason stored and shown.
-const MAX_REASON_CHARS: usize = 500;
+pub(crate) const MAX_REASON_CHARS: usize = 500;
 
 fn events_of<'a>(user_id: &'a str, message: &LockedMessage) -> EventContext<'a> {
     EventContext {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, ModelSpec};
 use crate::error::ServiceError;
+use crate::text;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
 pub const MAX_NEGATIVE_PROMPT_CHARS: usize = 2000;
@@ -38,8 +39,18 @@ impl Violations {
     }
 }
 
-/// Checks a free-text field: no NUL character (PostgreSQL cannot store one in text, so
-/// it would surface as an internal error), and `min..=max` characters.
+/// A free-text field a user writes (prompt, negative prompt, title), normalised by
+/// [`text::clean`]; on a violation, recorded, and an empty string returned.
+fn user_text(violations: &mut Violations, field: &str, raw: &str, rules: text::Field) -> String {
+    text::clean(raw, rules).unwrap_or_else(|refusal| {
+        violations.add(field, refusal.to_string());
+        String::new()
+    })
+}
+
+/// Checks a field that is not a user's text (an idempotency key, what the pipeline
+/// records): no NUL character (PostgreSQL cannot store one in text, so it would surface as
+/// an internal error), and `min..=max` characters.
 fn text(violations: &mut Violations, field: &str, value: &str, min: usize, max: usize) {
     let chars = value.chars().count();
     if value.contains('\0') {
@@ -74,11 +85,9 @@ pub fn id(field: &str, value: &str) -> Result<Uuid, ServiceError> {
     Ok(id.expect("a parsed id when there is no violation"))
 }
 
-/// A title: trimmed, 1 to 200 characters.
+/// A title: normalised (one line), 1 to 200 characters.
 fn title(violations: &mut Violations, field: &str, value: &str) -> String {
-    let title = value.trim();
-    text(violations, field, title, 1, MAX_TITLE_CHARS);
-    title.to_owned()
+    user_text(violations, field, value, text::TITLE)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -161,7 +170,7 @@ impl Settings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewMessage {
     pub conversation_id: Uuid,
-    /// Trimmed.
+    /// Normalised ([`text::clean`]).
     pub prompt: String,
     pub settings: Settings,
     pub client_request_id: Option<String>,
@@ -176,8 +185,7 @@ impl NewMessage {
         let conversation_id =
             parse_id(&mut violations, "conversation_id", &request.conversation_id);
 
-        let prompt = request.prompt.trim();
-        text(&mut violations, "prompt", prompt, 1, MAX_PROMPT_CHARS);
+        let prompt = user_text(&mut violations, "prompt", &request.prompt, text::PROMPT);
 
         let client_request_id = request.client_request_id.trim();
         text(
@@ -196,7 +204,7 @@ impl NewMessage {
         violations.finish()?;
         Ok(Self {
             conversation_id: conversation_id.expect("checked"),
-            prompt: prompt.to_owned(),
+            prompt,
             settings: settings.expect("checked"),
             client_request_id: (!client_request_id.is_empty())
                 .then(|| client_request_id.to_owned()),
@@ -274,13 +282,11 @@ fn settings(
         violations.add("settings.seed", format!("at most {MAX_SEED}, got {seed}"));
     }
 
-    let negative_prompt = settings.negative_prompt.trim();
-    text(
+    let negative_prompt = user_text(
         violations,
         "settings.negative_prompt",
-        negative_prompt,
-        0,
-        MAX_NEGATIVE_PROMPT_CHARS,
+        &settings.negative_prompt,
+        text::NEGATIVE_PROMPT,
     );
 
     let model = model?;
@@ -292,7 +298,7 @@ fn settings(
         image_count,
         style_preset: style_preset.to_owned(),
         seed: settings.seed,
-        negative_prompt: negative_prompt.to_owned(),
+        negative_prompt,
         price_per_image: model.price_per_image_of(width, height),
     })
 }

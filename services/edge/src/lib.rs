@@ -29,12 +29,14 @@ use anyhow::Context as _;
 use atelier_images::ImageUrls;
 use atelier_proto::CHAT_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use atelier_proto::limits;
 use atelier_proto::v1::chat_service_server::ChatServiceServer;
 use atelier_runtime::grpc;
 use atelier_runtime::internal_call::OutgoingCall;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Endpoint, Server};
 use tonic_web::GrpcWebLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -77,10 +79,13 @@ pub async fn serve(
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(3))
         .connect_lazy();
+    // Message size limits: atelier_proto::limits, which has the table of every hop.
     let conversation = ConversationServiceClient::with_interceptor(
         channel,
         OutgoingCall::new(&config.service_token)?,
-    );
+    )
+    .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
     let store = config
         .images
         .storage
@@ -120,12 +125,14 @@ pub async fn serve(
         jwt: Arc::new(config.jwt.clone()),
         limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limit)),
     };
-    let chat = ChatServiceServer::with_interceptor(
-        chat::ChatApi {
+    let chat = InterceptedService::new(
+        ChatServiceServer::new(chat::ChatApi {
             conversation,
             links,
             watch,
-        },
+        })
+        .max_decoding_message_size(limits::MAX_CLIENT_REQUEST_BYTES)
+        .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
         gatekeeper,
     );
     let (health, reflection_and_health) = grpc::health_and_reflection(&[CHAT_SERVICE_NAME])?;

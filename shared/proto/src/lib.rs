@@ -5,6 +5,7 @@
 //! .proto files.
 
 pub mod codec;
+pub mod limits;
 
 // Generated code is prost's, not ours to restyle.
 /// The public API: resources, the event envelope and `ChatService`.
@@ -56,7 +57,8 @@ pub const ENHANCEMENT_SERVICE_NAME: &str = "atelier.enhancement.v1.EnhancementSe
 
 /// The `ErrorInfo` reasons a client can act on, part of the public API contract. Each
 /// RESOURCE_EXHAUSTED status carries one, so a client tells "buy credits" from "slow
-/// down" without parsing messages.
+/// down" without parsing messages, and so does the FAILED_PRECONDITION of a reused
+/// idempotency key, to tell it from an archived conversation.
 pub mod error_reason {
     /// The `ErrorInfo.domain` of every Atelier error.
     pub const DOMAIN: &str = "atelier.v1";
@@ -72,6 +74,12 @@ pub mod error_reason {
     /// A WatchEvents stream was closed by the server (it drains): reconnect, to another
     /// instance, with the `resume_after` in the ErrorInfo metadata.
     pub const STREAM_CLOSED: &str = "STREAM_CLOSED";
+    /// A SendMessage reused a `client_request_id` of this conversation for a different
+    /// request (another prompt or other settings). Nothing was written or charged. The
+    /// ErrorInfo metadata names the first request's message (`message_id`) and the fields
+    /// that differ (`fields`, comma-separated protobuf paths). Send a new request with a
+    /// new key; resend the first request unchanged to get its message.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 }
 
 /// The style presets `GenerationSettings.style_preset` accepts (empty means none).
