@@ -87,8 +87,10 @@ pub async fn run(
         queue: nudge,
     });
 
-    let (health, reflection_and_health) =
-        grpc::health_and_reflection(&[CONVERSATION_SERVICE_NAME])?;
+    let (health, reflection_and_health) = grpc::health_and_reflection(
+        atelier_proto::FILE_DESCRIPTOR_SET,
+        &[CONVERSATION_SERVICE_NAME],
+    )?;
     let api =
         ConversationServiceServer::with_interceptor(service::ConversationApi { state }, token);
     Server::builder()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use atelier_runtime::config::{ConfigError, Secret, list_or, optional_var, positive_var, var_or};
 use atelier_runtime::internal_call::ServiceToken;
 
-use crate::auth::JwtVerifier;
+use crate::auth::{JwksConfig, JwtVerifier};
 use crate::rate_limit::RateLimit;
 
 #[derive(Clone)]
@@ -20,6 +20,9 @@ pub struct Config {
     /// (but the edge's own web origin, [`HttpConfig::public_url`], always does).
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimit,
+    /// Failed authentications allowed per peer address: past them, every call from the
+    /// address is refused until its bucket refills (see `gatekeeper.rs`).
+    pub auth_failure_limit: RateLimit,
     /// NATS, where WatchEvents reads the users' events.
     pub nats_url: String,
     /// The prefix of every subject and stream name (the same for the whole mesh).
@@ -103,6 +106,12 @@ pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_CORS_ORIGINS: &[&str] = &["http://localhost:5173", "http://127.0.0.1:5173"];
 /// The image URL signing key of the local mesh: every edge replica must share the real one.
 pub const DEFAULT_IMAGE_URL_SECRET: &str = "atelier-local-image-url-secret";
+/// 20 failed authentications per address at once, then one per second.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: RateLimit = RateLimit {
+    per_second: 1.0,
+    burst: 20,
+    idle_eviction: Duration::from_secs(20),
+};
 
 impl Default for Config {
     /// The local mesh: every service on its default loopback port, the development secrets.
@@ -120,6 +129,7 @@ impl Default for Config {
                 burst: 40,
                 idle_eviction: Duration::from_secs(600),
             },
+            auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             subject_prefix: "atelier".to_owned(),
             watch: WatchConfig::default(),
@@ -147,7 +157,9 @@ impl Config {
         };
         let jwt = jwt
             .with_issuer(optional_var("ATELIER_JWT_ISSUER")?)
-            .with_audience(optional_var("ATELIER_JWT_AUDIENCE")?);
+            .with_audience(optional_var("ATELIER_JWT_AUDIENCE")?)
+            .with_max_age(jwt_max_age_from_env()?)
+            .with_jwks(JwksConfig::from_env()?);
         let per_second: f64 = var_or("ATELIER_RATE_LIMIT_PER_SECOND", 20.0)?;
         let burst: u32 = var_or("ATELIER_RATE_LIMIT_BURST", 40)?;
         if !(per_second > 0.0 && burst > 0) {
@@ -173,6 +185,7 @@ impl Config {
                 burst,
                 idle_eviction: Duration::from_secs(600),
             },
+            auth_failure_limit: auth_failure_limit_from_env()?,
             nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
             watch: WatchConfig {
@@ -201,5 +214,34 @@ impl Config {
                 )?),
             },
         })
+    }
+}
+
+/// `ATELIER_AUTH_FAILURE_LIMIT_PER_SECOND` and `ATELIER_AUTH_FAILURE_LIMIT_BURST`.
+fn auth_failure_limit_from_env() -> Result<RateLimit, ConfigError> {
+    let per_second: f64 = var_or(
+        "ATELIER_AUTH_FAILURE_LIMIT_PER_SECOND",
+        DEFAULT_AUTH_FAILURE_LIMIT.per_second,
+    )?;
+    let burst: u32 = var_or(
+        "ATELIER_AUTH_FAILURE_LIMIT_BURST",
+        DEFAULT_AUTH_FAILURE_LIMIT.burst,
+    )?;
+    if !(per_second.is_finite() && per_second > 0.0 && burst > 0) {
+        return Err(ConfigError::new(
+            "ATELIER_AUTH_FAILURE_LIMIT_PER_SECOND",
+            per_second.to_string(),
+            "the rate and ATELIER_AUTH_FAILURE_LIMIT_BURST must be positive",
+        ));
+    }
+    Ok(RateLimit::refilling(per_second, burst))
+}
+
+/// `ATELIER_JWT_MAX_AGE_SECS`: unset means no limit on a token's age.
+fn jwt_max_age_from_env() -> Result<Option<Duration>, ConfigError> {
+    const NAME: &str = "ATELIER_JWT_MAX_AGE_SECS";
+    match optional_var::<u64>(NAME)? {
+        Some(0) => Err(ConfigError::new(NAME, "0", "must be positive")),
+        max_age => Ok(max_age.map(Duration::from_secs)),
     }
 }
