@@ -1,5 +1,6 @@
 //! Compiles every .proto under the workspace's proto/ with protox (no system protoc) and
-//! writes the descriptor set that the gRPC servers hand to reflection.
+//! writes the descriptor sets that the gRPC servers hand to reflection: every file, for
+//! the internal ports, and the public API alone, for the edge.
 
 use std::path::PathBuf;
 
@@ -15,16 +16,43 @@ const FILES: &[&str] = &[
     "atelier/intent/v1/intent_service.proto",
     "atelier/enhancement/v1/enhancement_service.proto",
 ];
+/// The public API's package directory: these files, with what they import, are all the
+/// edge's reflection may describe.
+const PUBLIC_DIR: &str = "atelier/v1/";
+/// What a public file may import besides other public files: the well-known types.
+const PUBLIC_IMPORTS_DIR: &str = "google/protobuf/";
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
 
-    let files: Vec<String> = FILES.iter().map(|f| format!("{PROTO_ROOT}/{f}")).collect();
+    let path = |file: &&str| format!("{PROTO_ROOT}/{file}");
+    let files: Vec<String> = FILES.iter().map(path).collect();
     let descriptors = protox::compile(&files, [PROTO_ROOT])?;
     std::fs::write(
         out_dir.join("atelier_descriptor.bin"),
         descriptors.encode_to_vec(),
+    )?;
+
+    // protox adds every import, so this set holds the public files and what they need,
+    // and nothing an internal file declares.
+    let public_files: Vec<String> = FILES
+        .iter()
+        .filter(|file| file.starts_with(PUBLIC_DIR))
+        .map(path)
+        .collect();
+    let public = protox::compile(&public_files, [PROTO_ROOT])?;
+    for file in &public.file {
+        let name = file.name();
+        // A public file importing an internal one would publish it through reflection.
+        anyhow::ensure!(
+            name.starts_with(PUBLIC_DIR) || name.starts_with(PUBLIC_IMPORTS_DIR),
+            "the public API imports {name}, which is not public"
+        );
+    }
+    std::fs::write(
+        out_dir.join("atelier_public_descriptor.bin"),
+        public.encode_to_vec(),
     )?;
 
     tonic_prost_build::configure()

@@ -115,6 +115,7 @@ impl Mesh {
             jwt: JwtVerifier::hs256(jwt_secret.as_bytes()),
             cors_origins: vec![],
             rate_limit: options.rate_limit,
+            auth_failure_limit: atelier_edge::config::DEFAULT_AUTH_FAILURE_LIMIT,
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
             watch: options.watch.clone(),

@@ -90,8 +90,10 @@ pub async fn run(
         queue: nudge,
     });
 
-    let (health, reflection_and_health) =
-        grpc::health_and_reflection(&[CONVERSATION_SERVICE_NAME])?;
+    let (health, reflection_and_health) = grpc::health_and_reflection(
+        atelier_proto::FILE_DESCRIPTOR_SET,
+        &[CONVERSATION_SERVICE_NAME],
+    )?;
     // Message size limits: atelier_proto::limits, which has the table of every hop.
     let api = InterceptedService::new(
         ConversationServiceServer::new(service::ConversationApi { state })

@@ -9,7 +9,7 @@ use atelier_runtime::config::{
 };
 use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, ServiceToken};
 
-use crate::auth::JwtVerifier;
+use crate::auth::{JwksConfig, JwtVerifier};
 use crate::rate_limit::RateLimit;
 
 #[derive(Clone)]
@@ -22,6 +22,9 @@ pub struct Config {
     /// (but the edge's own web origin, [`HttpConfig::public_url`], always does).
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimit,
+    /// Failed authentications allowed per peer address: past them, every call from the
+    /// address is refused until its bucket refills (see `gatekeeper.rs`).
+    pub auth_failure_limit: RateLimit,
     /// NATS, where WatchEvents reads the users' events.
     pub nats_url: String,
     /// The prefix of every subject and stream name (the same for the whole mesh).
@@ -106,6 +109,12 @@ pub const DEFAULT_CORS_ORIGINS: &[&str] = &["http://localhost:5173", "http://127
 /// The image URL signing key of development mode: public, so refused anywhere else. Every
 /// edge replica must share the real one.
 pub const DEFAULT_IMAGE_URL_SECRET: &str = "atelier-local-image-url-secret";
+/// 20 failed authentications per address at once, then one per second.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: RateLimit = RateLimit {
+    per_second: 1.0,
+    burst: 20,
+    idle_eviction: Duration::from_secs(20),
+};
 
 impl Default for Config {
     /// The local mesh: every service on its default loopback port, the development secrets.
@@ -123,6 +132,7 @@ impl Default for Config {
                 burst: 40,
                 idle_eviction: Duration::from_secs(600),
             },
+            auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             subject_prefix: "atelier".to_owned(),
             watch: WatchConfig::default(),
@@ -135,8 +145,13 @@ impl Default for Config {
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let environment = Environment::from_env()?;
-        let jwt = match optional_var::<String>("ATELIER_JWT_RS256_PUBLIC_KEY_FILE")? {
-            Some(path) => {
+        // One key source: an identity provider's key set, a static RS256 key, or, when
+        // neither is set, the HS256 secret (only then is that secret required).
+        let jwks = JwksConfig::from_env()?;
+        let rs256_key_file = optional_var::<String>("ATELIER_JWT_RS256_PUBLIC_KEY_FILE")?;
+        let jwt = match (jwks, rs256_key_file) {
+            (Some(jwks), _) => JwtVerifier::jwks(jwks),
+            (None, Some(path)) => {
                 let pem = std::fs::read(&path).map_err(|err| {
                     ConfigError::new("ATELIER_JWT_RS256_PUBLIC_KEY_FILE", &path, err)
                 })?;
@@ -144,7 +159,7 @@ impl Config {
                     ConfigError::new("ATELIER_JWT_RS256_PUBLIC_KEY_FILE", &path, err)
                 })?
             }
-            None => JwtVerifier::hs256(
+            (None, None) => JwtVerifier::hs256(
                 secret("ATELIER_JWT_HS256_SECRET", DEFAULT_JWT_SECRET, environment)?
                     .expose()
                     .as_bytes(),
@@ -152,7 +167,8 @@ impl Config {
         };
         let jwt = jwt
             .with_issuer(optional_var("ATELIER_JWT_ISSUER")?)
-            .with_audience(optional_var("ATELIER_JWT_AUDIENCE")?);
+            .with_audience(optional_var("ATELIER_JWT_AUDIENCE")?)
+            .with_max_age(jwt_max_age_from_env()?);
         let per_second: f64 = var_or("ATELIER_RATE_LIMIT_PER_SECOND", 20.0)?;
         let burst: u32 = var_or("ATELIER_RATE_LIMIT_BURST", 40)?;
         if !(per_second > 0.0 && burst > 0) {
@@ -178,6 +194,7 @@ impl Config {
                 burst,
                 idle_eviction: Duration::from_secs(600),
             },
+            auth_failure_limit: auth_failure_limit_from_env()?,
             nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
             watch: WatchConfig {
@@ -211,5 +228,34 @@ impl Config {
                 )?),
             },
         })
+    }
+}
+
+/// `ATELIER_AUTH_FAILURE_LIMIT_PER_SECOND` and `ATELIER_AUTH_FAILURE_LIMIT_BURST`.
+fn auth_failure_limit_from_env() -> Result<RateLimit, ConfigError> {
+    let per_second: f64 = var_or(
+        "ATELIER_AUTH_FAILURE_LIMIT_PER_SECOND",
+        DEFAULT_AUTH_FAILURE_LIMIT.per_second,
+    )?;
+    let burst: u32 = var_or(
+        "ATELIER_AUTH_FAILURE_LIMIT_BURST",
+        DEFAULT_AUTH_FAILURE_LIMIT.burst,
+    )?;
+    if !(per_second.is_finite() && per_second > 0.0 && burst > 0) {
+        return Err(ConfigError::new(
+            "ATELIER_AUTH_FAILURE_LIMIT_PER_SECOND",
+            per_second.to_string(),
+            "the rate and ATELIER_AUTH_FAILURE_LIMIT_BURST must be positive",
+        ));
+    }
+    Ok(RateLimit::refilling(per_second, burst))
+}
+
+/// `ATELIER_JWT_MAX_AGE_SECS`: unset means no limit on a token's age.
+fn jwt_max_age_from_env() -> Result<Option<Duration>, ConfigError> {
+    const NAME: &str = "ATELIER_JWT_MAX_AGE_SECS";
+    match optional_var::<u64>(NAME)? {
+        Some(0) => Err(ConfigError::new(NAME, "0", "must be positive")),
+        max_age => Ok(max_age.map(Duration::from_secs)),
     }
 }

@@ -20,6 +20,9 @@ pub enum EdgeError {
     Unauthenticated(#[from] AuthError),
     #[error("rate limited; retry in {0:?}")]
     RateLimited(Duration),
+    /// The caller's address failed to authenticate too often: every call from it waits.
+    #[error("too many failed authentications; retry in {0:?}")]
+    AuthRateLimited(Duration),
     #[error("upstream: {0}")]
     Upstream(Status),
 }
@@ -27,23 +30,57 @@ pub enum EdgeError {
 impl From<EdgeError> for Status {
     fn from(err: EdgeError) -> Self {
         match err {
-            EdgeError::Unauthenticated(auth) => Status::unauthenticated(auth.to_string()),
-            EdgeError::RateLimited(wait) => {
-                let mut details = ErrorDetails::with_retry_info(Some(wait));
-                details.set_error_info(
-                    error_reason::RATE_LIMITED,
-                    error_reason::DOMAIN,
-                    HashMap::from([("retry_after_ms".to_owned(), wait.as_millis().to_string())]),
-                );
-                Status::with_error_details(
-                    Code::ResourceExhausted,
-                    format!("too many calls; retry in {} ms", wait.as_millis().max(1)),
-                    details,
-                )
-            }
+            EdgeError::Unauthenticated(auth) => match auth {
+                // The edge cannot verify anything yet: not the caller's fault, and worth
+                // a retry.
+                AuthError::KeysUnavailable => Status::unavailable(auth.to_string()),
+                AuthError::Missing
+                | AuthError::Multiple
+                | AuthError::NotBearer
+                | AuthError::Malformed
+                | AuthError::Unsigned
+                | AuthError::AlgorithmNotAccepted(_)
+                | AuthError::CriticalHeader
+                | AuthError::UnknownKey
+                | AuthError::MissingKeyId
+                | AuthError::KeyAlgorithmMismatch
+                | AuthError::BadSignature
+                | AuthError::MissingClaim(_)
+                | AuthError::Expired
+                | AuthError::NotYetValid
+                | AuthError::IssuedInFuture
+                | AuthError::TooOld
+                | AuthError::WrongIssuer
+                | AuthError::WrongAudience
+                | AuthError::BadSubject => Status::unauthenticated(auth.to_string()),
+            },
+            EdgeError::RateLimited(wait) => retry_later(
+                error_reason::RATE_LIMITED,
+                format!("too many calls; retry in {} ms", wait.as_millis().max(1)),
+                wait,
+            ),
+            EdgeError::AuthRateLimited(wait) => retry_later(
+                error_reason::AUTH_RATE_LIMITED,
+                format!(
+                    "too many failed authentications from this address; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                wait,
+            ),
             EdgeError::Upstream(status) => relay(status),
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED with `reason`, a RetryInfo delay of `wait`, and `retry_after_ms`.
+fn retry_later(reason: &str, message: String, wait: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(wait));
+    details.set_error_info(
+        reason,
+        error_reason::DOMAIN,
+        HashMap::from([("retry_after_ms".to_owned(), wait.as_millis().to_string())]),
+    );
+    Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
 fn relay(status: Status) -> Status {
@@ -119,6 +156,35 @@ mod tests {
             "invalid service credential",
         )));
         assert_eq!(credential.code(), Code::Internal);
+    }
+
+    #[test]
+    fn auth_failures_are_unauthenticated_but_missing_keys_are_unavailable() {
+        let status = Status::from(EdgeError::from(AuthError::Expired));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "the token has expired");
+        let status = Status::from(EdgeError::from(AuthError::KeysUnavailable));
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn a_flooding_address_is_told_when_to_retry_and_why() {
+        let status = Status::from(EdgeError::AuthRateLimited(Duration::from_millis(1500)));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "too many failed authentications from this address; retry in 1500 ms"
+        );
+        assert_eq!(
+            status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
+            Some(Duration::from_millis(1500))
+        );
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, error_reason::AUTH_RATE_LIMITED);
+        assert_eq!(info.domain, error_reason::DOMAIN);
+        assert_eq!(info.metadata["retry_after_ms"], "1500");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //!
 //! It serves `atelier.v1.ChatService` on one port as gRPC (HTTP/2) and grpc-web
 //! (HTTP/1.1, for browsers, with CORS for the configured origins only), verifies each
-//! call's JWT, rate-limits each user, and forwards the call to the conversation service
-//! with the user, the service credential and the trace context. Reflection lists only the
-//! public service, so internal APIs stay invisible from outside.
+//! call's JWT (with a shared secret, a public key, or an identity provider's key set),
+//! rate-limits each user and each address that fails to authenticate, and forwards the
+//! call to the conversation service with the user, the service credential and the trace
+//! context. Reflection lists and describes only the public API, so internal APIs stay
+//! invisible from outside.
 //!
 //! It also serves what the conversation service cannot: WatchEvents, from NATS
 //! ([`watch`]), and signed image URLs ([`links`]), with the images themselves, the web
@@ -36,7 +38,6 @@ use atelier_runtime::internal_call::OutgoingCall;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Endpoint, Server};
 use tonic_web::GrpcWebLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -121,11 +122,19 @@ pub async fn serve(
     });
     let http_server = tokio::spawn(http::serve(http, site, draining.clone()));
 
-    let gatekeeper = gatekeeper::Gatekeeper {
-        jwt: Arc::new(config.jwt.clone()),
-        limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limit)),
-    };
-    let chat = InterceptedService::new(
+    // The key set's refresher (for an identity provider) runs as long as this function:
+    // past the drain, so calls still in flight can verify.
+    let stop_keys = CancellationToken::new();
+    let _stop_keys_on_return = stop_keys.clone().drop_guard();
+    let guard = Arc::new(gatekeeper::Guard {
+        authenticator: config.jwt.start(stop_keys)?,
+        users: rate_limit::RateLimiter::new(config.rate_limit),
+        failures: rate_limit::RateLimiter::bounded(
+            config.auth_failure_limit,
+            gatekeeper::MAX_FAILING_ADDRESSES,
+        ),
+    });
+    let chat = gatekeeper::Gatekeeper::new(
         ChatServiceServer::new(chat::ChatApi {
             conversation,
             links,
@@ -133,9 +142,14 @@ pub async fn serve(
         })
         .max_decoding_message_size(limits::MAX_CLIENT_REQUEST_BYTES)
         .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
-        gatekeeper,
+        guard,
     );
-    let (health, reflection_and_health) = grpc::health_and_reflection(&[CHAT_SERVICE_NAME])?;
+    // Reflection describes the public API only: internal packages are not even in the
+    // descriptor set it serves.
+    let (health, reflection_and_health) = grpc::health_and_reflection(
+        atelier_proto::PUBLIC_FILE_DESCRIPTOR_SET,
+        &[CHAT_SERVICE_NAME],
+    )?;
     let mut origins = config.cors_origins.clone();
     // The web client the edge serves itself calls the API from the HTTP port's origin.
     origins.push(http_url);
@@ -154,6 +168,7 @@ pub async fn serve(
         // grpc-web framing to and from plain gRPC for the services behind it.
         .layer(GrpcWebLayer::new())
         .add_routes(reflection_and_health)
+        // ChatService behind the gatekeeper: no call reaches a handler unauthenticated.
         .add_service(chat)
         .serve_with_incoming_shutdown(
             grpc::incoming(grpc),

@@ -1,5 +1,7 @@
-//! The public edge in front of a real conversation service and PostgreSQL: JWT checks,
-//! the per-user rate limit, grpc-web over HTTP/1.1 with CORS, reflection and health.
+//! The public edge in front of a real conversation service and PostgreSQL: JWT checks
+//! (with a shared secret, and with a local identity provider whose keys rotate), the
+//! per-user rate limit and the per-address limit of failed authentications, grpc-web over
+//! HTTP/1.1 with CORS, reflection and health.
 
 use std::time::Duration;
 
@@ -26,13 +28,21 @@ struct Mesh {
     _images: ImagesDir,
     _db: TestDatabase,
     _nats: TestNats,
-    _conversation: RunningServer,
+    conversation: RunningServer,
     edge: RunningServer,
     channel: Channel,
 }
 
 impl Mesh {
     async fn start(rate_limit: RateLimit) -> Self {
+        Self::start_with(rate_limit, |_| {}).await
+    }
+
+    /// The mesh, with `configure` applied to the edge's configuration last.
+    async fn start_with(
+        rate_limit: RateLimit,
+        configure: impl FnOnce(&mut atelier_edge::Config),
+    ) -> Self {
         atelier_testkit::init_logging();
         let db = TestDatabase::create().await.expect("database");
         let nats = TestNats::new();
@@ -55,7 +65,7 @@ impl Mesh {
         })
         .await
         .expect("conversation");
-        let edge_config = atelier_edge::Config {
+        let mut edge_config = atelier_edge::Config {
             conversation_url: conversation.url(),
             service_token: ServiceToken::new(SERVICE_TOKEN),
             jwt: JwtVerifier::hs256(JWT_SECRET),
@@ -67,6 +77,7 @@ impl Mesh {
             images: images_in(&images),
             ..atelier_edge::Config::default()
         };
+        configure(&mut edge_config);
         let edge =
             spawn_server(|listener, shutdown| atelier_edge::run(edge_config, listener, shutdown))
                 .await
@@ -80,7 +91,7 @@ impl Mesh {
             _images: images,
             _db: db,
             _nats: nats,
-            _conversation: conversation,
+            conversation,
             edge,
             channel,
         }
@@ -269,6 +280,219 @@ async fn missing_expired_forged_and_unsigned_tokens_are_unauthenticated() {
 }
 
 #[tokio::test]
+async fn two_authorization_values_are_unauthenticated() {
+    let mesh = Mesh::start(generous()).await;
+    let mut client = mesh.client();
+    let alice = token_for("alice");
+    let bob = token_for("bob");
+    for (case, second) in [("another user's", &bob), ("the same", &alice)] {
+        let mut request = with_token(proto::GetBalanceRequest {}, &alice);
+        request.metadata_mut().append(
+            "authorization",
+            AsciiMetadataValue::try_from(format!("Bearer {second}")).expect("ascii"),
+        );
+        let status = client.get_balance(request).await.expect_err(case);
+        assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        assert_eq!(status.message(), "send exactly one authorization header");
+    }
+    client
+        .get_balance(with_token(proto::GetBalanceRequest {}, &alice))
+        .await
+        .expect("one token is fine");
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_from_one_address_is_limited_before_verification() {
+    // Five failures per address, refilled too slowly to matter during the test.
+    let mesh = Mesh::start_with(generous(), |config| {
+        config.auth_failure_limit = RateLimit::refilling(0.01, 5);
+    })
+    .await;
+    let mut client = mesh.client();
+    let alice = token_for("alice");
+    // Successful calls do not count.
+    for _ in 0..10 {
+        client
+            .get_balance(with_token(proto::GetBalanceRequest {}, &alice))
+            .await
+            .expect("alice");
+    }
+    let forged =
+        mint_hs256(b"an-attackers-guess-at-the-32-byte-secret", "alice", 600).expect("mint");
+    for call in 1..=5 {
+        let status = client
+            .get_balance(with_token(proto::GetBalanceRequest {}, &forged))
+            .await
+            .expect_err("forged");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "call {call}: {status:?}"
+        );
+    }
+    // The sixth bad call, and every one after, is refused without being verified; so is a
+    // good one from the same address (in tests, every caller is 127.0.0.1).
+    for (case, token) in std::iter::repeat_n(("forged", forged.as_str()), 100)
+        .chain([("valid", alice.as_str()), ("garbage", "not.a.jwt")])
+    {
+        let status = client
+            .get_balance(with_token(proto::GetBalanceRequest {}, token))
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::ResourceExhausted, "{case}: {status:?}");
+        assert_eq!(
+            status.get_details_error_info().map(|info| info.reason),
+            Some(error_reason::AUTH_RATE_LIMITED.to_owned()),
+            "{case}"
+        );
+        let wait = status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+            .expect("retry delay");
+        assert!(wait > Duration::from_secs(60), "{case}: {wait:?}");
+    }
+}
+
+/// A local identity provider's JWKS endpoint whose keys can be swapped.
+#[derive(Clone, Default)]
+struct KeySetEndpoint {
+    document: std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl wiremock::Respond for KeySetEndpoint {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let document = self.document.lock().expect("lock").clone();
+        wiremock::ResponseTemplate::new(200)
+            .insert_header("cache-control", "public, max-age=3600")
+            .set_body_json(document)
+    }
+}
+
+impl KeySetEndpoint {
+    /// Publishes these RSA keys, each as (kid, private key PEM).
+    fn publish(&self, keys: &[(&str, &[u8])]) {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, pem)| {
+                let private = jsonwebtoken::EncodingKey::from_rsa_pem(pem).expect("a key");
+                let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
+                    &private,
+                    jsonwebtoken::Algorithm::RS256,
+                )
+                .expect("a JWK");
+                jwk.common.key_id = Some((*kid).to_owned());
+                serde_json::to_value(jwk).expect("json")
+            })
+            .collect();
+        *self.document.lock().expect("lock") = serde_json::json!({ "keys": keys });
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const KEY_A: &[u8] = include_bytes!("fixtures/rs256-test-private.pem");
+const KEY_B: &[u8] = include_bytes!("fixtures/rs256-test-b-private.pem");
+const ISSUER: &str = "https://idp.atelier.test/realms/atelier";
+const AUDIENCE: &str = "atelier-api";
+
+/// An RS256 token for `user` from the test identity provider, signed by `pem` as `kid`.
+fn idp_token(user: &str, kid: &str, pem: &[u8]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let claims = serde_json::json!({
+        "sub": user, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600,
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(pem).expect("a key"),
+    )
+    .expect("sign")
+}
+
+#[tokio::test]
+async fn identity_provider_tokens_verify_across_a_key_rotation_and_an_outage() {
+    let endpoint = KeySetEndpoint::default();
+    endpoint.publish(&[("key-a", KEY_A)]);
+    // Not from wiremock's pool, so dropping it closes the port: the provider is down.
+    let provider = wiremock::MockServer::builder().start().await;
+    wiremock::Mock::given(wiremock::matchers::path("/protocol/openid-connect/certs"))
+        .respond_with(endpoint.clone())
+        .mount(&provider)
+        .await;
+    let mut jwks = atelier_edge::auth::JwksConfig::new(&format!(
+        "{}/protocol/openid-connect/certs",
+        provider.uri()
+    ))
+    .expect("a loopback URL");
+    jwks.unknown_key_interval = Duration::from_millis(300);
+    jwks.fetch_timeout = Duration::from_secs(2);
+    let mesh = Mesh::start_with(generous(), |config| {
+        config.jwt = JwtVerifier::jwks(jwks)
+            .with_issuer(Some(ISSUER.to_owned()))
+            .with_audience(Some(AUDIENCE.to_owned()))
+            .with_max_age(Some(Duration::from_secs(3600)));
+    })
+    .await;
+    let mut client = mesh.client();
+    let balance = |token: String| with_token(proto::GetBalanceRequest {}, &token);
+
+    client
+        .get_balance(balance(idp_token("alice", "key-a", KEY_A)))
+        .await
+        .expect("a token of the published key");
+    // The shared secret is not a key of the provider's set.
+    let status = client
+        .get_balance(balance(token_for("alice")))
+        .await
+        .expect_err("HS256");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = client
+        .get_balance(balance(idp_token("alice", "key-b", KEY_B)))
+        .await
+        .expect_err("not published yet");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // Rotation: key B replaces key A.
+    endpoint.publish(&[("key-b", KEY_B)]);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    client
+        .get_balance(balance(idp_token("bob", "key-b", KEY_B)))
+        .await
+        .expect("the new key after the refresh");
+    let status = client
+        .get_balance(balance(idp_token("alice", "key-a", KEY_A)))
+        .await
+        .expect_err("the retired key");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let fetched = endpoint.fetches();
+    assert!(fetched <= 3, "{fetched} fetches");
+
+    // The provider goes down: the cached key still works, an unknown one is refused as
+    // UNAUTHENTICATED, not INTERNAL.
+    drop(provider);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let status = client
+        .get_balance(balance(idp_token("carol", "key-c", KEY_A)))
+        .await
+        .expect_err("unknown key while the provider is down");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    client
+        .get_balance(balance(idp_token("bob", "key-b", KEY_B)))
+        .await
+        .expect("the cached key while the provider is down");
+}
+
+#[tokio::test]
 async fn the_rate_limit_trips_per_user_and_recovers() {
     // One token a second: however slow this machine is, 50 calls outrun the refill.
     let mesh = Mesh::start(RateLimit {
@@ -397,75 +621,202 @@ async fn grpc_web_over_http1_works_for_allowed_origins() {
     );
 }
 
-#[tokio::test]
-async fn reflection_lists_only_the_public_api_and_health_reports_serving() {
+/// One reflection (v1) request on its own stream: the answer, or the status it ended with.
+async fn reflect(
+    channel: &Channel,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> Result<tonic_reflection::pb::v1::server_reflection_response::MessageResponse, tonic::Status> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let response = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner()
+        .next()
+        .await
+        .expect("one answer")?;
+    Ok(response.message_response.expect("an answer"))
+}
+
+/// The same with reflection v1alpha, which grpcurl 1.8 speaks.
+async fn reflect_v1alpha(
+    channel: &Channel,
+    request: tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest,
+) -> Result<tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse, tonic::Status>
+{
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let response = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner()
+        .next()
+        .await
+        .expect("one answer")?;
+    Ok(response.message_response.expect("an answer"))
+}
+
+/// The internal symbols the edge must not describe, and a file that declares them.
+const INTERNAL_SYMBOLS: [&str; 4] = [
+    "atelier.conversation.v1.ConversationService",
+    "atelier.conversation.v1.GrantCreditsRequest",
+    "atelier.jobs.v1.GenerateJob",
+    "atelier.intent.v1.AnalyzeIntentRequest",
+];
+const INTERNAL_FILE: &str = "atelier/conversation/v1/conversation_service.proto";
+
+#[tokio::test]
+async fn reflection_lists_and_describes_only_the_public_api_and_health_reports_serving() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let mesh = Mesh::start(generous()).await;
-    let mut reflection = ServerReflectionClient::new(mesh.channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    let MessageResponse::ListServicesResponse(list) =
+        reflect(&mesh.channel, MessageRequest::ListServices(String::new()))
+            .await
+            .expect("list")
+    else {
+        panic!("not a list");
     };
-    let mut responses = reflection
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let response = responses.next().await.expect("one answer").expect("ok");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected answer: {response:?}");
-    };
-    let names: Vec<String> = list
+    let mut names: Vec<String> = list
         .service
         .into_iter()
         .map(|service| service.name)
         .collect();
-    assert!(
-        names.contains(&"atelier.v1.ChatService".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        !names.iter().any(|name| name.contains("conversation")),
-        "internal API visible: {names:?}"
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "atelier.v1.ChatService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
     );
 
-    // grpcurl 1.8 speaks only v1alpha: it lists the same services.
+    // The public API, its well-known types and the error details resolve...
+    for symbol in [
+        "atelier.v1.ChatService",
+        "atelier.v1.WatchEventsRequest",
+        "atelier.v1.Event",
+        "google.protobuf.Timestamp",
+        "google.rpc.ErrorInfo",
+        "grpc.health.v1.Health",
+    ] {
+        let answer = reflect(
+            &mesh.channel,
+            MessageRequest::FileContainingSymbol(symbol.to_owned()),
+        )
+        .await;
+        assert!(
+            matches!(answer, Ok(MessageResponse::FileDescriptorResponse(_))),
+            "{symbol}: {answer:?}"
+        );
+    }
+    // ...the internal APIs do not, by symbol or by file name.
+    for symbol in INTERNAL_SYMBOLS {
+        let status = reflect(
+            &mesh.channel,
+            MessageRequest::FileContainingSymbol(symbol.to_owned()),
+        )
+        .await
+        .expect_err(symbol);
+        assert_eq!(status.code(), Code::NotFound, "{symbol}: {status:?}");
+    }
+    let status = reflect(
+        &mesh.channel,
+        MessageRequest::FileByFilename(INTERNAL_FILE.to_owned()),
+    )
+    .await
+    .expect_err("internal file");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    // Nor does the file that declares the public messages leak an internal import: what
+    // ChatService's file needs is public.
+    let Ok(MessageResponse::FileDescriptorResponse(files)) = reflect(
+        &mesh.channel,
+        MessageRequest::FileContainingSymbol("atelier.v1.ChatService".to_owned()),
+    )
+    .await
+    else {
+        panic!("ChatService's file");
+    };
+    let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+        .expect("a file descriptor");
+    assert!(
+        file.dependency
+            .iter()
+            .all(|import| import.starts_with("atelier/v1/") || import.starts_with("google/")),
+        "{:?}",
+        file.dependency
+    );
+
+    // grpcurl 1.8 speaks only v1alpha: it lists the same services and is refused the same
+    // symbols.
     {
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let mut reflection = ServerReflectionClient::new(mesh.channel.clone());
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
+        let MessageResponse::ListServicesResponse(list) =
+            reflect_v1alpha(&mesh.channel, MessageRequest::ListServices(String::new()))
+                .await
+                .expect("v1alpha list")
+        else {
+            panic!("not a list");
         };
-        let response = reflection
-            .server_reflection_info(tokio_stream::once(request))
-            .await
-            .expect("v1alpha reflection")
-            .into_inner()
-            .next()
-            .await
-            .expect("one answer")
-            .expect("ok");
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected answer: {response:?}");
-        };
-        let v1alpha_names: Vec<String> = list
+        let mut v1alpha_names: Vec<String> = list
             .service
             .into_iter()
             .map(|service| service.name)
             .collect();
+        v1alpha_names.sort();
         assert_eq!(v1alpha_names, names);
+        for symbol in INTERNAL_SYMBOLS {
+            let status = reflect_v1alpha(
+                &mesh.channel,
+                MessageRequest::FileContainingSymbol(symbol.to_owned()),
+            )
+            .await
+            .expect_err(symbol);
+            assert_eq!(
+                status.code(),
+                Code::NotFound,
+                "v1alpha {symbol}: {status:?}"
+            );
+        }
+        let answer = reflect_v1alpha(
+            &mesh.channel,
+            MessageRequest::FileContainingSymbol("atelier.v1.WatchEventsRequest".to_owned()),
+        )
+        .await;
+        assert!(
+            matches!(answer, Ok(MessageResponse::FileDescriptorResponse(_))),
+            "{answer:?}"
+        );
+    }
+
+    // The conversation service's internal port still describes everything it serves.
+    let internal = Channel::from_shared(mesh.conversation.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    for symbol in INTERNAL_SYMBOLS {
+        let answer = reflect(
+            &internal,
+            MessageRequest::FileContainingSymbol(symbol.to_owned()),
+        )
+        .await;
+        assert!(
+            matches!(answer, Ok(MessageResponse::FileDescriptorResponse(_))),
+            "internal port, {symbol}: {answer:?}"
+        );
     }
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(mesh.channel.clone());
@@ -547,5 +898,18 @@ fn refuses_to_start_unsafely() {
     assert_secrets_required(binary, &secrets, &[]);
     assert_development_is_loopback_only(binary, "ATELIER_LISTEN_ADDR", &[]);
     assert_development_is_loopback_only(binary, "ATELIER_EDGE_HTTP_ADDR", &[]);
+    // With an identity provider's keys, the HS256 secret is not needed (it is read first,
+    // so its refusal would come before the others').
+    assert_secrets_required(
+        binary,
+        &secrets[..1],
+        &[
+            ("ATELIER_JWT_JWKS_URL", "https://idp.example/jwks.json"),
+            (
+                "ATELIER_IMAGE_URL_SECRET",
+                &atelier_testkit::random_secret(),
+            ),
+        ],
+    );
     assert_development_warns(binary, "ATELIER_SERVICE_TOKEN", &[]);
 }

@@ -116,7 +116,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, reflection_and_health) = grpc::health_and_reflection(&[ENHANCEMENT_SERVICE_NAME])?;
+    let (health, reflection_and_health) = grpc::health_and_reflection(
+        atelier_proto::FILE_DESCRIPTOR_SET,
+        &[ENHANCEMENT_SERVICE_NAME],
+    )?;
     let api = EnhancementServiceServer::with_interceptor(
         service::EnhancementApi { state },
         RequireServiceToken(service_token),

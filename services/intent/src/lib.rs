@@ -116,7 +116,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, reflection_and_health) = grpc::health_and_reflection(&[INTENT_SERVICE_NAME])?;
+    let (health, reflection_and_health) =
+        grpc::health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &[INTENT_SERVICE_NAME])?;
     let api = IntentServiceServer::with_interceptor(
         service::IntentApi { state },
         RequireServiceToken(service_token),

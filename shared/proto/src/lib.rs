@@ -1,8 +1,8 @@
 //! Every Atelier protobuf type and gRPC stub, generated once from `proto/`.
 //!
 //! Services never run codegen themselves: they depend on this crate. [`FILE_DESCRIPTOR_SET`]
-//! feeds server reflection so grpcurl and buf curl can call any service without the
-//! .proto files.
+//! feeds server reflection on the internal ports, and [`PUBLIC_FILE_DESCRIPTOR_SET`] on
+//! the edge, so grpcurl and buf curl can call any service without the .proto files.
 
 pub mod codec;
 pub mod limits;
@@ -42,9 +42,17 @@ pub mod enhancement {
     }
 }
 
-/// The encoded `FileDescriptorSet` of every file above, for server reflection.
+/// The encoded `FileDescriptorSet` of every file above, for server reflection on the
+/// internal ports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/atelier_descriptor.bin"));
+
+/// The encoded `FileDescriptorSet` of the public API alone (`atelier/v1/*.proto` and the
+/// well-known types they import), for reflection on the edge: the internal packages are
+/// not in it, so the public port cannot describe them. `build.rs` refuses to build when a
+/// public file imports an internal one.
+pub const PUBLIC_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/atelier_public_descriptor.bin"));
 
 /// The fully qualified name of the public service, as reflection and health report it.
 pub const CHAT_SERVICE_NAME: &str = "atelier.v1.ChatService";
@@ -68,6 +76,10 @@ pub mod error_reason {
     pub const GENERATION_LIMIT_REACHED: &str = "GENERATION_LIMIT_REACHED";
     /// Too many calls: wait for the RetryInfo delay.
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// Too many failed authentications (missing, malformed or refused tokens) from the
+    /// caller's network address: every call from it is refused until the RetryInfo delay
+    /// has passed, valid tokens included. Fix the token before retrying.
+    pub const AUTH_RATE_LIMITED: &str = "AUTH_RATE_LIMITED";
     /// A WatchEvents stream fell behind and was closed: reconnect with the `resume_after`
     /// in the ErrorInfo metadata.
     pub const SLOW_CONSUMER: &str = "SLOW_CONSUMER";

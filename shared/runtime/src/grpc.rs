@@ -37,17 +37,24 @@ pub fn invalid_argument(violations: Vec<tonic_types::FieldViolation>) -> tonic::
     )
 }
 
-/// Health and reflection for a server that serves `services` (fully qualified names).
+/// Health and reflection for a server that serves `services` (fully qualified names),
+/// describing the types of `descriptors` (an encoded `FileDescriptorSet`).
 ///
-/// Reflection advertises only those services (plus health and reflection), so an internal
-/// API never shows up on the public port. Both reflection versions are served: grpcurl 1.8
-/// speaks only v1alpha, newer clients v1.
-pub fn health_and_reflection(services: &[&str]) -> anyhow::Result<(HealthReporter, Routes)> {
+/// Reflection lists only those services (plus health and reflection), and describes only
+/// the files of `descriptors` (plus health's, reflection's and the `google.rpc` error
+/// details): the edge passes [`atelier_proto::PUBLIC_FILE_DESCRIPTOR_SET`], so an internal
+/// API can be neither listed nor described on the public port; internal ports pass
+/// [`atelier_proto::FILE_DESCRIPTOR_SET`]. Both reflection versions are served: grpcurl
+/// 1.8 speaks only v1alpha, newer clients v1.
+pub fn health_and_reflection(
+    descriptors: &[u8],
+    services: &[&str],
+) -> anyhow::Result<(HealthReporter, Routes)> {
     let (reporter, health) = tonic_health::server::health_reporter();
 
     let builder = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(atelier_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(descriptors)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc.BadRequest, ErrorInfo, RetryInfo: lets grpcurl print error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
@@ -139,7 +146,8 @@ pub async fn serve_frame(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, reflection_and_health) = health_and_reflection(&[])?;
+    let (health, reflection_and_health) =
+        health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &[])?;
     tonic::transport::Server::builder()
         .layer(trace_layer())
         .add_routes(reflection_and_health)
