@@ -36,8 +36,10 @@ async fn read_stream(
         })
         .await
         .expect("consumer");
+    // `batch`, not `fetch`: fetch answers with what is stored at once, and the queue
+    // reporter's event may come a moment after SendMessage's.
     let mut messages = consumer
-        .fetch()
+        .batch()
         .max_messages(count)
         .expires(Duration::from_secs(3))
         .messages()
