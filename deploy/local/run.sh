@@ -84,7 +84,7 @@ local_secret() {
     mkdir -p "$secrets_dir"
     chmod 700 "$secrets_dir"
     (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$file.tmp" && mv "$file.tmp" "$file")
-    say "generated a secret in ${file#"$repo"/}"
+    say "generated a secret in ${file#"$repo"/}" >&2
   fi
   cat "$file"
 }
