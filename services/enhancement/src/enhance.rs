@@ -4,8 +4,9 @@
 //! details, light and composition an image model responds to), but it is slow, metered
 //! and sometimes down, and the image pipeline must not wait on it or fail because of it.
 //! So the call is bounded by the LLM client's deadline, and anything short of a valid
-//! answer (no LLM configured, timeout, open breaker, error status, malformed or invalid
-//! JSON) gets [`fallback::enhance`] instead.
+//! answer (no LLM configured, timeout, open breaker, error status, JSON of the wrong
+//! shape, a rewrite that lost the user's subject: see [`check`]) gets
+//! [`fallback::enhance`] instead, counted by reason ([`FallbackReason`]).
 //!
 //! An LLM answer also goes through [`fallback::enhance`]: the model may forget the style
 //! preset or repeat terms, and the template guarantees the preset's terms and adds none
@@ -14,13 +15,14 @@
 //! Only LLM answers are cached: the fallback is deterministic and costs microseconds, and
 //! not caching it means the next request gets the LLM's answer as soon as it is back.
 
-use atelier_llm::{ChatRequest, LlmClient, LlmError};
+use atelier_llm::{ChatRequest, JsonSchema, LlmClient, LlmError};
 use atelier_proto::STYLE_PRESETS;
 use atelier_proto::enhancement::v1 as api;
 use serde::Deserialize;
 use tonic_types::FieldViolation;
 
 use crate::State;
+use crate::check::{self, Rejection};
 use crate::error::ServiceError;
 use crate::fallback::{self, Enhanced};
 
@@ -139,6 +141,55 @@ impl From<Source> for api::EnhancementSource {
     }
 }
 
+/// Why a configured LLM's answer was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// No answer: timeout, error status, transport, open breaker.
+    Unavailable,
+    /// An answer, but not JSON of the asked shape.
+    WrongShape,
+    /// A well-formed answer that [`check`] refused.
+    Rejected(Rejection),
+}
+
+impl FallbackReason {
+    pub const ALL: [FallbackReason; 5] = [
+        Self::Unavailable,
+        Self::WrongShape,
+        Self::Rejected(Rejection::LostSubject),
+        Self::Rejected(Rejection::StartsWithPunctuation),
+        Self::Rejected(Rejection::Length),
+    ];
+
+    /// The label in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::WrongShape => "wrong_shape",
+            Self::Rejected(rejection) => rejection.as_str(),
+        }
+    }
+}
+
+/// Why there is no usable LLM enhancement, for the log and the counter.
+#[derive(Debug)]
+struct Unusable {
+    reason: FallbackReason,
+    /// Safe to log: never a provider's error body (it may echo part of the API key).
+    detail: String,
+}
+
+impl From<LlmError> for Unusable {
+    fn from(err: LlmError) -> Self {
+        let (reason, detail) = match &err {
+            LlmError::WrongShape(detail) => (FallbackReason::WrongShape, detail.clone()),
+            LlmError::Malformed(detail) => (FallbackReason::Unavailable, detail.clone()),
+            _ => (FallbackReason::Unavailable, err.kind().to_owned()),
+        };
+        Self { reason, detail }
+    }
+}
+
 /// An enhanced prompt and the path that produced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -174,19 +225,14 @@ pub async fn enhance(state: &State, input: Input) -> Answer {
                         source: Source::Llm,
                     }
                 }
-                Err(err) => {
-                    // The kind, not the error's Display: a provider's error body may echo
-                    // part of the API key. Our own validation messages are safe to log.
-                    let detail = match &err {
-                        LlmError::Malformed(detail) => detail.as_str(),
-                        _ => "",
-                    };
+                Err(unusable) => {
                     tracing::warn!(
-                        error = err.kind(),
-                        detail,
+                        reason = unusable.reason.as_str(),
+                        detail = unusable.detail,
                         breaker = ?llm.breaker_state(),
                         "no usable LLM enhancement; answering with the fallback"
                     );
+                    state.metrics.record_fallback(unusable.reason);
                     fallback_answer(&input)
                 }
             },
@@ -204,7 +250,7 @@ fn fallback_answer(input: &Input) -> Answer {
     }
 }
 
-async fn ask_llm(llm: &LlmClient, input: &Input) -> Result<Enhanced, LlmError> {
+async fn ask_llm(llm: &LlmClient, input: &Input) -> Result<Enhanced, Unusable> {
     let request = ChatRequest {
         system: system_prompt(&input.style_preset),
         user: user_message(input),
@@ -215,8 +261,17 @@ async fn ask_llm(llm: &LlmClient, input: &Input) -> Result<Enhanced, LlmError> {
         // short is malformed and only costs a fallback.
         max_tokens: 512,
     };
-    let reply: LlmReply = llm.complete_json(&request).await?;
-    reply.into_enhanced(input).map_err(LlmError::Malformed)
+    let reply: LlmReply = llm.complete_json(&request, &reply_schema()).await?;
+    reply.into_enhanced(input)
+}
+
+/// The JSON the system prompt describes, as a strict schema.
+fn reply_schema() -> JsonSchema {
+    let text = serde_json::json!({"type": "string"});
+    JsonSchema::object(
+        "enhanced_prompt",
+        &[("prompt", text.clone()), ("negative_prompt", text)],
+    )
 }
 
 fn system_prompt(style_preset: &str) -> String {
@@ -229,10 +284,11 @@ fn system_prompt(style_preset: &str) -> String {
     };
     format!(
         "You write prompts for a text-to-image model. Rewrite the user's prompt into one \
-         richer prompt: the subject first, then concrete visual details (materials, \
-         colours, textures), then the lighting, then the composition and framing. Keep the \
-         user's meaning: do not drop or change anything they asked for, and add no new \
-         subject. Stay under 120 words. Write only the prompt: no quotes, no commentary.\n\
+         richer prompt: the subject first, in the user's own words and language, then \
+         concrete visual details (materials, colours, textures), then the lighting, then \
+         the composition and framing. Keep the user's meaning: do not drop or change \
+         anything they asked for, and add no new subject. Stay under 120 words. Write only \
+         the prompt: no quotes, no commentary.\n\
          {style}\n\
          Also write a short negative prompt, comma-separated: what the image must not \
          show, such as defects or clashing styles. Keep every term of the user's negative \
@@ -267,12 +323,21 @@ struct LlmReply {
 
 impl LlmReply {
     /// The final answer built on this reply, or why the reply is unusable.
-    fn into_enhanced(self, input: &Input) -> Result<Enhanced, String> {
+    fn into_enhanced(self, input: &Input) -> Result<Enhanced, Unusable> {
         let prompt = self.prompt.trim();
-        text_rule(prompt, 1, MAX_LLM_TEXT_CHARS).map_err(|why| format!("prompt {why}"))?;
+        text_rule(prompt, 1, MAX_LLM_TEXT_CHARS).map_err(|why| Unusable {
+            reason: FallbackReason::Rejected(Rejection::Length),
+            detail: format!("prompt {why}"),
+        })?;
+        check::check(&input.prompt, prompt, MAX_LLM_TEXT_CHARS).map_err(|rejection| Unusable {
+            reason: FallbackReason::Rejected(rejection),
+            detail: format!("the rewritten prompt: {}", rejection.as_str()),
+        })?;
         let negative = self.negative_prompt.as_deref().unwrap_or_default().trim();
-        text_rule(negative, 0, MAX_LLM_TEXT_CHARS)
-            .map_err(|why| format!("negative_prompt {why}"))?;
+        text_rule(negative, 0, MAX_LLM_TEXT_CHARS).map_err(|why| Unusable {
+            reason: FallbackReason::Rejected(Rejection::Length),
+            detail: format!("negative_prompt {why}"),
+        })?;
         let suggested: Vec<&str> = negative
             .split(',')
             .map(str::trim)
@@ -415,6 +480,34 @@ mod tests {
             .into_enhanced(&input("a fox", "", "blurry"))
             .expect("usable");
         assert_eq!(enhanced.negative_prompt, "blurry");
+    }
+
+    #[test]
+    fn a_rewrite_that_lost_the_subject_is_refused_with_its_reason() {
+        let fox = input("a red fox in the snow", "", "");
+        for (rewrite, reason) in [
+            (
+                ", ultra-detailed, 8k, cinematic",
+                Rejection::StartsWithPunctuation,
+            ),
+            (
+                "ultra-detailed, 8k, cinematic lighting",
+                Rejection::LostSubject,
+            ),
+            (
+                "a wolf under the moon, cinematic lighting",
+                Rejection::LostSubject,
+            ),
+        ] {
+            let Err(unusable) = reply(rewrite, None).into_enhanced(&fox) else {
+                panic!("{rewrite} was used");
+            };
+            assert_eq!(
+                unusable.reason,
+                FallbackReason::Rejected(reason),
+                "{rewrite}"
+            );
+        }
     }
 
     #[test]

@@ -8,15 +8,18 @@
 //! template ([`fallback`]) answers instead: a call fails only on bad input ([`enhance`]
 //! has the details).
 //!
+//! - [`check`]: whether an LLM's rewrite is still the user's picture.
 //! - [`config`]: the environment variables; `Config::default()` is fallback-only mode.
-//! - [`enhance`]: validation, the LLM prompt, the checks on its answer, the fallback.
+//! - [`enhance`]: validation, the LLM prompt and its schema, the fallback.
 //! - [`fallback`]: the template, also applied to every LLM answer.
-//! - [`metrics`]: answers counted by source, in the Prometheus text format.
+//! - [`metrics`]: answers counted by source, and fallbacks by reason, in the Prometheus
+//!   text format.
 //! - `service`: the gRPC trait; `error`: the one mapping to `tonic::Status`.
 //!
 //! The API is internal: it sits behind the service credential, like the conversation
 //! service's.
 
+pub mod check;
 pub mod config;
 pub mod enhance;
 mod error;

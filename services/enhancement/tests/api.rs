@@ -155,7 +155,8 @@ async fn the_llm_rewrite_is_used_with_the_style_terms_guaranteed() {
     // The LLM was told the preset, and given the request as data.
     let seen = fake.received_requests().await.expect("recorded");
     let body: serde_json::Value = seen[0].body_json().expect("json body");
-    assert_eq!(body["response_format"]["type"], "json_object");
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(body["response_format"]["json_schema"]["strict"], true);
     let system = body["messages"][0]["content"].as_str().expect("system");
     assert!(system.contains("\"watercolor\""), "{system}");
     let user: serde_json::Value =
@@ -218,6 +219,52 @@ async fn an_unusable_llm_answer_gets_the_fallback() {
         let response = app.enhance(PROMPT, "pixel-art", "").await;
         assert_is_fallback(&response, PROMPT, "pixel-art", "");
     }
+}
+
+/// Every answer the LLM gave but that could not be used is a fallback, counted by why:
+/// the wrong JSON, a rewrite that lost the user's subject, one that starts with
+/// punctuation (a list's tail), one out of length bounds.
+#[tokio::test]
+async fn rewrites_that_are_not_the_users_picture_get_the_fallback_counted_by_reason() {
+    for (content, reason) in [
+        (json!({ "text": REWRITE }).to_string(), "wrong_shape"),
+        (
+            json!({ "prompt": "ultra-detailed, 8k, cinematic lighting, masterpiece", "negative_prompt": "" })
+                .to_string(),
+            "lost_subject",
+        ),
+        (
+            json!({ "prompt": ", ultra-detailed, a red fox in the snow", "negative_prompt": "" })
+                .to_string(),
+            "starts_with_punctuation",
+        ),
+        (
+            json!({ "prompt": "fox", "negative_prompt": "" }).to_string(),
+            "length",
+        ),
+    ] {
+        let fake = fake_llm(completion(&content)).await;
+        let app = TestEnhancement::spawn(Some(llm_config(&fake))).await;
+        let response = app.enhance(PROMPT, "", "").await;
+        assert_is_fallback(&response, PROMPT, "", "");
+        let text = app.state.metrics().render();
+        let line = format!("atelier_enhancement_llm_fallbacks_total{{reason=\"{reason}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+}
+
+/// A model that writes a sentence around its JSON, or fences it, is still understood.
+#[tokio::test]
+async fn json_with_prose_around_it_is_used() {
+    let content = format!(
+        "Sure! Here is the enhanced prompt:\n```json\n{}\n```\nLet me know if you need more.",
+        json!({ "prompt": REWRITE, "negative_prompt": "blurry" })
+    );
+    let fake = fake_llm(completion(&content)).await;
+    let app = TestEnhancement::spawn(Some(llm_config(&fake))).await;
+    let response = app.enhance(PROMPT, "", "").await;
+    assert_eq!(response.source(), EnhancementSource::Llm);
+    assert!(response.prompt.starts_with(REWRITE), "{}", response.prompt);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@
 //! best guess answers), an unknown edit type becomes "other", a strength outside 0 to 1
 //! is clamped, and an unusable resolved prompt is replaced by the heuristic's.
 
-use atelier_llm::{ChatRequest, LlmClient, LlmError};
+use atelier_llm::{ChatRequest, JsonSchema, LlmClient, LlmError};
 use atelier_proto::intent::v1 as api;
 use atelier_proto::v1 as proto;
 use serde::Deserialize;
@@ -225,7 +225,7 @@ async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
             // The kind, not the error's Display: a provider's error body may echo part of
             // the API key. Our own validation messages are safe to log.
             let detail = match &err {
-                LlmError::Malformed(detail) => detail.as_str(),
+                LlmError::Malformed(detail) | LlmError::WrongShape(detail) => detail.as_str(),
                 _ => "",
             };
             tracing::warn!(
@@ -251,10 +251,34 @@ async fn ask_llm(
         temperature: 0.0,
         max_tokens: max_tokens(question),
     };
-    let reply: LlmReply = llm.complete_json(&request).await?;
+    let reply: LlmReply = llm.complete_json(&request, &reply_schema()).await?;
     reply
         .into_intent(question, best_guess)
-        .map_err(LlmError::Malformed)
+        .map_err(LlmError::WrongShape)
+}
+
+/// The JSON the system prompt describes, as a strict schema: a server that takes it
+/// cannot answer in another shape.
+fn reply_schema() -> JsonSchema {
+    let edit_types: Vec<&str> = EditType::ALL
+        .iter()
+        .map(|edit_type| edit_type.as_str())
+        .collect();
+    JsonSchema::object(
+        "intent",
+        &[
+            (
+                "kind",
+                serde_json::json!({"type": "string", "enum": ["new", "edit"]}),
+            ),
+            ("resolved_prompt", serde_json::json!({"type": "string"})),
+            (
+                "edit_type",
+                serde_json::json!({"type": "string", "enum": edit_types}),
+            ),
+            ("strength", serde_json::json!({"type": "number"})),
+        ],
+    )
 }
 
 /// The task, the JSON shape and the edit types with their usual strengths, built from

@@ -194,7 +194,8 @@ async fn an_ambiguous_prompt_asks_the_llm_once_then_comes_from_the_cache() {
     // The LLM was given both prompts, as data, and asked for JSON.
     let seen = fake.received_requests().await.expect("recorded");
     let body: serde_json::Value = seen[0].body_json().expect("json body");
-    assert_eq!(body["response_format"]["type"], "json_object");
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(body["response_format"]["json_schema"]["strict"], true);
     let user: serde_json::Value = serde_json::from_str(
         body["messages"][1]["content"]
             .as_str()

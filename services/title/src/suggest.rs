@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use atelier_llm::{ChatRequest, LlmClient, LlmError};
+use atelier_llm::{ChatRequest, JsonSchema, LlmClient, LlmError};
 use serde::Deserialize;
 
 /// The longest title accepted from the model, in characters: the automatic title's
@@ -63,7 +63,8 @@ pub async fn llm_title(
         // Six words in any script, with the JSON around them.
         max_tokens: 48,
     };
-    let answer: Answer = tokio::time::timeout(deadline, llm.complete_json(&request))
+    let schema = JsonSchema::object("title", &[("title", serde_json::json!({"type": "string"}))]);
+    let answer: Answer = tokio::time::timeout(deadline, llm.complete_json(&request, &schema))
         .await
         .map_err(|_elapsed| NoTitle::Deadline)??;
     clean(&answer.title).map_err(NoTitle::Unusable)

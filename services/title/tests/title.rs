@@ -279,7 +279,8 @@ async fn a_first_message_gets_the_llm_title() {
     let body: serde_json::Value = serde_json::from_slice(&request.body).expect("JSON body");
     let messages = body["messages"].as_array().expect("messages");
     assert_eq!(messages.last().expect("user message")["content"], PROMPT);
-    assert_eq!(body["response_format"]["type"], "json_object");
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(body["response_format"]["json_schema"]["strict"], true);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! outcome reported to the breaker.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -10,9 +11,9 @@ use reqwest::{StatusCode, redirect};
 use serde::de::DeserializeOwned;
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use crate::config::LlmConfig;
+use crate::config::{LlmConfig, StructuredOutput};
 use crate::error::LlmError;
-use crate::wire::{CompletionRequest, CompletionResponse, Message, ResponseFormat};
+use crate::wire::{CompletionRequest, CompletionResponse, Message, ResponseFormat, SchemaFormat};
 
 /// One question to the model: a system prompt and a user message, which is all the
 /// workers need.
@@ -23,6 +24,38 @@ pub struct ChatRequest {
     pub user: String,
     pub temperature: f32,
     pub max_tokens: u32,
+}
+
+/// The shape of a JSON answer, sent as `response_format: json_schema` with `strict`.
+///
+/// Strict mode wants every property listed as required and no others allowed:
+/// [`JsonSchema::object`] builds such a schema from the properties.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonSchema {
+    /// Letters, digits, `_` and `-`: the API's rule for the name.
+    pub name: &'static str,
+    pub schema: serde_json::Value,
+}
+
+impl JsonSchema {
+    /// An object of exactly these properties, all required (a property that may be
+    /// absent is typed `["string", "null"]`, as strict mode asks).
+    pub fn object(name: &'static str, properties: &[(&str, serde_json::Value)]) -> Self {
+        let names: Vec<&str> = properties.iter().map(|(name, _)| *name).collect();
+        let properties: serde_json::Map<String, serde_json::Value> = properties
+            .iter()
+            .map(|(name, schema)| ((*name).to_owned(), schema.clone()))
+            .collect();
+        Self {
+            name,
+            schema: serde_json::json!({
+                "type": "object",
+                "properties": properties,
+                "required": names,
+                "additionalProperties": false,
+            }),
+        }
+    }
 }
 
 /// A chat-completions client with deadlines, retries and a circuit breaker.
@@ -40,6 +73,9 @@ struct Inner {
     endpoint: String,
     config: LlmConfig,
     breaker: CircuitBreaker,
+    /// Set once the server refused a `json_schema` request: it is asked with
+    /// `json_object` from then on.
+    schemas_refused: AtomicBool,
 }
 
 impl LlmClient {
@@ -63,6 +99,9 @@ impl LlmClient {
             inner: Arc::new(Inner {
                 http,
                 endpoint: config.endpoint(),
+                schemas_refused: AtomicBool::new(
+                    config.structured_output == StructuredOutput::JsonObject,
+                ),
                 config,
                 breaker,
             }),
@@ -78,15 +117,51 @@ impl LlmClient {
         self.call(request, None, Ok).await
     }
 
-    /// The model's answer parsed as `T`. The request asks for a JSON object; an answer
-    /// that does not parse as `T` is [`LlmError::Malformed`] and counts as a failed call,
-    /// since a model that answers nonsense is as useless to the caller as one that is
-    /// down.
+    /// The model's answer parsed as `T`, asked for with `schema` (see
+    /// [`StructuredOutput`]). An answer that does not parse as `T`, even read tolerantly,
+    /// is [`LlmError::WrongShape`]: the caller falls back, and the breaker, which guards
+    /// against an endpoint that is down, does not count it.
     pub async fn complete_json<T: DeserializeOwned>(
         &self,
         request: &ChatRequest,
+        schema: &JsonSchema,
     ) -> Result<T, LlmError> {
-        self.call(request, Some(ResponseFormat::JSON_OBJECT), |content| {
+        if self.inner.schemas_refused.load(Ordering::Relaxed) {
+            return self.complete_json_object(request).await;
+        }
+        let format = ResponseFormat::JsonSchema {
+            json_schema: SchemaFormat {
+                name: schema.name,
+                strict: true,
+                schema: &schema.schema,
+            },
+        };
+        match self
+            .call(request, Some(format), |content| parse_json(&content))
+            .await
+        {
+            Err(LlmError::Status {
+                status: 400,
+                body_excerpt,
+            }) if refuses_schemas(&body_excerpt) => {
+                if !self.inner.schemas_refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the LLM server refused response_format json_schema; asking it for \
+                         json_object from now on (ATELIER_LLM_STRUCTURED_OUTPUT=json_object \
+                         skips the first try)"
+                    );
+                }
+                self.complete_json_object(request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn complete_json_object<T: DeserializeOwned>(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<T, LlmError> {
+        self.call(request, Some(ResponseFormat::JsonObject), |content| {
             parse_json(&content)
         })
         .await
@@ -110,7 +185,7 @@ impl LlmClient {
     async fn call<T>(
         &self,
         request: &ChatRequest,
-        response_format: Option<ResponseFormat>,
+        response_format: Option<ResponseFormat<'_>>,
         parse: impl FnOnce(String) -> Result<T, LlmError>,
     ) -> Result<T, LlmError> {
         let breaker = &self.inner.breaker;
@@ -122,9 +197,10 @@ impl LlmClient {
             Err(error) => Err(error),
         };
         // Every error counts, a 4xx too: a wrong key, model or URL fails every call
-        // alike, and the breaker spares each of them the wait.
+        // alike, and the breaker spares each of them the wait. An answer of the wrong
+        // shape does not: the endpoint answered, and the next question may fit.
         match &result {
-            Ok(_) => breaker.record_success(),
+            Ok(_) | Err(LlmError::WrongShape(_)) => breaker.record_success(),
             Err(_) => breaker.record_failure(Instant::now()),
         }
         result
@@ -134,7 +210,7 @@ impl LlmClient {
     fn encode(
         &self,
         request: &ChatRequest,
-        response_format: Option<ResponseFormat>,
+        response_format: Option<ResponseFormat<'_>>,
     ) -> Result<Vec<u8>, LlmError> {
         let mut messages = Vec::with_capacity(2);
         if !request.system.is_empty() {
@@ -314,9 +390,30 @@ fn parse_completion(body: &[u8]) -> Result<String, LlmError> {
     }
 }
 
+/// `content` as `T`, read tolerantly: without a code fence around it, or, failing that,
+/// the outermost `{...}` in it, for models that write a sentence before or after.
 fn parse_json<T: DeserializeOwned>(content: &str) -> Result<T, LlmError> {
-    serde_json::from_str(strip_code_fence(content))
-        .map_err(|err| LlmError::Malformed(format!("not the expected JSON: {err}")))
+    let unfenced = strip_code_fence(content);
+    let error = match serde_json::from_str(unfenced) {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    if let (Some(start), Some(end)) = (unfenced.find('{'), unfenced.rfind('}'))
+        && start < end
+        && let Ok(value) = serde_json::from_str(&unfenced[start..=end])
+    {
+        return Ok(value);
+    }
+    Err(LlmError::WrongShape(format!(
+        "not the expected JSON: {error}"
+    )))
+}
+
+/// Whether a 400's body says the server does not take `json_schema` (OpenAI-compatible
+/// servers name the parameter, or the type, in their message).
+fn refuses_schemas(body_excerpt: &str) -> bool {
+    let body = body_excerpt.to_ascii_lowercase();
+    body.contains("response_format") || body.contains("json_schema")
 }
 
 /// Models asked for JSON often wrap it in a Markdown code block anyway, especially
@@ -377,6 +474,71 @@ mod tests {
         assert_eq!(strip_code_fence("```json\n{\"a\":1}\n```"), "{\"a\":1}");
         assert_eq!(strip_code_fence("  ```\n{\"a\":1}\n```  \n"), "{\"a\":1}");
         assert_eq!(strip_code_fence("```json{\"a\":1}```"), "{\"a\":1}");
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Reply {
+        prompt: String,
+    }
+
+    #[test]
+    fn json_is_read_through_fences_and_prose() {
+        for content in [
+            r#"{"prompt": "a fox"}"#,
+            "```json\n{\"prompt\": \"a fox\"}\n```",
+            "Here is the JSON you asked for:\n{\"prompt\": \"a fox\"}\nEnjoy!",
+            "Sure! ```{\"prompt\": \"a fox\"}```",
+        ] {
+            assert_eq!(
+                parse_json::<Reply>(content),
+                Ok(Reply {
+                    prompt: "a fox".to_owned()
+                }),
+                "{content}"
+            );
+        }
+        for content in ["a fox", r#"{"text": "a fox"}"#, r#"{"prompt": 3}"#, "} {"] {
+            assert!(
+                matches!(parse_json::<Reply>(content), Err(LlmError::WrongShape(_))),
+                "{content}"
+            );
+        }
+    }
+
+    #[test]
+    fn strict_schemas_require_every_property_and_no_other() {
+        let schema = JsonSchema::object(
+            "enhanced_prompt",
+            &[
+                ("prompt", serde_json::json!({"type": "string"})),
+                ("negative_prompt", serde_json::json!({"type": "string"})),
+            ],
+        );
+        assert_eq!(
+            schema.schema,
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string"},
+                    "negative_prompt": {"type": "string"},
+                },
+                "required": ["prompt", "negative_prompt"],
+                "additionalProperties": false,
+            })
+        );
+    }
+
+    #[test]
+    fn schema_refusals_are_recognised() {
+        assert!(refuses_schemas(
+            r#"{"error":{"message":"Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."}}"#
+        ));
+        assert!(refuses_schemas(
+            "unknown variant `json_schema`, expected `text` or `json_object`"
+        ));
+        assert!(!refuses_schemas(
+            r#"{"error":{"message":"This model's maximum context length is 8192 tokens"}}"#
+        ));
     }
 
     #[test]

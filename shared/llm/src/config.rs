@@ -27,6 +27,34 @@ pub struct LlmConfig {
     pub breaker_failure_threshold: u32,
     /// How long an open breaker fails calls before it lets a trial through.
     pub breaker_open_for: Duration,
+    /// How JSON answers are asked for: see [`StructuredOutput`].
+    pub structured_output: StructuredOutput,
+}
+
+/// How a JSON answer is asked for (`response_format`).
+///
+/// `json_schema` (strict) makes the server constrain the answer to the caller's schema,
+/// so a model cannot word its JSON differently; OpenAI, vLLM, Ollama, llama.cpp server
+/// and LiteLLM take it. Servers that do not answer such a request with a 400 naming
+/// `response_format` or `json_schema`: the client then asks that server with
+/// `json_object` from then on, once, by itself. `json_object` skips the first try, for a
+/// server known to refuse schemas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StructuredOutput {
+    JsonSchema,
+    JsonObject,
+}
+
+impl std::str::FromStr for StructuredOutput {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "json_schema" => Ok(Self::JsonSchema),
+            "json_object" => Ok(Self::JsonObject),
+            _ => Err("must be json_schema or json_object".to_owned()),
+        }
+    }
 }
 
 impl LlmConfig {
@@ -55,6 +83,7 @@ impl LlmConfig {
             backoff_base: Self::DEFAULT_BACKOFF_BASE,
             breaker_failure_threshold: Self::DEFAULT_BREAKER_FAILURE_THRESHOLD,
             breaker_open_for: Self::DEFAULT_BREAKER_OPEN_FOR,
+            structured_output: StructuredOutput::JsonSchema,
         }
     }
 
@@ -66,7 +95,9 @@ impl LlmConfig {
     /// - `ATELIER_LLM_MODEL`: default `gpt-4o-mini`;
     /// - `ATELIER_LLM_TIMEOUT_MS`: the deadline of one call, retries included, default
     ///   4000;
-    /// - `ATELIER_LLM_MAX_RETRIES`: default 2.
+    /// - `ATELIER_LLM_MAX_RETRIES`: default 2;
+    /// - `ATELIER_LLM_STRUCTURED_OUTPUT`: `json_schema` (default) or `json_object`
+    ///   ([`StructuredOutput`]).
     ///
     /// A value that is set but unusable is an error naming the variable, so a typo stops
     /// the process at start instead of silently disabling the LLM.
@@ -84,6 +115,10 @@ impl LlmConfig {
             call_timeout: deadline,
             deadline,
             max_retries: var_or("ATELIER_LLM_MAX_RETRIES", Self::DEFAULT_MAX_RETRIES)?,
+            structured_output: var_or(
+                "ATELIER_LLM_STRUCTURED_OUTPUT",
+                StructuredOutput::JsonSchema,
+            )?,
             ..Self::new(base_url)
         }))
     }
@@ -129,6 +164,7 @@ impl fmt::Debug for LlmConfig {
             .field("backoff_base", &self.backoff_base)
             .field("breaker_failure_threshold", &self.breaker_failure_threshold)
             .field("breaker_open_for", &self.breaker_open_for)
+            .field("structured_output", &self.structured_output)
             .finish()
     }
 }

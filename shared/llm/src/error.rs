@@ -25,6 +25,11 @@ pub enum LlmError {
     /// The endpoint answered 200 with something that is not a usable answer.
     #[error("the LLM answer is malformed: {0}")]
     Malformed(String),
+    /// The model answered, but not with JSON of the caller's shape, even read
+    /// tolerantly (code fences and prose around the object are ignored). The endpoint
+    /// works, so this does not count against the breaker.
+    #[error("the LLM answer has the wrong shape: {0}")]
+    WrongShape(String),
 }
 
 impl LlmError {
@@ -36,6 +41,7 @@ impl LlmError {
             LlmError::Status { .. } => "status",
             LlmError::Transport(_) => "transport",
             LlmError::Malformed(_) => "malformed",
+            LlmError::WrongShape(_) => "wrong_shape",
         }
     }
 }

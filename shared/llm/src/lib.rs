@@ -14,9 +14,11 @@
 //! - a circuit breaker ([`breaker`]) stops calling a provider that keeps failing, so
 //!   while it is down the workers answer from their heuristics at once instead of
 //!   waiting out a deadline per job, and the provider is not hammered while it recovers;
-//! - JSON output is parsed into the caller's type here, so a reply of the wrong shape is
-//!   one more [`LlmError`] for the caller (and a failure for the breaker), not a
-//!   half-valid value.
+//! - JSON answers are asked for with the caller's [`JsonSchema`] (strict), falling back
+//!   to `json_object` on a server that refuses schemas, and parsed into the caller's
+//!   type here, tolerantly (code fences, prose around the object): a reply of the wrong
+//!   shape is [`LlmError::WrongShape`] for the caller, not a half-valid value, and not a
+//!   failure for the breaker, since the endpoint answered.
 //!
 //! Every [`LlmError`] means the same thing to a caller: use the heuristic. The variants
 //! exist for logs and metrics.
@@ -31,6 +33,6 @@ mod error;
 mod wire;
 
 pub use breaker::BreakerState;
-pub use client::{ChatRequest, LlmClient};
-pub use config::LlmConfig;
+pub use client::{ChatRequest, JsonSchema, LlmClient};
+pub use config::{LlmConfig, StructuredOutput};
 pub use error::LlmError;

@@ -10,7 +10,7 @@ pub(crate) struct CompletionRequest<'a> {
     pub temperature: f32,
     pub max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_format: Option<ResponseFormat>,
+    pub response_format: Option<ResponseFormat<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -19,16 +19,19 @@ pub(crate) struct Message<'a> {
     pub content: &'a str,
 }
 
+/// `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`.
 #[derive(Debug, Serialize)]
-pub(crate) struct ResponseFormat {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ResponseFormat<'a> {
+    JsonObject,
+    JsonSchema { json_schema: SchemaFormat<'a> },
 }
 
-impl ResponseFormat {
-    pub const JSON_OBJECT: Self = Self {
-        kind: "json_object",
-    };
+#[derive(Debug, Serialize)]
+pub(crate) struct SchemaFormat<'a> {
+    pub name: &'a str,
+    pub strict: bool,
+    pub schema: &'a serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use atelier_llm::{BreakerState, ChatRequest, LlmClient, LlmConfig, LlmError};
+use atelier_llm::{
+    BreakerState, ChatRequest, JsonSchema, LlmClient, LlmConfig, LlmError, StructuredOutput,
+};
 use serde::Deserialize;
 use serde_json::json;
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -330,23 +332,32 @@ struct Intent {
     confidence: f32,
 }
 
+fn intent_schema() -> JsonSchema {
+    JsonSchema::object(
+        "intent",
+        &[
+            ("kind", json!({"type": "string", "enum": ["new", "edit"]})),
+            ("confidence", json!({"type": "number"})),
+        ],
+    )
+}
+
 #[tokio::test]
-async fn complete_json_asks_for_json_and_parses_it() {
+async fn complete_json_asks_with_the_strict_schema_and_parses_the_answer() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .and(body_partial_json(
-            json!({ "response_format": { "type": "json_object" } }),
-        ))
-        .respond_with(answer(
-            "```json\n{\"kind\": \"edit\", \"confidence\": 0.5}\n```",
-        ))
+        .and(body_partial_json(json!({ "response_format": {
+            "type": "json_schema",
+            "json_schema": { "name": "intent", "strict": true, "schema": intent_schema().schema },
+        } })))
+        .respond_with(answer(r#"{"kind": "edit", "confidence": 0.5}"#))
         .expect(1)
         .mount(&server)
         .await;
 
     let intent: Intent = client(config(&server))
-        .complete_json(&request())
+        .complete_json(&request(), &intent_schema())
         .await
         .expect("an answer");
 
@@ -359,8 +370,73 @@ async fn complete_json_asks_for_json_and_parses_it() {
     );
 }
 
+/// A server without schemas (an older vLLM, a proxy) answers 400 naming the parameter:
+/// the client asks again with json_object, reads the answer tolerantly, and asks that
+/// server with json_object from then on.
 #[tokio::test]
-async fn complete_json_of_the_wrong_shape_is_malformed_and_a_failure() {
+async fn a_server_that_refuses_schemas_is_asked_for_a_json_object() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .and(body_partial_json(
+            json!({ "response_format": { "type": "json_schema" } }),
+        ))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({ "error": {
+            "message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+            "type": "invalid_request_error",
+        } })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .and(body_partial_json(
+            json!({ "response_format": { "type": "json_object" } }),
+        ))
+        .respond_with(answer(
+            "Sure, here it is:\n```json\n{\"kind\": \"edit\", \"confidence\": 0.5}\n```",
+        ))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let client = client(config(&server));
+
+    for _ in 0..2 {
+        let intent: Intent = client
+            .complete_json(&request(), &intent_schema())
+            .await
+            .expect("an answer");
+        assert_eq!(intent.kind, "edit");
+    }
+    assert_eq!(client.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn json_object_mode_never_sends_a_schema() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .and(body_partial_json(
+            json!({ "response_format": { "type": "json_object" } }),
+        ))
+        .respond_with(answer(r#"{"kind": "new", "confidence": 1}"#))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let config = LlmConfig {
+        structured_output: StructuredOutput::JsonObject,
+        ..config(&server)
+    };
+
+    let intent: Intent = client(config)
+        .complete_json(&request(), &intent_schema())
+        .await
+        .expect("an answer");
+    assert_eq!(intent.kind, "new");
+}
+
+#[tokio::test]
+async fn an_answer_of_the_wrong_shape_is_not_retried_and_not_a_breaker_failure() {
     let server = MockServer::start().await;
     always(&server, answer(r#"{"label": "edit"}"#)).await;
     let config = LlmConfig {
@@ -370,12 +446,12 @@ async fn complete_json_of_the_wrong_shape_is_malformed_and_a_failure() {
     let client = client(config);
 
     let err = client
-        .complete_json::<Intent>(&request())
+        .complete_json::<Intent>(&request(), &intent_schema())
         .await
         .expect_err("no answer");
 
     assert!(
-        matches!(&err, LlmError::Malformed(reason) if reason.contains("kind")),
+        matches!(&err, LlmError::WrongShape(reason) if reason.contains("kind")),
         "{err:?}"
     );
     assert_eq!(
@@ -383,7 +459,8 @@ async fn complete_json_of_the_wrong_shape_is_malformed_and_a_failure() {
         1,
         "a bad answer is not retried"
     );
-    assert_eq!(client.breaker_state(), BreakerState::Open);
+    // The endpoint works: the next question may well be answered.
+    assert_eq!(client.breaker_state(), BreakerState::Closed);
 }
 
 #[tokio::test]
