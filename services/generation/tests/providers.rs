@@ -62,6 +62,7 @@ fn fast_retries() -> RetryPolicy {
         max_attempts: 3,
         backoff_base: Duration::from_millis(1),
         max_backoff: Duration::from_millis(10),
+        ..RetryPolicy::default()
     }
 }
 

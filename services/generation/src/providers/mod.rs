@@ -93,7 +93,7 @@ pub enum ProviderError {
         trouble: Trouble,
     },
     /// The same request will fail the same way: a rejected prompt, a bad key, an unknown
-    /// model, an answer that is not an image.
+    /// model, a setting the provider cannot take.
     #[error("image provider failed: {reason}")]
     Permanent { reason: String },
 }
@@ -107,6 +107,10 @@ pub enum Trouble {
     Unreachable,
     /// An HTTP status worth retrying: 408, 429 or 5xx.
     Status(u16),
+    /// A 2xx answer that does not parse or holds no image: cut short, or a proxy's page.
+    BadAnswer,
+    /// The image's deadline passed while the provider was still failing.
+    Deadline,
 }
 
 impl fmt::Display for Trouble {
@@ -116,6 +120,8 @@ impl fmt::Display for Trouble {
             Self::Unreachable => f.write_str("the image provider could not be reached"),
             Self::Status(429) => f.write_str("the image provider is busy (HTTP 429)"),
             Self::Status(status) => write!(f, "the image provider failed (HTTP {status})"),
+            Self::BadAnswer => f.write_str("the image provider sent an unreadable answer"),
+            Self::Deadline => f.write_str("the image provider did not make it in time"),
         }
     }
 }
@@ -136,6 +142,15 @@ impl ProviderError {
             reason: reason.into(),
             retry_after: None,
             trouble: Trouble::TimedOut,
+        }
+    }
+
+    /// A retryable 2xx answer that is not what the API promises (see [`Trouble::BadAnswer`]).
+    pub fn bad_answer(reason: impl Into<String>) -> Self {
+        Self::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+            trouble: Trouble::BadAnswer,
         }
     }
 
@@ -166,6 +181,14 @@ pub struct RetryPolicy {
     /// No wait is longer, a server's `Retry-After` included: a job must not sit on a
     /// worker for an hour because a provider said so, it is better failed and refunded.
     pub max_backoff: Duration,
+    /// The most time one image may take from its first start, every attempt, wait and
+    /// redelivery included: a provider down for good fails the image (and refunds it)
+    /// within this, not after every delivery of the job has run out.
+    pub deadline: Duration,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 }
 
 impl Default for RetryPolicy {
@@ -174,6 +197,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             backoff_base: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            deadline: Self::DEFAULT_DEADLINE,
         }
     }
 }
@@ -211,6 +235,9 @@ pub struct Retrying {
 /// over, and the client is better told so than shown a bar that stalls.
 ///
 /// Dropping the returned future cancels the attempt in flight, or the wait between two.
+///
+/// The image's deadline is `policy.deadline` from now; see [`generate_until`] for an
+/// image that started earlier.
 pub async fn generate_with_retries(
     provider: &dyn ImageProvider,
     request: &ImageRequest,
@@ -218,12 +245,39 @@ pub async fn generate_with_retries(
     policy: &RetryPolicy,
     on_retry: &(dyn Fn(Retrying) + Send + Sync),
 ) -> Result<Bytes, ProviderError> {
+    let deadline = tokio::time::Instant::now() + policy.deadline;
+    generate_until(provider, request, progress, policy, deadline, on_retry).await
+}
+
+/// [`generate_with_retries`] with the image's deadline given: no attempt runs past it
+/// (one still running then fails as [`Trouble::Deadline`]) and no retry starts whose
+/// wait would end past it.
+pub async fn generate_until(
+    provider: &dyn ImageProvider,
+    request: &ImageRequest,
+    progress: &watch::Sender<u32>,
+    policy: &RetryPolicy,
+    deadline: tokio::time::Instant,
+    on_retry: &(dyn Fn(Retrying) + Send + Sync),
+) -> Result<Bytes, ProviderError> {
     let max_attempts = policy.max_attempts.max(1);
     let mut attempt: u32 = 1;
     loop {
-        let error = match provider.generate(request, progress).await {
-            Ok(png) => return Ok(png),
-            Err(error) => error,
+        let attempted =
+            tokio::time::timeout_at(deadline, provider.generate(request, progress)).await;
+        let error = match attempted {
+            Ok(Ok(png)) => return Ok(png),
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                return Err(ProviderError::Retryable {
+                    reason: format!(
+                        "the image deadline ({:?}) passed during attempt {attempt}",
+                        policy.deadline
+                    ),
+                    retry_after: None,
+                    trouble: Trouble::Deadline,
+                });
+            }
         };
         let (retry_after, trouble) = match &error {
             ProviderError::Retryable {
@@ -234,6 +288,11 @@ pub async fn generate_with_retries(
             _ => return Err(error),
         };
         let wait = policy.delay_after(attempt, retry_after);
+        if tokio::time::Instant::now() + wait >= deadline {
+            // The next attempt could not start in time: better failed (and refunded) now
+            // than after a wait that ends past the deadline anyway.
+            return Err(error);
+        }
         tracing::warn!(
             attempt,
             max_attempts,
@@ -499,6 +558,7 @@ mod tests {
             max_attempts,
             backoff_base: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
+            ..RetryPolicy::default()
         }
     }
 
@@ -508,6 +568,7 @@ mod tests {
             max_attempts: 10,
             backoff_base: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         assert_eq!(policy.delay_after(1, None), Duration::from_millis(100));
         assert_eq!(policy.delay_after(2, None), Duration::from_millis(200));
@@ -522,6 +583,7 @@ mod tests {
             max_attempts: 10,
             backoff_base: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            ..RetryPolicy::default()
         };
         assert_eq!(
             policy.delay_after(3, Some(Duration::ZERO)),
