@@ -68,6 +68,7 @@ pub struct Providers {
     pub builtin: Arc<dyn ImageProvider>,
     pub openai: Option<Arc<dyn ImageProvider>>,
     pub automatic1111: Option<Arc<dyn ImageProvider>>,
+    pub comfyui: Option<Arc<dyn ImageProvider>>,
 }
 
 impl Providers {
@@ -82,6 +83,7 @@ impl Providers {
             builtin: providers::from_config(ProviderKind::Builtin, config)?,
             openai: optional(ProviderKind::Openai, &config.openai_base_url)?,
             automatic1111: optional(ProviderKind::Automatic1111, &config.automatic1111_url)?,
+            comfyui: optional(ProviderKind::Comfyui, &config.comfyui_url)?,
         })
     }
 
@@ -90,6 +92,7 @@ impl Providers {
             ProviderKind::Builtin => Some(Arc::clone(&self.builtin)),
             ProviderKind::Openai => self.openai.clone(),
             ProviderKind::Automatic1111 => self.automatic1111.clone(),
+            ProviderKind::Comfyui => self.comfyui.clone(),
         }
     }
 }
@@ -197,6 +200,7 @@ async fn run_job(
         init,
     } = prepared;
     let message = started.message.clone().unwrap_or_default();
+    let settings = providers::ModelSettings::from(started.model_settings.clone().unwrap_or_default());
     let Some(provider) = worker.providers.get(&started.provider) else {
         fail(
             worker,
@@ -251,6 +255,7 @@ async fn run_job(
                 } else {
                     1.0
                 },
+                settings: settings.clone(),
             };
             make_image(
                 worker,
