@@ -238,7 +238,14 @@ mod tests {
         assert_eq!(catalog.default_model, "builtin");
         assert_eq!(
             catalog.model_names(),
-            ["builtin", "sdxl", "gpt-image-1", "dall-e-3", "dall-e-2", "comfyui-sdxl"]
+            [
+                "builtin",
+                "sdxl",
+                "gpt-image-1",
+                "dall-e-3",
+                "dall-e-2",
+                "comfyui-sdxl"
+            ]
         );
     }
 
@@ -268,7 +275,14 @@ mod tests {
         // Models without a list take any size within their limits.
         assert!(takes("sdxl", 832, 1216));
         // gpt-image-1 refuses response_format; dall-e takes it.
-        let format = |model: &str| catalog.model(model).expect("in catalog").settings.response_format.clone();
+        let format = |model: &str| {
+            catalog
+                .model(model)
+                .expect("in catalog")
+                .settings
+                .response_format
+                .clone()
+        };
         assert_eq!(format("gpt-image-1"), "");
         assert_eq!(format("dall-e-3"), "b64_json");
     }
@@ -286,8 +300,13 @@ mod tests {
             (r#"["64x64","256x256"]"#, "outside its own side limits"),
             (r#"["64x64","big"]"#, "not WxH"),
         ] {
-            let err = Catalog::from_json(&model(sizes)).expect_err(sizes).to_string();
-            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+            let err = Catalog::from_json(&model(sizes))
+                .expect_err(sizes)
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
         }
     }
 

@@ -200,7 +200,8 @@ async fn run_job(
         init,
     } = prepared;
     let message = started.message.clone().unwrap_or_default();
-    let settings = providers::ModelSettings::from(started.model_settings.clone().unwrap_or_default());
+    let settings =
+        providers::ModelSettings::from(started.model_settings.clone().unwrap_or_default());
     let Some(provider) = worker.providers.get(&started.provider) else {
         fail(
             worker,
@@ -890,7 +891,10 @@ mod tests {
             ..started
         };
         let left = image_deadline(Some(&a_minute_ago), deadline) - now;
-        assert!(left <= Duration::from_secs(61) && left >= Duration::from_secs(55), "{left:?}");
+        assert!(
+            left <= Duration::from_secs(61) && left >= Duration::from_secs(55),
+            "{left:?}"
+        );
 
         let long_ago = prost_types::Timestamp {
             seconds: started.seconds - 3600,
@@ -903,7 +907,10 @@ mod tests {
             redelivery,
         };
         assert!(patience(None).exhausted(), "the last delivery");
-        assert!(patience(Some(Duration::from_secs(60))).exhausted(), "past it");
+        assert!(
+            patience(Some(Duration::from_secs(60))).exhausted(),
+            "past it"
+        );
         assert!(!patience(Some(Duration::from_secs(2))).exhausted());
     }
 

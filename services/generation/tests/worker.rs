@@ -654,7 +654,11 @@ async fn a_provider_down_for_good_fails_and_refunds_within_the_deadline() {
     assert_eq!(pipeline.balance(&mut alice).await, 100, "refunded");
     assert_eq!(pipeline.ledger_count("release").await, 1);
     // Not a timing check: twenty deliveries with their backoff would take an hour.
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// Outside development the service refuses to start without its service credential, or with a built-in or

@@ -43,7 +43,9 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
         headers.insert(
             RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("a header value"),
+            "Wed, 21 Oct 2015 07:28:00 GMT"
+                .parse()
+                .expect("a header value"),
         );
         assert_eq!(retry_after(&headers), None);
     }

@@ -110,7 +110,11 @@ impl Automatic1111Provider {
     }
 
     /// The whole render of `count` images: the POST and the parsing of its answer.
-    async fn render(&self, request: &ImageRequest, count: u32) -> Result<Vec<Bytes>, RenderFailure> {
+    async fn render(
+        &self,
+        request: &ImageRequest,
+        count: u32,
+    ) -> Result<Vec<Bytes>, RenderFailure> {
         let (path, body) = match &request.init_image {
             Some(init_image) => (
                 "img2img",

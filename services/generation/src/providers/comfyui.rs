@@ -106,7 +106,8 @@ impl Workflows {
     pub fn add(&mut self, name: &str, json: &str) -> anyhow::Result<()> {
         let workflow: Value = serde_json::from_str(json)
             .with_context(|| format!("ComfyUI workflow {name:?} is not JSON"))?;
-        check(&workflow).map_err(|reason| anyhow::anyhow!("ComfyUI workflow {name:?}: {reason}"))?;
+        check(&workflow)
+            .map_err(|reason| anyhow::anyhow!("ComfyUI workflow {name:?}: {reason}"))?;
         self.0.insert(name.to_owned(), workflow);
         Ok(())
     }
@@ -132,7 +133,10 @@ fn check(workflow: &Value) -> Result<(), String> {
     }
     let mut found = Vec::new();
     placeholders(workflow, &mut found);
-    if let Some(unknown) = found.iter().find(|found| !PLACEHOLDERS.contains(&found.as_str())) {
+    if let Some(unknown) = found
+        .iter()
+        .find(|found| !PLACEHOLDERS.contains(&found.as_str()))
+    {
         return Err(format!(
             "unknown placeholder {unknown:?}; known: {}",
             PLACEHOLDERS.join(", ")
@@ -207,9 +211,17 @@ impl ComfyUiProvider {
     }
 
     /// The filled workflow for `request`, the init image's server-side name given.
-    fn workflow(&self, request: &ImageRequest, init_image: Option<&str>) -> Result<Value, ProviderError> {
+    fn workflow(
+        &self,
+        request: &ImageRequest,
+        init_image: Option<&str>,
+    ) -> Result<Value, ProviderError> {
         let settings = &request.settings;
-        let name = match (init_image, settings.workflow.as_str(), settings.img2img_workflow.as_str()) {
+        let name = match (
+            init_image,
+            settings.workflow.as_str(),
+            settings.img2img_workflow.as_str(),
+        ) {
             (Some(_), _, "") => "img2img",
             (Some(_), _, name) => name,
             (None, "", _) => "txt2img",
@@ -233,7 +245,11 @@ impl ComfyUiProvider {
             )));
         }
         let or = |value: &str, default: &str| {
-            if value.is_empty() { default.to_owned() } else { value.to_owned() }
+            if value.is_empty() {
+                default.to_owned()
+            } else {
+                value.to_owned()
+            }
         };
         let denoise = if init_image.is_some() {
             request.strength.clamp(0.0, 1.0)
@@ -242,16 +258,25 @@ impl ComfyUiProvider {
         };
         let values: HashMap<&str, Value> = HashMap::from([
             ("{{prompt}}", Value::from(request.prompt.clone())),
-            ("{{negative_prompt}}", Value::from(request.negative_prompt.clone())),
+            (
+                "{{negative_prompt}}",
+                Value::from(request.negative_prompt.clone()),
+            ),
             ("{{seed}}", Value::from(request.seed)),
             ("{{width}}", Value::from(request.width)),
             ("{{height}}", Value::from(request.height)),
             ("{{steps}}", Value::from(settings.steps.unwrap_or(STEPS))),
             ("{{cfg}}", Value::from(settings.cfg_scale.unwrap_or(CFG))),
             ("{{sampler}}", Value::from(or(&settings.sampler, SAMPLER))),
-            ("{{scheduler}}", Value::from(or(&settings.scheduler, SCHEDULER))),
+            (
+                "{{scheduler}}",
+                Value::from(or(&settings.scheduler, SCHEDULER)),
+            ),
             ("{{denoise}}", Value::from(denoise)),
-            ("{{init_image}}", Value::from(init_image.unwrap_or_default())),
+            (
+                "{{init_image}}",
+                Value::from(init_image.unwrap_or_default()),
+            ),
             ("{{checkpoint}}", Value::from(settings.checkpoint.clone())),
         ]);
         fill(&mut workflow, &values);
@@ -300,9 +325,15 @@ impl ComfyUiProvider {
 
     async fn queue(&self, workflow: Value, client_id: &str) -> Result<String, ProviderError> {
         let body = serde_json::json!({ "prompt": workflow, "client_id": client_id });
-        let answer = self.send(self.http.post(self.url("prompt")).json(&body)).await?;
+        let answer = self
+            .send(self.http.post(self.url("prompt")).json(&body))
+            .await?;
         let queued: Queued = http::parse_json(NAME, &answer)?;
-        if queued.node_errors.as_object().is_some_and(|errors| !errors.is_empty()) {
+        if queued
+            .node_errors
+            .as_object()
+            .is_some_and(|errors| !errors.is_empty())
+        {
             return Err(ProviderError::permanent(format!(
                 "{NAME}: the workflow was refused: {}",
                 queued.node_errors
@@ -398,9 +429,11 @@ impl ImageProvider for ComfyUiProvider {
         let mut guard = CancelOnDrop {
             target: Some((self.http.clone(), self.base_url.clone(), prompt_id.clone())),
         };
-        let outcome =
-            tokio::time::timeout(self.render_timeout, self.wait_for_output(&prompt_id, progress))
-                .await;
+        let outcome = tokio::time::timeout(
+            self.render_timeout,
+            self.wait_for_output(&prompt_id, progress),
+        )
+        .await;
         let image = match outcome {
             Ok(Ok(image)) => {
                 guard.disarm();
@@ -578,15 +611,24 @@ mod tests {
         for (json, expected) in [
             ("[]", "not an object"),
             (r#"{"1":{"inputs":{}}}"#, "no class_type"),
-            (r#"{"1":{"class_type":"X","inputs":{"text":"{{promt}}"}}}"#, "unknown placeholder"),
-            (r#"{"1":{"class_type":"X","inputs":{"seed":"{{seed}}"}}}"#, "no {{prompt}}"),
+            (
+                r#"{"1":{"class_type":"X","inputs":{"text":"{{promt}}"}}}"#,
+                "unknown placeholder",
+            ),
+            (
+                r#"{"1":{"class_type":"X","inputs":{"seed":"{{seed}}"}}}"#,
+                "no {{prompt}}",
+            ),
             ("{", "not JSON"),
         ] {
             let err = workflows.add("w", json).expect_err(json);
             assert!(format!("{err:#}").contains(expected), "{err:#} for {json}");
         }
         workflows
-            .add("w", r#"{"1":{"class_type":"X","inputs":{"text":"{{prompt}}"}}}"#)
+            .add(
+                "w",
+                r#"{"1":{"class_type":"X","inputs":{"text":"{{prompt}}"}}}"#,
+            )
             .expect("valid");
     }
 
@@ -600,7 +642,12 @@ mod tests {
             },
             ..request()
         };
-        assert!(!provider.workflow(&unknown, None).expect_err("unknown").is_retryable());
+        assert!(
+            !provider
+                .workflow(&unknown, None)
+                .expect_err("unknown")
+                .is_retryable()
+        );
         let no_checkpoint = ImageRequest {
             settings: ModelSettings::default(),
             ..request()

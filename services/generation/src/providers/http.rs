@@ -5,11 +5,11 @@
 //! keeps the classes identical: a 429 from OpenAI and a 503 from a busy web UI are both
 //! worth another try, a 401 or a 422 never is.
 
+pub(super) use atelier_runtime::http_retry::{is_retryable_status, retry_after};
 use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-pub(super) use atelier_runtime::http_retry::{is_retryable_status, retry_after};
 
 use super::ProviderError;
 

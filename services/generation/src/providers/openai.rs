@@ -144,8 +144,9 @@ impl OpenAiProvider {
     ) -> Result<reqwest::Response, ProviderError> {
         if let Some(key) = &self.api_key {
             request = if self.is_azure() {
-                let mut value = reqwest::header::HeaderValue::from_str(key)
-                    .map_err(|_| ProviderError::permanent(format!("{NAME}: the API key is not a header value")))?;
+                let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
+                    ProviderError::permanent(format!("{NAME}: the API key is not a header value"))
+                })?;
                 // Kept out of reqwest's debug output, as bearer_auth does for its header.
                 value.set_sensitive(true);
                 request.header("api-key", value)
@@ -162,7 +163,10 @@ impl OpenAiProvider {
         self.checked(response).await
     }
 
-    async fn checked(&self, response: reqwest::Response) -> Result<reqwest::Response, ProviderError> {
+    async fn checked(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, ProviderError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
