@@ -25,6 +25,7 @@ pub enum Provider {
     Builtin,
     Openai,
     Automatic1111,
+    Comfyui,
 }
 
 impl Provider {
@@ -34,6 +35,7 @@ impl Provider {
             Self::Builtin => "builtin",
             Self::Openai => "openai",
             Self::Automatic1111 => "automatic1111",
+            Self::Comfyui => "comfyui",
         }
     }
 }
@@ -54,6 +56,58 @@ pub struct ModelSpec {
     pub max_side: u32,
     pub default_width: u32,
     pub default_height: u32,
+    /// The only sizes the model's API takes (`"1024x1536"`), for APIs that take a list
+    /// rather than a range (OpenAI's); empty means any size within the side limits.
+    #[serde(default)]
+    pub allowed_sizes: Vec<String>,
+    /// How the generation worker renders the model, passed to it with StartGeneration.
+    #[serde(default)]
+    pub settings: ModelSettings,
+}
+
+/// The provider settings of a model (see `ModelSettings` in the internal conversation
+/// proto for what each provider reads); every field is optional.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    #[serde(default)]
+    pub checkpoint: String,
+    pub steps: Option<u32>,
+    pub cfg_scale: Option<f32>,
+    #[serde(default)]
+    pub sampler: String,
+    #[serde(default)]
+    pub scheduler: String,
+    #[serde(default)]
+    pub max_batch: u32,
+    #[serde(default)]
+    pub workflow: String,
+    #[serde(default)]
+    pub img2img_workflow: String,
+    #[serde(default)]
+    pub response_format: String,
+    #[serde(default)]
+    pub quality: String,
+    #[serde(default)]
+    pub background: String,
+}
+
+impl ModelSettings {
+    pub fn to_proto(&self) -> atelier_proto::conversation::v1::ModelSettings {
+        atelier_proto::conversation::v1::ModelSettings {
+            checkpoint: self.checkpoint.clone(),
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler: self.sampler.clone(),
+            scheduler: self.scheduler.clone(),
+            max_batch: self.max_batch,
+            workflow: self.workflow.clone(),
+            img2img_workflow: self.img2img_workflow.clone(),
+            response_format: self.response_format.clone(),
+            quality: self.quality.clone(),
+            background: self.background.clone(),
+        }
+    }
 }
 
 /// Image sides must be multiples of this: every diffusion model works on 8x8 latent cells.
@@ -123,6 +177,19 @@ impl Catalog {
                     "model {name:?} has a default size outside its own limits"
                 );
             }
+            for size in &model.allowed_sizes {
+                let (width, height) = parse_size(size).ok_or_else(|| {
+                    anyhow::anyhow!("model {name:?} has an allowed size {size:?} that is not WxH")
+                })?;
+                anyhow::ensure!(
+                    model.accepts_side(width) && model.accepts_side(height),
+                    "model {name:?} allows {size:?}, outside its own side limits"
+                );
+            }
+            anyhow::ensure!(
+                model.accepts_size(model.default_width, model.default_height),
+                "model {name:?} has a default size that is not among its allowed sizes"
+            );
         }
         Ok(())
     }
@@ -134,6 +201,18 @@ impl ModelSpec {
         (self.min_side..=self.max_side).contains(&side) && side.is_multiple_of(SIDE_MULTIPLE)
     }
 
+    /// Whether `width` x `height` is a size this model takes: both sides within limits
+    /// and, when the model lists its sizes, one of them.
+    pub fn accepts_size(&self, width: u32, height: u32) -> bool {
+        self.accepts_side(width)
+            && self.accepts_side(height)
+            && (self.allowed_sizes.is_empty()
+                || self
+                    .allowed_sizes
+                    .iter()
+                    .any(|size| parse_size(size) == Some((width, height))))
+    }
+
     /// Credits for one image of `width` x `height`: the per-image price plus the
     /// per-megapixel price for every started megapixel.
     pub fn price_per_image_of(&self, width: u32, height: u32) -> i64 {
@@ -141,6 +220,12 @@ impl ModelSpec {
         let megapixels_started = (pixels + 999_999) / 1_000_000;
         self.price_per_image + self.price_per_megapixel * megapixels_started
     }
+}
+
+/// `"1024x1536"` as (width, height).
+fn parse_size(size: &str) -> Option<(u32, u32)> {
+    let (width, height) = size.trim().split_once('x')?;
+    Some((width.parse().ok()?, height.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -151,7 +236,78 @@ mod tests {
     fn the_embedded_catalog_is_valid_and_has_three_priced_models() {
         let catalog = Catalog::from_json(EMBEDDED_CATALOG).expect("valid");
         assert_eq!(catalog.default_model, "builtin");
-        assert_eq!(catalog.model_names(), ["builtin", "sdxl", "gpt-image-1"]);
+        assert_eq!(
+            catalog.model_names(),
+            [
+                "builtin",
+                "sdxl",
+                "gpt-image-1",
+                "dall-e-3",
+                "dall-e-2",
+                "comfyui-sdxl"
+            ]
+        );
+    }
+
+    #[test]
+    fn openai_models_take_only_the_sizes_their_api_documents() {
+        let catalog = Catalog::embedded();
+        let takes = |model: &str, width, height| {
+            catalog
+                .model(model)
+                .expect("in catalog")
+                .accepts_size(width, height)
+        };
+        for (width, height) in [(1024, 1024), (1536, 1024), (1024, 1536)] {
+            assert!(takes("gpt-image-1", width, height), "{width}x{height}");
+        }
+        for (width, height) in [(1536, 1536), (1024, 1032), (1792, 1024)] {
+            assert!(!takes("gpt-image-1", width, height), "{width}x{height}");
+        }
+        for (width, height) in [(1024, 1024), (1792, 1024), (1024, 1792)] {
+            assert!(takes("dall-e-3", width, height), "{width}x{height}");
+        }
+        assert!(!takes("dall-e-3", 1536, 1024));
+        for side in [256, 512, 1024] {
+            assert!(takes("dall-e-2", side, side), "{side}");
+        }
+        assert!(!takes("dall-e-2", 512, 1024));
+        // Models without a list take any size within their limits.
+        assert!(takes("sdxl", 832, 1216));
+        // gpt-image-1 refuses response_format; dall-e takes it.
+        let format = |model: &str| {
+            catalog
+                .model(model)
+                .expect("in catalog")
+                .settings
+                .response_format
+                .clone()
+        };
+        assert_eq!(format("gpt-image-1"), "");
+        assert_eq!(format("dall-e-3"), "b64_json");
+    }
+
+    #[test]
+    fn allowed_sizes_must_fit_the_limits_and_hold_the_default() {
+        let model = |sizes: &str| {
+            format!(
+                r#"{{"default_model":"a","models":[{{"name":"a","provider":"openai","price_per_image":1,"price_per_megapixel":0,"min_side":64,"max_side":128,"default_width":64,"default_height":64,"allowed_sizes":{sizes}}}]}}"#
+            )
+        };
+        Catalog::from_json(&model(r#"["64x64","128x64"]"#)).expect("valid");
+        for (sizes, expected) in [
+            (r#"["128x128"]"#, "not among its allowed sizes"),
+            (r#"["64x64","256x256"]"#, "outside its own side limits"),
+            (r#"["64x64","big"]"#, "not WxH"),
+        ] {
+            let err = Catalog::from_json(&model(sizes))
+                .expect_err(sizes)
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
     }
 
     #[test]

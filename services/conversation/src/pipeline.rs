@@ -88,18 +88,18 @@ pub async fn start(
     }
     // A model removed from the catalog since the message was sent has no provider: the
     // worker fails its images with that reason.
-    let provider = state
-        .config
-        .catalog
-        .model(&message.model)
+    let spec = state.config.catalog.model(&message.model);
+    let provider = spec
         .map(|spec| spec.provider.as_str().to_owned())
         .unwrap_or_default();
+    let model_settings = spec.map(|spec| spec.settings.to_proto());
     let generations = rows.into_iter().map(|row| row.generation).collect();
     Ok(internal::StartGenerationResponse {
         message: Some(wire::message(message, generations)),
         user_id: user_id.to_owned(),
         generation_ids,
         provider,
+        model_settings,
     })
 }
 

@@ -256,6 +256,22 @@ fn settings(
     let height = side(violations, "settings.height", settings.height, |m| {
         m.default_height
     });
+    if let (Some(model), Some(width), Some(height)) = (model, width, height)
+        && model.accepts_side(width)
+        && model.accepts_side(height)
+        && !model.accepts_size(width, height)
+    {
+        // An API with a list of sizes (OpenAI's) refuses any other, and charging for an
+        // image it will refuse helps nobody.
+        violations.add(
+            "settings.width",
+            format!(
+                "{} takes only the sizes {}, got {width}x{height}",
+                model.name,
+                model.allowed_sizes.join(", ")
+            ),
+        );
+    }
 
     let image_count = settings.image_count.unwrap_or(1);
     if !(1..=MAX_IMAGES_PER_MESSAGE).contains(&image_count) {

@@ -75,6 +75,10 @@ impl Config {
             providers: ProvidersConfig::from_env()?,
             provider_retries: RetryPolicy {
                 max_attempts: var_or("ATELIER_PROVIDER_ATTEMPTS", 3)?,
+                deadline: Duration::from_secs(atelier_runtime::config::positive_var(
+                    "ATELIER_PROVIDER_DEADLINE_SECS",
+                    RetryPolicy::DEFAULT_DEADLINE.as_secs(),
+                )?),
                 ..RetryPolicy::default()
             },
             storage: atelier_images::Storage::from_env()?,

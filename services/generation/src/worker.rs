@@ -68,6 +68,7 @@ pub struct Providers {
     pub builtin: Arc<dyn ImageProvider>,
     pub openai: Option<Arc<dyn ImageProvider>>,
     pub automatic1111: Option<Arc<dyn ImageProvider>>,
+    pub comfyui: Option<Arc<dyn ImageProvider>>,
 }
 
 impl Providers {
@@ -82,6 +83,7 @@ impl Providers {
             builtin: providers::from_config(ProviderKind::Builtin, config)?,
             openai: optional(ProviderKind::Openai, &config.openai_base_url)?,
             automatic1111: optional(ProviderKind::Automatic1111, &config.automatic1111_url)?,
+            comfyui: optional(ProviderKind::Comfyui, &config.comfyui_url)?,
         })
     }
 
@@ -90,6 +92,7 @@ impl Providers {
             ProviderKind::Builtin => Some(Arc::clone(&self.builtin)),
             ProviderKind::Openai => self.openai.clone(),
             ProviderKind::Automatic1111 => self.automatic1111.clone(),
+            ProviderKind::Comfyui => self.comfyui.clone(),
         }
     }
 }
@@ -114,7 +117,8 @@ pub async fn handle(worker: Arc<Worker>, job: Job) {
     };
     tracing::info!(message_id = %generate.message_id, delivered = job.delivered(), "generation job");
     let _alive = job.keep_alive();
-    match run_job(&worker, &generate, job.is_last_attempt()).await {
+    let redelivery = (!job.is_last_attempt()).then(|| redelivery_delay(job.delivered()));
+    match run_job(&worker, &generate, redelivery).await {
         Ok(()) => job.ack().await,
         Err(JobError::Permanent(reason)) => {
             tracing::error!(%reason, "generation job dropped");
@@ -151,7 +155,12 @@ fn redelivery_delay(delivered: i64) -> Duration {
         .min(Duration::from_secs(300))
 }
 
-async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Result<(), JobError> {
+/// `redelivery` is the wait before the job's next delivery, `None` on its last one.
+async fn run_job(
+    worker: &Worker,
+    job: &GenerateJob,
+    redelivery: Option<Duration>,
+) -> Result<(), JobError> {
     // The read first: it is on the picture's critical path, the start is not. Done before
     // the start's transaction, it does not queue behind it in PostgreSQL.
     let context = worker
@@ -191,6 +200,8 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
         init,
     } = prepared;
     let message = started.message.clone().unwrap_or_default();
+    let settings =
+        providers::ModelSettings::from(started.model_settings.clone().unwrap_or_default());
     let Some(provider) = worker.providers.get(&started.provider) else {
         fail(
             worker,
@@ -245,6 +256,7 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
                 } else {
                     1.0
                 },
+                settings: settings.clone(),
             };
             make_image(
                 worker,
@@ -256,7 +268,13 @@ async fn run_job(worker: &Worker, job: &GenerateJob, last_attempt: bool) -> Resu
                     cancelled: cancelled.clone(),
                     intent_recorded: IntentRecorded(intent_recorded.clone()),
                 },
-                last_attempt,
+                Patience {
+                    deadline: image_deadline(
+                        generation.started_at.as_ref(),
+                        worker.config.provider_retries.deadline,
+                    ),
+                    redelivery,
+                },
             )
         });
     let images = async {
@@ -376,7 +394,44 @@ impl IntentRecorded {
     }
 }
 
-/// Makes, stores and reports one image; a permanent provider failure fails it.
+/// How long an image may keep failing before it is failed and refunded.
+#[derive(Clone, Copy)]
+struct Patience {
+    /// The image's total deadline, from its first start (see [`image_deadline`]).
+    deadline: tokio::time::Instant,
+    /// The wait before the job's next delivery; `None` on its last one.
+    redelivery: Option<Duration>,
+}
+
+impl Patience {
+    /// Whether a retryable failure now ends the image: no delivery is left, or the next
+    /// one would start past the deadline.
+    fn exhausted(self) -> bool {
+        self.redelivery
+            .is_none_or(|wait| tokio::time::Instant::now() + wait >= self.deadline)
+    }
+}
+
+/// The deadline of an image first started at `started_at`: measured from that start, not
+/// from this delivery, so redeliveries do not extend it. A start in the future (clock
+/// skew between hosts) counts as now.
+fn image_deadline(
+    started_at: Option<&prost_types::Timestamp>,
+    deadline: Duration,
+) -> tokio::time::Instant {
+    let elapsed = started_at
+        .and_then(|at| {
+            let seconds = u64::try_from(at.seconds).ok()?;
+            let nanos = u32::try_from(at.nanos).ok()?;
+            let started = std::time::UNIX_EPOCH + Duration::new(seconds, nanos);
+            std::time::SystemTime::now().duration_since(started).ok()
+        })
+        .unwrap_or_default();
+    tokio::time::Instant::now() + deadline.saturating_sub(elapsed)
+}
+
+/// Makes, stores and reports one image; a permanent provider failure fails it, and so
+/// does a retryable one once its patience is exhausted.
 async fn make_image(
     worker: &Worker,
     job: &GenerateJob,
@@ -384,7 +439,7 @@ async fn make_image(
     generation_id: String,
     request: ImageRequest,
     signals: ImageSignals,
-    last_attempt: bool,
+    patience: Patience,
 ) -> Result<(), JobError> {
     let ImageSignals {
         mut cancelled,
@@ -396,8 +451,14 @@ async fn make_image(
     let on_retry = |retry| {
         retries.send_replace(Some(retry));
     };
-    let rendering =
-        providers::generate_with_retries(provider.as_ref(), &request, &progress, policy, &on_retry);
+    let rendering = providers::generate_until(
+        provider.as_ref(),
+        &request,
+        &progress,
+        policy,
+        patience.deadline,
+        &on_retry,
+    );
     // Runs beside the provider call and never finishes on its own: the select below ends
     // it with the call.
     let mut reporting_order = intent_recorded.clone();
@@ -467,7 +528,7 @@ async fn make_image(
             )
             .await
         }
-        Err(err @ ProviderError::Retryable { .. }) if last_attempt => {
+        Err(err @ ProviderError::Retryable { .. }) if patience.exhausted() => {
             fail(
                 worker,
                 job,
@@ -815,6 +876,42 @@ mod tests {
     fn redeliveries_back_off_to_five_minutes() {
         let delays: Vec<u64> = (1..=7).map(|n| redelivery_delay(n).as_secs()).collect();
         assert_eq!(delays, [2, 8, 32, 128, 300, 300, 300]);
+    }
+
+    #[tokio::test]
+    async fn an_image_deadline_counts_from_its_first_start() {
+        let deadline = Duration::from_secs(120);
+        let now = tokio::time::Instant::now();
+        let fresh = image_deadline(None, deadline);
+        assert!(fresh >= now + deadline);
+
+        let started = now_timestamp();
+        let a_minute_ago = prost_types::Timestamp {
+            seconds: started.seconds - 60,
+            ..started
+        };
+        let left = image_deadline(Some(&a_minute_ago), deadline) - now;
+        assert!(
+            left <= Duration::from_secs(61) && left >= Duration::from_secs(55),
+            "{left:?}"
+        );
+
+        let long_ago = prost_types::Timestamp {
+            seconds: started.seconds - 3600,
+            ..started
+        };
+        assert!(image_deadline(Some(&long_ago), deadline) <= tokio::time::Instant::now());
+
+        let patience = |redelivery| Patience {
+            deadline: now + Duration::from_secs(30),
+            redelivery,
+        };
+        assert!(patience(None).exhausted(), "the last delivery");
+        assert!(
+            patience(Some(Duration::from_secs(60))).exhausted(),
+            "past it"
+        );
+        assert!(!patience(Some(Duration::from_secs(2))).exhausted());
     }
 
     #[test]

@@ -627,6 +627,40 @@ async fn the_last_delivery_fails_the_message_and_refunds() {
     assert_eq!(renders, 4);
 }
 
+#[tokio::test]
+async fn a_provider_down_for_good_fails_and_refunds_within_the_deadline() {
+    // Unavailable every time, with deliveries to spare: only the deadline ends it.
+    let sd = pipeline::automatic1111(ResponseTemplate::new(503)).await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        max_deliver: 20,
+        provider_deadline: Duration::from_secs(3),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let started = std::time::Instant::now();
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Failed);
+    assert!(
+        done.generations[0].error.contains("refunded"),
+        "{}",
+        done.generations[0].error
+    );
+    assert_eq!(pipeline.balance(&mut alice).await, 100, "refunded");
+    assert_eq!(pipeline.ledger_count("release").await, 1);
+    // Not a timing check: twenty deliveries with their backoff would take an hour.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Outside development the service refuses to start without its service credential, or with a built-in or
 /// short one; development mode warns, and listens on loopback only.
 #[test]

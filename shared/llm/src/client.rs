@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
-use reqwest::{StatusCode, redirect};
+use atelier_runtime::http_retry::{is_retryable_status, retry_after};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::redirect;
 use serde::de::DeserializeOwned;
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
@@ -309,11 +310,10 @@ impl LlmClient {
             status: status.as_u16(),
             body_excerpt: excerpt(&body, inner.config.api_key.as_deref()),
         };
-        let retry = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        // The image providers share this rule (atelier_runtime::http_retry).
+        let retry = if is_retryable_status(status.as_u16()) {
             retry_after.map_or(Retry::Backoff, Retry::After)
         } else {
-            // Another 4xx (a bad key, an unknown model, a prompt too long) fails the same
-            // way again.
             Retry::Never
         };
         Err(Failure { error, retry })
@@ -363,13 +363,6 @@ impl Failure {
 /// The wait before retry number `attempt` (1-based): `base`, then doubling.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-}
-
-/// `Retry-After` in seconds; the HTTP-date form is not used by LLM providers, and
-/// without a usable value the client falls back to its own backoff.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 fn parse_completion(body: &[u8]) -> Result<String, LlmError> {
@@ -553,21 +546,6 @@ mod tests {
         let body = format!("{}{key}", "y".repeat(EXCERPT_CHARS - 5));
         let short = excerpt(body.as_bytes(), Some(key));
         assert!(!short.contains("sk-ab"), "{short}");
-    }
-
-    #[test]
-    fn retry_after_is_read_in_seconds_only() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, "7".parse().expect("header value"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT"
-                .parse()
-                .expect("header value"),
-        );
-        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]

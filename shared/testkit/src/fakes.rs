@@ -1,5 +1,5 @@
-//! HTTP fakes of external image providers, speaking their public API shapes, for the
-//! service and end-to-end tests.
+//! HTTP fakes of external image providers (AUTOMATIC1111, ComfyUI), speaking their public
+//! API shapes, for the service and end-to-end tests.
 
 use base64::Engine as _;
 use wiremock::matchers::{method, path};
@@ -64,4 +64,79 @@ pub fn png_base64(width: u32, height: u32, shade: u8) -> String {
         }
     }
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The prompt id the ComfyUI fake gives every queued prompt.
+pub const COMFYUI_PROMPT_ID: &str = "5f1b8a4e-0000-4000-8000-000000000001";
+
+/// A fake ComfyUI server following its HTTP API: `POST /upload/image` answers the
+/// uploaded name, `POST /prompt` queues under [`COMFYUI_PROMPT_ID`], `GET /queue` shows it
+/// running, `GET /history/{id}` is empty for the first `polls_before_done` polls then holds
+/// one output image (all of them when `polls_before_done` is `usize::MAX`: a render that
+/// never ends), `GET /view` serves that image as a `width` x `height` PNG, and
+/// `POST /interrupt` and `POST /queue` (deletions) are accepted.
+pub async fn comfyui(polls_before_done: usize, width: u32, height: u32) -> MockServer {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/upload/image"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "name": "atelier-upload.png", "subfolder": "", "type": "input"
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/prompt"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "prompt_id": COMFYUI_PROMPT_ID, "number": 1, "node_errors": {}
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/queue"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "queue_running": [[1, COMFYUI_PROMPT_ID, {}, {}, ["9"]]],
+            "queue_pending": []
+        })))
+        .mount(&server)
+        .await;
+    let polls = AtomicUsize::new(0);
+    Mock::given(method("GET"))
+        .and(path(format!("/history/{COMFYUI_PROMPT_ID}")))
+        .respond_with(move |_: &Request| {
+            if polls.fetch_add(1, Ordering::SeqCst) < polls_before_done {
+                return ResponseTemplate::new(200).set_body_json(serde_json::json!({}));
+            }
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                COMFYUI_PROMPT_ID: {
+                    "prompt": [1, COMFYUI_PROMPT_ID, {}, {}, ["9"]],
+                    "outputs": {
+                        "9": { "images": [
+                            { "filename": "atelier_00001_.png", "subfolder": "", "type": "output" }
+                        ] }
+                    },
+                    "status": { "status_str": "success", "completed": true, "messages": [] },
+                    "meta": {}
+                }
+            }))
+        })
+        .mount(&server)
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png_base64(width, height, 96))
+        .unwrap_or_default();
+    Mock::given(method("GET"))
+        .and(path("/view"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(png, "image/png"))
+        .mount(&server)
+        .await;
+    for route in ["/interrupt", "/queue"] {
+        Mock::given(method("POST"))
+            .and(path(route))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+    }
+    server
 }

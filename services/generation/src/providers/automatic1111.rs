@@ -7,9 +7,14 @@
 //! while the POST runs the provider polls `GET {url}/sdapi/v1/progress` and forwards the
 //! percentage: it is the one provider with real progress.
 //!
-//! The request's `model` is not sent: switching the server's checkpoint per request
-//! (`override_settings`) reloads gigabytes of weights, so the server's loaded checkpoint
-//! is the model, and the catalog should name it.
+//! The catalog model's settings choose the checkpoint (`override_settings.
+//! sd_model_checkpoint`, left loaded afterwards: restoring the previous one would reload
+//! gigabytes of weights on every call), steps, CFG scale, sampler and scheduler; without
+//! them the server's loaded checkpoint and [`STEPS`], [`CFG_SCALE`] and [`SAMPLER`] apply.
+//! Several images of one message can be rendered in one call (`batch_size`, seeds seed,
+//! seed+1, ...: the web UI's own rule for a batch), up to the model's `max_batch`.
+//!
+//! A server started with `--api-auth user:pass` gets HTTP basic auth on every call.
 //!
 //! The web UI renders one image at a time for all its clients, and its progress and
 //! interrupt endpoints act on whatever it is rendering now. That is why progress is kept
@@ -38,11 +43,11 @@ use super::{
 
 const NAME: &str = "automatic1111";
 
-/// Fixed sampling settings: a good quality/speed balance for SD 1.5 and SDXL checkpoints
-/// alike. The catalog does not expose them, so neither does the request.
-const STEPS: u32 = 30;
-const CFG_SCALE: u32 = 7;
-const SAMPLER: &str = "DPM++ 2M";
+/// Sampling defaults for a model whose catalog entry sets none: a good quality/speed
+/// balance for SD 1.5 and SDXL checkpoints alike.
+pub const STEPS: u32 = 30;
+pub const CFG_SCALE: f32 = 7.0;
+pub const SAMPLER: &str = "DPM++ 2M";
 
 /// The limit of the interrupt request: it is fire-and-forget, and the server answers it
 /// at once when it is alive.
@@ -60,6 +65,8 @@ pub struct Automatic1111Provider {
     base_url: String,
     progress_interval: Duration,
     poll_timeout: Duration,
+    /// `--api-auth` credentials.
+    auth: Option<(String, String)>,
 }
 
 impl Automatic1111Provider {
@@ -82,6 +89,10 @@ impl Automatic1111Provider {
                 .saturating_mul(2)
                 .max(MIN_POLL_TIMEOUT)
                 .min(config.request_timeout),
+            auth: config
+                .automatic1111_username
+                .clone()
+                .zip(config.automatic1111_password.clone()),
         })
     }
 
@@ -89,22 +100,34 @@ impl Automatic1111Provider {
         format!("{}/sdapi/v1/{path}", self.base_url)
     }
 
-    /// The whole render: the POST and the parsing of its answer.
-    async fn render(&self, request: &ImageRequest) -> Result<Bytes, RenderFailure> {
+    /// A request with the credentials, when the server wants them.
+    fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, self.url(path));
+        match &self.auth {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+
+    /// The whole render of `count` images: the POST and the parsing of its answer.
+    async fn render(
+        &self,
+        request: &ImageRequest,
+        count: u32,
+    ) -> Result<Vec<Bytes>, RenderFailure> {
         let (path, body) = match &request.init_image {
             Some(init_image) => (
                 "img2img",
                 RenderBody {
                     init_images: Some([http::encode_base64(init_image)]),
                     denoising_strength: Some(request.strength.clamp(0.0, 1.0)),
-                    ..RenderBody::new(request)
+                    ..RenderBody::new(request, count)
                 },
             ),
-            None => ("txt2img", RenderBody::new(request)),
+            None => ("txt2img", RenderBody::new(request, count)),
         };
         let response = self
-            .http
-            .post(self.url(path))
+            .call(reqwest::Method::POST, path)
             .json(&body)
             .send()
             .await
@@ -115,7 +138,11 @@ impl Automatic1111Provider {
             // The status is the error; a body that cannot be read only loses the message.
             let body = response.bytes().await.unwrap_or_default();
             return Err(RenderFailure::answered(http::from_status(
-                NAME, status, &headers, &body, None,
+                NAME,
+                status,
+                &headers,
+                &body,
+                self.auth.as_ref().map(|(_, password)| password.as_str()),
             )));
         }
         // Headers come only once the image is done, so a body cut short is no reason
@@ -124,7 +151,7 @@ impl Automatic1111Provider {
             .bytes()
             .await
             .map_err(|err| RenderFailure::answered(http::from_reqwest(NAME, &err)))?;
-        parse_images(&body).map_err(RenderFailure::answered)
+        parse_images(&body, count).map_err(RenderFailure::answered)
     }
 
     /// Polls progress until dropped; it never returns.
@@ -149,10 +176,9 @@ impl Automatic1111Provider {
 
     async fn fetch_progress(&self) -> Result<f64, reqwest::Error> {
         let answer: ProgressResponse = self
-            .http
             // Without the flag, every poll would carry the preview image as a large
             // base64 string.
-            .get(self.url("progress?skip_current_image=true"))
+            .call(reqwest::Method::GET, "progress?skip_current_image=true")
             .timeout(self.poll_timeout)
             .send()
             .await?
@@ -164,7 +190,7 @@ impl Automatic1111Provider {
 
     /// Asks the server to stop its current job, and waits for the answer.
     async fn interrupt(&self) {
-        send_interrupt(self.http.clone(), self.url("interrupt")).await;
+        send_interrupt(self.call(reqwest::Method::POST, "interrupt")).await;
     }
 }
 
@@ -177,12 +203,31 @@ impl ImageProvider for Automatic1111Provider {
         request: &ImageRequest,
         progress: &watch::Sender<u32>,
     ) -> Result<Bytes, ProviderError> {
+        let mut images = self.generate_batch(request, 1, progress).await?;
+        images
+            .pop()
+            .ok_or_else(|| ProviderError::bad_answer(format!("{NAME}: the answer has no image")))
+    }
+
+    fn max_batch(&self, request: &ImageRequest) -> u32 {
+        request.settings.max_batch.max(1)
+    }
+
+    /// One call with `batch_size` = `count` (at most the model's `max_batch`; the rest of
+    /// a larger count is the caller's to split).
+    async fn generate_batch(
+        &self,
+        request: &ImageRequest,
+        count: u32,
+        progress: &watch::Sender<u32>,
+    ) -> Result<Vec<Bytes>, ProviderError> {
+        let count = count.clamp(1, self.max_batch(request));
         report(progress, 0);
         let mut guard = InterruptOnDrop {
-            target: Some((self.http.clone(), self.url("interrupt"))),
+            target: Some(self.call(reqwest::Method::POST, "interrupt")),
         };
         let outcome = tokio::select! {
-            outcome = self.render(request) => outcome,
+            outcome = self.render(request, count) => outcome,
             never = self.poll_progress(progress) => match never {},
         };
         if let Err(failure) = &outcome
@@ -194,9 +239,9 @@ impl ImageProvider for Automatic1111Provider {
             self.interrupt().await;
         }
         guard.disarm();
-        let png = outcome.map_err(|failure| failure.error)?;
+        let images = outcome.map_err(|failure| failure.error)?;
         report(progress, 100);
-        Ok(png)
+        Ok(images)
     }
 }
 
@@ -226,7 +271,7 @@ impl RenderFailure {
 /// Interrupts the server's job if dropped while armed, i.e. when the call was cancelled
 /// mid-render.
 struct InterruptOnDrop {
-    target: Option<(reqwest::Client, String)>,
+    target: Option<reqwest::RequestBuilder>,
 }
 
 impl InterruptOnDrop {
@@ -237,23 +282,22 @@ impl InterruptOnDrop {
 
 impl Drop for InterruptOnDrop {
     fn drop(&mut self) {
-        let Some((http, url)) = self.target.take() else {
+        let Some(interrupt) = self.target.take() else {
             return;
         };
         // Drop cannot await: the request goes on a task of its own. Without a runtime
         // (the runtime itself is shutting down) there is nobody left to send it.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(send_interrupt(http, url));
+                runtime.spawn(send_interrupt(interrupt));
             }
             Err(_) => tracing::debug!("{NAME}: no runtime left to send the interrupt"),
         }
     }
 }
 
-async fn send_interrupt(http: reqwest::Client, url: String) {
-    let result = http
-        .post(&url)
+async fn send_interrupt(interrupt: reqwest::RequestBuilder) {
+    let result = interrupt
         .timeout(INTERRUPT_TIMEOUT)
         .send()
         .await
@@ -283,27 +327,55 @@ struct RenderBody<'a> {
     negative_prompt: &'a str,
     width: u32,
     height: u32,
+    /// The first image's; the web UI gives image i of a batch seed + i.
     seed: u32,
+    batch_size: u32,
+    n_iter: u32,
     steps: u32,
-    cfg_scale: u32,
+    cfg_scale: f32,
     sampler_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    scheduler: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    override_settings: Option<OverrideSettings<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    override_settings_restore_afterwards: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     init_images: Option<[String; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     denoising_strength: Option<f32>,
 }
 
+#[derive(Serialize)]
+struct OverrideSettings<'a> {
+    sd_model_checkpoint: &'a str,
+}
+
 impl<'a> RenderBody<'a> {
-    fn new(request: &'a ImageRequest) -> Self {
+    fn new(request: &'a ImageRequest, count: u32) -> Self {
+        let settings = &request.settings;
+        let checkpoint = (!settings.checkpoint.is_empty()).then_some(settings.checkpoint.as_str());
         Self {
             prompt: &request.prompt,
             negative_prompt: &request.negative_prompt,
             width: request.width,
             height: request.height,
             seed: request.seed,
-            steps: STEPS,
-            cfg_scale: CFG_SCALE,
-            sampler_name: SAMPLER,
+            batch_size: count.max(1),
+            n_iter: 1,
+            steps: settings.steps.unwrap_or(STEPS),
+            cfg_scale: settings.cfg_scale.unwrap_or(CFG_SCALE),
+            sampler_name: if settings.sampler.is_empty() {
+                SAMPLER
+            } else {
+                &settings.sampler
+            },
+            scheduler: &settings.scheduler,
+            override_settings: checkpoint.map(|sd_model_checkpoint| OverrideSettings {
+                sd_model_checkpoint,
+            }),
+            // The checkpoint stays loaded for the next image of the same model.
+            override_settings_restore_afterwards: checkpoint.map(|_| false),
             init_images: None,
             denoising_strength: None,
         }
@@ -320,20 +392,23 @@ struct ProgressResponse {
     progress: f64,
 }
 
-/// The first image of a 200 answer; an answer of another shape is permanent (it is the
-/// server's contract, not its mood).
-fn parse_images(body: &[u8]) -> Result<Bytes, ProviderError> {
-    let response: RenderResponse = serde_json::from_slice(body).map_err(|err| {
-        ProviderError::permanent(format!(
-            "{NAME}: the answer is not a render response: {err}"
-        ))
-    })?;
-    let encoded = response
-        .images
-        .into_iter()
-        .next()
-        .ok_or_else(|| ProviderError::permanent(format!("{NAME}: the answer has no image")))?;
-    http::decode_png(NAME, &encoded)
+/// The `count` images of a 200 answer. With a batch the web UI may put a grid of them
+/// first, so the images are the last `count`. An answer short of them (cut off, a
+/// proxy's page) is worth another try.
+fn parse_images(body: &[u8], count: u32) -> Result<Vec<Bytes>, ProviderError> {
+    let response: RenderResponse = http::parse_json(NAME, body)?;
+    let count = usize::try_from(count.max(1)).unwrap_or(1);
+    if response.images.len() < count {
+        return Err(ProviderError::bad_answer(format!(
+            "{NAME}: the answer has {} images, {count} expected",
+            response.images.len()
+        )));
+    }
+    let first = response.images.len() - count;
+    response.images[first..]
+        .iter()
+        .map(|encoded| http::decode_png(NAME, encoded))
+        .collect()
 }
 
 #[cfg(test)]
@@ -363,8 +438,9 @@ mod tests {
             seed: 42,
             init_image: None,
             strength: 0.4,
+            settings: Default::default(),
         };
-        let body = serde_json::to_value(RenderBody::new(&request)).expect("serialisable");
+        let body = serde_json::to_value(RenderBody::new(&request, 1)).expect("serialisable");
         assert_eq!(
             body,
             serde_json::json!({
@@ -373,23 +449,26 @@ mod tests {
                 "width": 512,
                 "height": 768,
                 "seed": 42,
+                "batch_size": 1,
+                "n_iter": 1,
                 "steps": 30,
-                "cfg_scale": 7,
+                "cfg_scale": 7.0,
                 "sampler_name": "DPM++ 2M"
             })
         );
     }
 
     #[test]
-    fn answers_without_a_png_are_permanent_errors() {
+    fn answers_without_a_png_are_retried() {
         for body in [
             "not json",
+            r#"{"images":["iVBOR"#,
             "{}",
             r#"{"images":[]}"#,
             r#"{"images":["aGVsbG8="]}"#,
         ] {
-            let err = parse_images(body.as_bytes()).expect_err(body);
-            assert!(!err.is_retryable(), "{body}: {err}");
+            let err = parse_images(body.as_bytes(), 1).expect_err(body);
+            assert!(err.is_retryable(), "{body}: {err}");
         }
     }
 

@@ -426,6 +426,7 @@ mod tests {
             seed,
             init_image: None,
             strength: 0.6,
+            settings: Default::default(),
         }
     }
 

@@ -5,12 +5,11 @@
 //! keeps the classes identical: a 429 from OpenAI and a 503 from a busy web UI are both
 //! worth another try, a 401 or a 422 never is.
 
-use std::time::Duration;
-
+pub(super) use atelier_runtime::http_retry::{is_retryable_status, retry_after};
 use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::HeaderMap;
 
 use super::ProviderError;
 
@@ -65,10 +64,8 @@ pub(super) fn from_status(
     } else {
         format!("{provider} answered {status}: {message}")
     };
-    if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
+    // The LLM client shares this rule, so title, intent and images agree on it.
+    if is_retryable_status(status.as_u16()) {
         ProviderError::Retryable {
             reason,
             retry_after: retry_after(headers),
@@ -79,13 +76,6 @@ pub(super) fn from_status(
         // base URL produces fail the same way every time.
         ProviderError::permanent(reason)
     }
-}
-
-/// `Retry-After` in seconds. The HTTP-date form is not used by image APIs; without a
-/// usable value the retry policy falls back to its own backoff.
-pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// The human part of an error body: OpenAI's `error.message`, a FastAPI `detail` (a
@@ -133,6 +123,9 @@ fn redact(text: &str, secret: Option<&str>) -> String {
 
 /// Decodes a base64 image from an API answer and checks that it is a PNG.
 ///
+/// Anything else is a [`ProviderError::bad_answer`]: a GPU server cut off mid-answer, or
+/// a proxy's error page with a 200, is gone on the next try.
+///
 /// A data URL prefix (`data:image/png;base64,`) is tolerated: some forks of the web UI
 /// send one.
 pub(super) fn decode_png(provider: &str, encoded: &str) -> Result<Bytes, ProviderError> {
@@ -143,16 +136,39 @@ pub(super) fn decode_png(provider: &str, encoded: &str) -> Result<Bytes, Provide
     let png = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|err| {
-            ProviderError::permanent(format!("{provider}: the image is not base64: {err}"))
+            ProviderError::bad_answer(format!("{provider}: the image is not base64: {err}"))
         })?;
     // Checked here so that a server configured for JPEG or WebP fails as that, not later
     // as an unreadable file in storage.
     if !png.starts_with(&PNG_SIGNATURE) {
-        return Err(ProviderError::permanent(format!(
+        return Err(ProviderError::bad_answer(format!(
             "{provider}: the image is not a PNG"
         )));
     }
     Ok(Bytes::from(png))
+}
+
+/// Checks that downloaded bytes are a PNG (see [`decode_png`] for why a failure is
+/// retried).
+pub(super) fn check_png(provider: &str, bytes: Bytes) -> Result<Bytes, ProviderError> {
+    if bytes.starts_with(&PNG_SIGNATURE) {
+        Ok(bytes)
+    } else {
+        Err(ProviderError::bad_answer(format!(
+            "{provider}: the image is not a PNG"
+        )))
+    }
+}
+
+/// Parses a 2xx JSON answer; one that does not parse is a [`ProviderError::bad_answer`]
+/// (a body cut short, a proxy's page), worth another try.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    provider: &str,
+    body: &[u8],
+) -> Result<T, ProviderError> {
+    serde_json::from_slice(body).map_err(|err| {
+        ProviderError::bad_answer(format!("{provider}: the answer does not parse: {err}"))
+    })
 }
 
 pub(super) fn encode_base64(bytes: &[u8]) -> String {
@@ -172,6 +188,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use reqwest::header::RETRY_AFTER;
+
     use super::*;
 
     fn classify(status: u16, body: &str) -> ProviderError {
@@ -256,14 +276,14 @@ mod tests {
             Ok(Bytes::from(png))
         );
         assert!(
-            !decode_png("api", "not base64!")
+            decode_png("api", "not base64!")
                 .expect_err("bad")
                 .is_retryable()
         );
         let jpeg = encode_base64(&[0xFF, 0xD8, 0xFF, 0xE0]);
         assert_eq!(
             decode_png("api", &jpeg),
-            Err(ProviderError::permanent("api: the image is not a PNG"))
+            Err(ProviderError::bad_answer("api: the image is not a PNG"))
         );
     }
 

@@ -6,8 +6,13 @@
 //! - [`builtin`]: a local renderer that draws a deterministic picture from the prompt and
 //!   the seed, so the whole mesh runs (and its tests pass) with no network and no GPU;
 //! - [`openai`]: the OpenAI images API, or any server that speaks its shape;
-//! - [`automatic1111`]: the AUTOMATIC1111 web UI API, the one self-hosted API that reports
-//!   real progress.
+//! - [`automatic1111`]: the AUTOMATIC1111 web UI API, which reports real progress;
+//! - [`comfyui`]: a ComfyUI server, driven by workflows in its API format with
+//!   placeholders.
+//!
+//! What a catalog model needs beyond its name (a checkpoint, sampling settings, a
+//! workflow, OpenAI's optional fields) arrives with each request as [`ModelSettings`]:
+//! the catalog is the conversation service's, and StartGeneration passes it on.
 //!
 //! Providers make exactly one attempt per call and classify their failures as
 //! [`ProviderError::Retryable`] or [`ProviderError::Permanent`]; retrying is
@@ -26,6 +31,7 @@
 
 pub mod automatic1111;
 pub mod builtin;
+pub mod comfyui;
 mod http;
 pub mod openai;
 
@@ -41,6 +47,7 @@ use tokio::sync::watch;
 
 pub use automatic1111::Automatic1111Provider;
 pub use builtin::BuiltinProvider;
+pub use comfyui::{ComfyUiProvider, Workflows};
 pub use openai::OpenAiProvider;
 
 /// One image to make: a text-to-image request, or an image-to-image one when
@@ -61,6 +68,44 @@ pub struct ImageRequest {
     /// How far an edit may move away from `init_image`: 0 keeps it, 1 ignores it.
     /// Unused without an init image.
     pub strength: f32,
+    /// The catalog's settings of the model; each provider reads what it understands.
+    pub settings: ModelSettings,
+}
+
+/// How the catalog says a model is rendered (the internal proto's `ModelSettings`):
+/// empty strings and `None` mean the provider's default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelSettings {
+    pub checkpoint: String,
+    pub steps: Option<u32>,
+    pub cfg_scale: Option<f32>,
+    pub sampler: String,
+    pub scheduler: String,
+    /// Images of one message one call may render; 0 and 1 mean one per call.
+    pub max_batch: u32,
+    pub workflow: String,
+    pub img2img_workflow: String,
+    pub response_format: String,
+    pub quality: String,
+    pub background: String,
+}
+
+impl From<atelier_proto::conversation::v1::ModelSettings> for ModelSettings {
+    fn from(settings: atelier_proto::conversation::v1::ModelSettings) -> Self {
+        Self {
+            checkpoint: settings.checkpoint,
+            steps: settings.steps,
+            cfg_scale: settings.cfg_scale,
+            sampler: settings.sampler,
+            scheduler: settings.scheduler,
+            max_batch: settings.max_batch,
+            workflow: settings.workflow,
+            img2img_workflow: settings.img2img_workflow,
+            response_format: settings.response_format,
+            quality: settings.quality,
+            background: settings.background,
+        }
+    }
 }
 
 /// Something that turns an [`ImageRequest`] into a PNG.
@@ -77,6 +122,33 @@ pub trait ImageProvider: Send + Sync {
         request: &ImageRequest,
         progress: &watch::Sender<u32>,
     ) -> Result<Bytes, ProviderError>;
+
+    /// How many images of one request [`generate_batch`](Self::generate_batch) renders
+    /// in one call; 1 for a provider that cannot batch.
+    fn max_batch(&self, _request: &ImageRequest) -> u32 {
+        1
+    }
+
+    /// Makes up to `count` images of `request` (never more than
+    /// [`max_batch`](Self::max_batch)), image i with seed + i, in as few calls as the
+    /// provider allows; one by one unless the provider overrides this.
+    async fn generate_batch(
+        &self,
+        request: &ImageRequest,
+        count: u32,
+        progress: &watch::Sender<u32>,
+    ) -> Result<Vec<Bytes>, ProviderError> {
+        let count = count.clamp(1, self.max_batch(request));
+        let mut images = Vec::new();
+        for index in 0..count {
+            let request = ImageRequest {
+                seed: request.seed.wrapping_add(index),
+                ..request.clone()
+            };
+            images.push(self.generate(&request, progress).await?);
+        }
+        Ok(images)
+    }
 }
 
 /// Why a provider produced no image.
@@ -93,7 +165,7 @@ pub enum ProviderError {
         trouble: Trouble,
     },
     /// The same request will fail the same way: a rejected prompt, a bad key, an unknown
-    /// model, an answer that is not an image.
+    /// model, a setting the provider cannot take.
     #[error("image provider failed: {reason}")]
     Permanent { reason: String },
 }
@@ -107,6 +179,10 @@ pub enum Trouble {
     Unreachable,
     /// An HTTP status worth retrying: 408, 429 or 5xx.
     Status(u16),
+    /// A 2xx answer that does not parse or holds no image: cut short, or a proxy's page.
+    BadAnswer,
+    /// The image's deadline passed while the provider was still failing.
+    Deadline,
 }
 
 impl fmt::Display for Trouble {
@@ -116,6 +192,8 @@ impl fmt::Display for Trouble {
             Self::Unreachable => f.write_str("the image provider could not be reached"),
             Self::Status(429) => f.write_str("the image provider is busy (HTTP 429)"),
             Self::Status(status) => write!(f, "the image provider failed (HTTP {status})"),
+            Self::BadAnswer => f.write_str("the image provider sent an unreadable answer"),
+            Self::Deadline => f.write_str("the image provider did not make it in time"),
         }
     }
 }
@@ -136,6 +214,15 @@ impl ProviderError {
             reason: reason.into(),
             retry_after: None,
             trouble: Trouble::TimedOut,
+        }
+    }
+
+    /// A retryable 2xx answer that is not what the API promises (see [`Trouble::BadAnswer`]).
+    pub fn bad_answer(reason: impl Into<String>) -> Self {
+        Self::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+            trouble: Trouble::BadAnswer,
         }
     }
 
@@ -166,6 +253,14 @@ pub struct RetryPolicy {
     /// No wait is longer, a server's `Retry-After` included: a job must not sit on a
     /// worker for an hour because a provider said so, it is better failed and refunded.
     pub max_backoff: Duration,
+    /// The most time one image may take from its first start, every attempt, wait and
+    /// redelivery included: a provider down for good fails the image (and refunds it)
+    /// within this, not after every delivery of the job has run out.
+    pub deadline: Duration,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 }
 
 impl Default for RetryPolicy {
@@ -174,6 +269,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             backoff_base: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            deadline: Self::DEFAULT_DEADLINE,
         }
     }
 }
@@ -211,6 +307,9 @@ pub struct Retrying {
 /// over, and the client is better told so than shown a bar that stalls.
 ///
 /// Dropping the returned future cancels the attempt in flight, or the wait between two.
+///
+/// The image's deadline is `policy.deadline` from now; see [`generate_until`] for an
+/// image that started earlier.
 pub async fn generate_with_retries(
     provider: &dyn ImageProvider,
     request: &ImageRequest,
@@ -218,12 +317,39 @@ pub async fn generate_with_retries(
     policy: &RetryPolicy,
     on_retry: &(dyn Fn(Retrying) + Send + Sync),
 ) -> Result<Bytes, ProviderError> {
+    let deadline = tokio::time::Instant::now() + policy.deadline;
+    generate_until(provider, request, progress, policy, deadline, on_retry).await
+}
+
+/// [`generate_with_retries`] with the image's deadline given: no attempt runs past it
+/// (one still running then fails as [`Trouble::Deadline`]) and no retry starts whose
+/// wait would end past it.
+pub async fn generate_until(
+    provider: &dyn ImageProvider,
+    request: &ImageRequest,
+    progress: &watch::Sender<u32>,
+    policy: &RetryPolicy,
+    deadline: tokio::time::Instant,
+    on_retry: &(dyn Fn(Retrying) + Send + Sync),
+) -> Result<Bytes, ProviderError> {
     let max_attempts = policy.max_attempts.max(1);
     let mut attempt: u32 = 1;
     loop {
-        let error = match provider.generate(request, progress).await {
-            Ok(png) => return Ok(png),
-            Err(error) => error,
+        let attempted =
+            tokio::time::timeout_at(deadline, provider.generate(request, progress)).await;
+        let error = match attempted {
+            Ok(Ok(png)) => return Ok(png),
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                return Err(ProviderError::Retryable {
+                    reason: format!(
+                        "the image deadline ({:?}) passed during attempt {attempt}",
+                        policy.deadline
+                    ),
+                    retry_after: None,
+                    trouble: Trouble::Deadline,
+                });
+            }
         };
         let (retry_after, trouble) = match &error {
             ProviderError::Retryable {
@@ -234,6 +360,11 @@ pub async fn generate_with_retries(
             _ => return Err(error),
         };
         let wait = policy.delay_after(attempt, retry_after);
+        if tokio::time::Instant::now() + wait >= deadline {
+            // The next attempt could not start in time: better failed (and refunded) now
+            // than after a wait that ends past the deadline anyway.
+            return Err(error);
+        }
         tracing::warn!(
             attempt,
             max_attempts,
@@ -259,10 +390,16 @@ pub enum ProviderKind {
     Builtin,
     Openai,
     Automatic1111,
+    Comfyui,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 3] = [Self::Builtin, Self::Openai, Self::Automatic1111];
+    pub const ALL: [ProviderKind; 4] = [
+        Self::Builtin,
+        Self::Openai,
+        Self::Automatic1111,
+        Self::Comfyui,
+    ];
 
     /// The name used in config.
     pub fn as_str(self) -> &'static str {
@@ -270,6 +407,7 @@ impl ProviderKind {
             Self::Builtin => "builtin",
             Self::Openai => "openai",
             Self::Automatic1111 => "automatic1111",
+            Self::Comfyui => "comfyui",
         }
     }
 }
@@ -290,7 +428,7 @@ impl FromStr for ProviderKind {
             .find(|kind| kind.as_str().eq_ignore_ascii_case(value))
             .ok_or_else(|| {
                 format!(
-                    "unknown image provider {value:?}: expected builtin, openai or automatic1111"
+                    "unknown image provider {value:?}: expected builtin, openai, automatic1111 or comfyui"
                 )
             })
     }
@@ -304,8 +442,19 @@ pub struct ProvidersConfig {
     pub openai_base_url: Option<String>,
     /// Sent as a bearer token when set; compatible local servers usually need none.
     pub openai_api_key: Option<String>,
+    /// Azure OpenAI: with a version set, the base URL is the resource's endpoint, the
+    /// catalog model name is the deployment, and the key goes in `api-key`.
+    pub openai_api_version: Option<String>,
     /// The web UI's root (`http://127.0.0.1:7860`), started with `--api`.
     pub automatic1111_url: Option<String>,
+    /// Basic auth for a web UI started with `--api-auth user:pass`.
+    pub automatic1111_username: Option<String>,
+    pub automatic1111_password: Option<String>,
+    /// The ComfyUI server's root (`http://127.0.0.1:8188`).
+    pub comfyui_url: Option<String>,
+    /// A directory of workflows in API format (`<name>.json`), beside the shipped
+    /// `txt2img` and `img2img`; a file of the same name replaces a shipped one.
+    pub comfyui_workflows_dir: Option<std::path::PathBuf>,
     /// The limit for one HTTP attempt, response body included. Generous by default:
     /// a diffusion model on a busy GPU takes tens of seconds per image.
     pub request_timeout: Duration,
@@ -322,8 +471,13 @@ impl ProvidersConfig {
     /// - `ATELIER_OPENAI_IMAGES_URL`: the OpenAI-compatible images API root, e.g.
     ///   `https://api.openai.com/v1`; unset means the `openai` provider is unavailable;
     /// - `ATELIER_OPENAI_API_KEY`: optional bearer token for it;
+    /// - `ATELIER_OPENAI_API_VERSION`: set for Azure OpenAI (`api-version`);
     /// - `ATELIER_AUTOMATIC1111_URL`: the AUTOMATIC1111 web UI root; unset means the
     ///   `automatic1111` provider is unavailable;
+    /// - `ATELIER_AUTOMATIC1111_USERNAME`, `ATELIER_AUTOMATIC1111_PASSWORD`: its
+    ///   `--api-auth` credentials, both or neither;
+    /// - `ATELIER_COMFYUI_URL`: the ComfyUI root; unset means `comfyui` is unavailable;
+    /// - `ATELIER_COMFYUI_WORKFLOWS_DIR`: more workflows for it;
     /// - `ATELIER_PROVIDER_TIMEOUT_MS`: one HTTP attempt, default 120000;
     /// - `ATELIER_PROVIDER_PROGRESS_MS`: the progress poll interval, default 500.
     ///
@@ -331,10 +485,28 @@ impl ProvidersConfig {
     pub fn from_env() -> anyhow::Result<Self> {
         let openai_base_url = url_var("ATELIER_OPENAI_IMAGES_URL")?;
         let automatic1111_url = url_var("ATELIER_AUTOMATIC1111_URL")?;
+        let automatic1111_username: Option<String> =
+            optional_var("ATELIER_AUTOMATIC1111_USERNAME")?;
+        let automatic1111_password: Option<String> =
+            optional_var("ATELIER_AUTOMATIC1111_PASSWORD")?;
+        if automatic1111_username.is_some() != automatic1111_password.is_some() {
+            return Err(ConfigError::new(
+                "ATELIER_AUTOMATIC1111_USERNAME",
+                "<set or unset>",
+                "set both ATELIER_AUTOMATIC1111_USERNAME and ATELIER_AUTOMATIC1111_PASSWORD, or neither",
+            )
+            .into());
+        }
         Ok(Self {
             openai_base_url,
             openai_api_key: optional_var("ATELIER_OPENAI_API_KEY")?,
+            openai_api_version: optional_var("ATELIER_OPENAI_API_VERSION")?,
             automatic1111_url,
+            automatic1111_username,
+            automatic1111_password,
+            comfyui_url: url_var("ATELIER_COMFYUI_URL")?,
+            comfyui_workflows_dir: optional_var::<String>("ATELIER_COMFYUI_WORKFLOWS_DIR")?
+                .map(std::path::PathBuf::from),
             request_timeout: positive_millis(
                 "ATELIER_PROVIDER_TIMEOUT_MS",
                 Self::DEFAULT_TIMEOUT_MS,
@@ -353,7 +525,12 @@ impl Default for ProvidersConfig {
         Self {
             openai_base_url: None,
             openai_api_key: None,
+            openai_api_version: None,
             automatic1111_url: None,
+            automatic1111_username: None,
+            automatic1111_password: None,
+            comfyui_url: None,
+            comfyui_workflows_dir: None,
             request_timeout: Duration::from_millis(Self::DEFAULT_TIMEOUT_MS),
             progress_interval: Duration::from_millis(Self::DEFAULT_PROGRESS_MS),
         }
@@ -369,7 +546,15 @@ impl fmt::Debug for ProvidersConfig {
                 "openai_api_key",
                 &self.openai_api_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("openai_api_version", &self.openai_api_version)
             .field("automatic1111_url", &self.automatic1111_url)
+            .field("automatic1111_username", &self.automatic1111_username)
+            .field(
+                "automatic1111_password",
+                &self.automatic1111_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("comfyui_url", &self.comfyui_url)
+            .field("comfyui_workflows_dir", &self.comfyui_workflows_dir)
             .field("request_timeout", &self.request_timeout)
             .field("progress_interval", &self.progress_interval)
             .finish()
@@ -398,6 +583,7 @@ pub fn from_config(
         ProviderKind::Builtin => Arc::new(BuiltinProvider::new()),
         ProviderKind::Openai => Arc::new(OpenAiProvider::new(config)?),
         ProviderKind::Automatic1111 => Arc::new(Automatic1111Provider::new(config)?),
+        ProviderKind::Comfyui => Arc::new(ComfyUiProvider::new(config)?),
     };
     Ok(provider)
 }
@@ -491,6 +677,7 @@ mod tests {
             seed: 1,
             init_image: None,
             strength: 0.5,
+            settings: ModelSettings::default(),
         }
     }
 
@@ -499,6 +686,7 @@ mod tests {
             max_attempts,
             backoff_base: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
+            ..RetryPolicy::default()
         }
     }
 
@@ -508,6 +696,7 @@ mod tests {
             max_attempts: 10,
             backoff_base: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         assert_eq!(policy.delay_after(1, None), Duration::from_millis(100));
         assert_eq!(policy.delay_after(2, None), Duration::from_millis(200));
@@ -522,6 +711,7 @@ mod tests {
             max_attempts: 10,
             backoff_base: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            ..RetryPolicy::default()
         };
         assert_eq!(
             policy.delay_after(3, Some(Duration::ZERO)),
@@ -718,6 +908,7 @@ mod tests {
             &[
                 "ATELIER_OPENAI_",
                 "ATELIER_AUTOMATIC1111_",
+                "ATELIER_COMFYUI_",
                 "ATELIER_PROVIDER_",
             ],
             vars,

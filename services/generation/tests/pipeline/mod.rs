@@ -36,6 +36,8 @@ pub struct PipelineOptions {
     pub ack_wait: Duration,
     pub breaker_open_for: Duration,
     pub max_deliver: i64,
+    /// The provider deadline per image.
+    pub provider_deadline: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -46,6 +48,7 @@ impl Default for PipelineOptions {
             ack_wait: Duration::from_secs(10),
             breaker_open_for: Duration::from_secs(30),
             max_deliver: 6,
+            provider_deadline: RetryPolicy::DEFAULT_DEADLINE,
         }
     }
 }
@@ -207,6 +210,7 @@ impl Pipeline {
                 max_attempts: 2,
                 backoff_base: Duration::from_millis(50),
                 max_backoff: Duration::from_millis(200),
+                deadline: self.options.provider_deadline,
             },
             storage: atelier_images::Storage::Local(self.images.0.clone()),
             ack_wait: self.options.ack_wait,
