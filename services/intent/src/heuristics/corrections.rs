@@ -9,14 +9,30 @@
 use super::lexicon::en::{REJECTIONS, REROLLS};
 use super::rules::{Token, slice, strip_leading_fillers, tokenize, trim_trailing_fillers};
 
+/// Whether the prompt opens with a request for a picture ("draw", "generate").
+pub(super) fn is_request(prompt: &str) -> bool {
+    let tokens = tokenize(prompt);
+    let (skipped, _) = strip_leading_fillers(&tokens);
+    tokens
+        .get(skipped)
+        .is_some_and(|t| super::lexicon::en::REQUEST_VERBS.contains(&t.norm.as_str()) && t.norm != "make" && t.norm != "give")
+        || tokens.get(skipped).is_some_and(|t| matches!(t.norm.as_str(), "make" | "give")) && tokens.get(skipped + 1).is_some_and(|t| t.norm == "me")
+}
+
 /// Whether the whole prompt, politeness aside, asks for one more of the same picture.
 pub(super) fn is_reroll(prompt: &str) -> bool {
     let tokens = tokenize(prompt);
     let (skipped, _) = strip_leading_fillers(&tokens);
-    let core = trim_trailing_fillers(&tokens[skipped..]);
-    let words: Vec<&str> = core.iter().map(|t| t.norm.as_str()).collect();
-    let joined = words.join(" ");
-    !joined.is_empty() && REROLLS.contains(&joined.as_str())
+    let core = &tokens[skipped..];
+    // "again" is also a trailing filler: try the words before and after trimming.
+    [core, trim_trailing_fillers(core)].into_iter().any(|core| {
+        let joined = core
+            .iter()
+            .map(|t| t.norm.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        !joined.is_empty() && REROLLS.contains(&joined.as_str())
+    })
 }
 
 /// A rejection at the start of a prompt and what follows it.
@@ -72,7 +88,13 @@ fn word(tokens: &[Token], at: usize) -> &str {
 pub(super) fn correction(prompt: &str) -> Option<String> {
     let tokens = tokenize(prompt);
     let (skipped, _) = strip_leading_fillers(&tokens);
-    let t = trim_trailing_fillers(&tokens[skipped..]);
+    // Not the shared trailing fillers: "instead" is one of them, and it matters here.
+    let mut t = &tokens[skipped..];
+    while let Some(last) = t.last()
+        && matches!(last.norm.as_str(), "please" | "pls" | "thanks")
+    {
+        t = &t[..t.len() - 1];
+    }
     if t.is_empty() {
         return None;
     }

@@ -114,7 +114,7 @@ impl<'l> Text<'l> {
             };
         }
         let original: Vec<String> = prompt
-            .split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’' || c == '-'))
+            .split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’'))
             .filter(|w| !w.is_empty())
             .map(str::to_owned)
             .collect();
@@ -308,7 +308,7 @@ impl<'l> Text<'l> {
             let mut entries: Vec<&str> = modifiers.iter().flat_map(|l| l.iter().copied()).collect();
             entries.extend(l.colors.iter().map(|(w, _)| *w));
             entries.extend(l.times.iter().map(|(w, _)| *w));
-            entries.extend(["一点", "的", "に", "で", "の", "な", "く", "色", "风", "っぽい", "版"]);
+            entries.extend(["一点", "的", "に", "で", "の", "な", "く", "色", "风", "っぽい", "版", "时分", "时候", "的时候", "時"]);
             entries.sort_by_key(|e| std::cmp::Reverse(e.len()));
             let before = s.chars().count();
             for e in entries {
@@ -398,7 +398,7 @@ impl<'l> Text<'l> {
                 .collect();
             entries.extend(l.colors.iter().map(|(w, _)| *w));
             entries.extend(l.times.iter().map(|(w, _)| *w));
-            entries.extend(["一点", "的", "に", "で", "の", "な", "く", "色", "把", "让", "使", "成", "整个", "全部"]);
+            entries.extend(["一点", "的", "に", "で", "の", "な", "く", "色", "把", "让", "使", "成", "整个", "全部", "时分", "时候", "時"]);
             entries.sort_by_key(|e| std::cmp::Reverse(e.len()));
             for e in entries {
                 s = s.replace(e, "");

@@ -281,8 +281,10 @@ fn english(prompt: &str, previous: &str, typos: bool) -> Decision {
         let decision = rules::english(rest, Some(previous), true);
         return match decision {
             Decision::Sure(intent) if intent.kind == IntentKind::Edit => Decision::Sure(intent),
-            // What follows "no, forget that" is the picture wanted instead.
-            _ if rejection.discards => Decision::Sure(Intent::new_picture(rest)),
+            // What follows "no, forget that" or "no, draw …" is the picture wanted instead.
+            _ if rejection.discards || corrections::is_request(rest) => {
+                Decision::Sure(Intent::new_picture(rest))
+            }
             other => match other.into_intent() {
                 intent if intent.kind == IntentKind::New => {
                     Decision::Sure(Intent::new_picture(rest))
@@ -298,11 +300,11 @@ fn english(prompt: &str, previous: &str, typos: bool) -> Decision {
         return Decision::Sure(Intent::edit(previous, &[(change, EditType::Other)]));
     }
     let decision = rules::english(prompt, Some(previous), true);
-    if typos && decision.intent().kind == IntentKind::New {
+    if typos && (decision.intent().kind == IntentKind::New || !decision.is_sure()) {
         let corrected = typo::correct(prompt);
         if corrected != prompt {
             let second = english(&corrected, previous, false).into_intent();
-            if second.kind != IntentKind::New {
+            if second.kind != IntentKind::New && second != *decision.intent() {
                 return Decision::Ambiguous {
                     best_guess: second,
                     why: Unsure::Typo,

@@ -393,6 +393,10 @@ fn edit_phrase(text: &str, t: &[Token], continuation: bool, words: usize) -> Opt
             }
         }
         "zoom" if is(w1, &["in", "out"]) => Some(format!("zoomed {w1}")),
+        "blur" | "sharpen" if t.len() > 1 => {
+            let done = if w0 == "blur" { "blurred" } else { "sharp" };
+            slice(text, without_article(&t[1..])).map(|x| format!("{done} {x}"))
+        }
         // "more contrast", "less clutter"
         "more" | "less" | "fewer" if t.len() > 1 => slice(text, t),
         // "the same but with a hat", "same scene at night"
@@ -528,8 +532,11 @@ fn is_keyword_word(word: &str) -> bool {
 
 /// "at night", "in the rain", "black and white": short, no subject, only edit keywords.
 fn is_bare_modifier(core: &[Token]) -> bool {
+    // "a white background" names no subject of its own: a background is the picture's.
+    let introduced_background =
+        is(&core[0].norm, &["a", "an"]) && contains(core, BACKGROUND_WORDS);
     core.len() <= 5
-        && !is(&core[0].norm, INTRODUCERS)
+        && (!is(&core[0].norm, INTRODUCERS) || introduced_background)
         && core.iter().all(|t| {
             is(&t.norm, STOPWORDS) || is(&t.norm, MODIFIER_WORDS) || is_keyword_word(&t.norm)
         })

@@ -5,7 +5,7 @@ use super::Lexicon;
 pub const LEXICON: Lexicon = Lexicon {
     code: "es",
     unspaced: false,
-    markers: &["el", "la", "los", "las", "un", "una", "unos", "unas", "del", "y", "que", "con", "sin", "es", "esta", "este", "esto", "en", "por", "para", "mas", "muy", "su", "ahora"],
+    markers: &["el", "la", "los", "las", "un", "una", "unos", "unas", "del", "y", "que", "con", "sin", "es", "esta", "este", "esto", "en", "por", "para", "mas", "muy", "su", "ahora", "al"],
     fillers: &["por favor", "porfa", "ahora", "y", "tambien", "pero", "vale", "ok", "gracias", "puedes", "podrias", "quiero que", "mejor"],
     edit_verbs: &["hazlo", "hazla", "haz que", "haz", "hazlos", "ponlo", "ponla", "pon", "ponle", "cambia", "cambialo", "cambiala", "cambiar", "convierte", "conviertelo", "conviertela", "vuelvelo", "vuelvela", "pinta", "pintalo", "pintala", "que sea", "deja", "dejalo", "transforma", "modifica", "reemplaza", "sustituye", "anade", "agrega", "quita", "elimina", "borra", "saca"],
     pronouns: &["lo", "la", "los", "las", "le", "esto", "eso"],

@@ -5,7 +5,7 @@ use super::Lexicon;
 pub const LEXICON: Lexicon = Lexicon {
     code: "fr",
     unspaced: false,
-    markers: &["le", "la", "les", "un", "une", "des", "du", "de", "et", "avec", "sans", "est", "ce", "cette", "dans", "sur", "plus", "tres", "maintenant", "l", "d", "au", "aux"],
+    markers: &["le", "la", "les", "un", "une", "des", "du", "de", "et", "avec", "sans", "est", "ce", "cette", "dans", "sur", "plus", "tres", "maintenant", "l", "d", "au", "aux", "en"],
     fillers: &["s'il te plait", "s il te plait", "stp", "s'il vous plait", "svp", "maintenant", "et", "aussi", "mais", "ok", "merci", "peux tu", "pourrais tu", "tu peux"],
     edit_verbs: &["rends", "rends le", "rends la", "fais", "fais le", "fais la", "mets", "mets le", "change", "changer", "transforme", "transforme le", "modifie", "remplace", "ajoute", "enleve", "supprime", "retire", "peins", "colore", "passe", "passe le"],
     pronouns: &["le", "la", "les", "l", "ca", "cela"],

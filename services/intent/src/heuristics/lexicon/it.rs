@@ -5,7 +5,7 @@ use super::Lexicon;
 pub const LEXICON: Lexicon = Lexicon {
     code: "it",
     unspaced: false,
-    markers: &["il", "lo", "la", "i", "gli", "le", "un", "uno", "una", "del", "della", "e", "con", "senza", "di", "in", "nel", "nella", "piu", "molto", "ora", "adesso", "questo"],
+    markers: &["il", "lo", "la", "i", "gli", "le", "un", "uno", "una", "del", "della", "e", "con", "senza", "di", "in", "nel", "nella", "piu", "molto", "ora", "adesso", "questo", "al", "all"],
     fillers: &["per favore", "per piacere", "ora", "adesso", "e", "anche", "ma", "ok", "grazie", "puoi", "potresti"],
     edit_verbs: &["rendilo", "rendila", "rendi", "fallo", "falla", "fai", "fai che", "metti", "mettilo", "cambia", "cambialo", "cambiala", "trasforma", "trasformalo", "colora", "coloralo", "dipingi", "dipingilo", "sostituisci", "aggiungi", "togli", "rimuovi", "elimina", "cancella"],
     pronouns: &["lo", "la", "li", "questo", "quello"],

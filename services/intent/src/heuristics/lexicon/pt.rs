@@ -5,7 +5,7 @@ use super::Lexicon;
 pub const LEXICON: Lexicon = Lexicon {
     code: "pt",
     unspaced: false,
-    markers: &["o", "os", "as", "um", "uma", "uns", "umas", "do", "da", "dos", "das", "e", "com", "sem", "em", "no", "na", "mais", "muito", "agora", "isso", "esta"],
+    markers: &["o", "os", "as", "um", "uma", "uns", "umas", "do", "da", "dos", "das", "e", "com", "sem", "em", "no", "na", "mais", "muito", "agora", "isso", "esta", "ao", "pelo", "pela"],
     fillers: &["por favor", "agora", "e", "tambem", "mas", "ok", "obrigado", "obrigada", "pode", "voce pode", "podes"],
     edit_verbs: &["deixe", "deixa", "deixe o", "deixe a", "faca", "faz", "faca com que", "coloque", "coloca", "poe", "mude", "muda", "mudar", "troque", "troca", "transforme", "transforma", "pinte", "pinta", "substitua", "adicione", "adiciona", "remova", "remove", "tire", "tira", "apague", "torne"],
     pronouns: &["o", "a", "isso", "isto", "ele", "ela"],
