@@ -41,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
         println!("no LLM configured (ATELIER_LLM_BASE_URL unset): heuristics only");
         println!("{:<12} {:>5} {:>10}", "category", "cases", "heuristic");
     } else {
-        println!("{:<12} {:>5} {:>10} {:>10}", "category", "cases", "heuristic", "with LLM");
+        println!(
+            "{:<12} {:>5} {:>10} {:>10}",
+            "category", "cases", "heuristic", "with LLM"
+        );
     }
     let (mut total, mut heuristic, mut with_llm) = (0, 0, 0);
     for (category, (n, h, l)) in &table {
@@ -49,13 +52,22 @@ async fn main() -> anyhow::Result<()> {
         heuristic += h;
         with_llm += l;
         if llm.is_some() {
-            println!("{category:<12} {n:>5} {:>9.1}% {:>9.1}%", pct(*h, *n), pct(*l, *n));
+            println!(
+                "{category:<12} {n:>5} {:>9.1}% {:>9.1}%",
+                pct(*h, *n),
+                pct(*l, *n)
+            );
         } else {
             println!("{category:<12} {n:>5} {:>9.1}%", pct(*h, *n));
         }
     }
     if llm.is_some() {
-        println!("{:<12} {total:>5} {:>9.1}% {:>9.1}%", "all", pct(heuristic, total), pct(with_llm, total));
+        println!(
+            "{:<12} {total:>5} {:>9.1}% {:>9.1}%",
+            "all",
+            pct(heuristic, total),
+            pct(with_llm, total)
+        );
     } else {
         println!("{:<12} {total:>5} {:>9.1}%", "all", pct(heuristic, total));
     }

@@ -524,8 +524,8 @@ mod tests {
 
     #[test]
     fn an_edit_answer_is_repaired_field_by_field() {
-        let q = question("another one");
-        let best = guess("another one");
+        let q = question("try again with more detail");
+        let best = guess("try again with more detail");
         assert_eq!(best.kind, IntentKind::Edit);
 
         let intent = reply(serde_json::json!({

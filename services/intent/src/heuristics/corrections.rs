@@ -13,10 +13,14 @@ use super::rules::{Token, slice, strip_leading_fillers, tokenize, trim_trailing_
 pub(super) fn is_request(prompt: &str) -> bool {
     let tokens = tokenize(prompt);
     let (skipped, _) = strip_leading_fillers(&tokens);
-    tokens
+    tokens.get(skipped).is_some_and(|t| {
+        super::lexicon::en::REQUEST_VERBS.contains(&t.norm.as_str())
+            && t.norm != "make"
+            && t.norm != "give"
+    }) || tokens
         .get(skipped)
-        .is_some_and(|t| super::lexicon::en::REQUEST_VERBS.contains(&t.norm.as_str()) && t.norm != "make" && t.norm != "give")
-        || tokens.get(skipped).is_some_and(|t| matches!(t.norm.as_str(), "make" | "give")) && tokens.get(skipped + 1).is_some_and(|t| t.norm == "me")
+        .is_some_and(|t| matches!(t.norm.as_str(), "make" | "give"))
+        && tokens.get(skipped + 1).is_some_and(|t| t.norm == "me")
 }
 
 /// Whether the whole prompt, politeness aside, asks for one more of the same picture.
@@ -149,12 +153,9 @@ pub(super) fn correction(prompt: &str) -> Option<String> {
 
 /// "I meant", "I said", "it should be", "I wanted": the rest is what was meant.
 fn opens_with_meaning(t: &[Token]) -> bool {
-    OPENERS.iter().any(|opener| {
-        opener
-            .split(' ')
-            .enumerate()
-            .all(|(k, w)| word(t, k) == w)
-    })
+    OPENERS
+        .iter()
+        .any(|opener| opener.split(' ').enumerate().all(|(k, w)| word(t, k) == w))
 }
 
 const OPENERS: &[&str] = &[
@@ -163,20 +164,13 @@ const OPENERS: &[&str] = &[
     "i said",
     "i wanted",
     "i asked for",
-    "it should be",
-    "it should have been",
-    "should be",
     "meant",
 ];
 
 fn strip_openers(t: &[Token]) -> &[Token] {
     for opener in OPENERS {
         let n = opener.split(' ').count();
-        if opener
-            .split(' ')
-            .enumerate()
-            .all(|(k, w)| word(t, k) == w)
-        {
+        if opener.split(' ').enumerate().all(|(k, w)| word(t, k) == w) {
             return &t[n..];
         }
     }
@@ -189,7 +183,13 @@ mod tests {
 
     #[test]
     fn rerolls_are_whole_prompts() {
-        for prompt in ["another one", "More", "again!", "one more please", "ok, another"] {
+        for prompt in [
+            "another one",
+            "More",
+            "again!",
+            "one more please",
+            "ok, another",
+        ] {
             assert!(is_reroll(prompt), "{prompt:?}");
         }
         for prompt in ["another cat", "more stars", "again in blue", "a cat"] {

@@ -308,7 +308,23 @@ impl<'l> Text<'l> {
             let mut entries: Vec<&str> = modifiers.iter().flat_map(|l| l.iter().copied()).collect();
             entries.extend(l.colors.iter().map(|(w, _)| *w));
             entries.extend(l.times.iter().map(|(w, _)| *w));
-            entries.extend(["一点", "的", "に", "で", "の", "な", "く", "色", "风", "っぽい", "版", "时分", "时候", "的时候", "時"]);
+            entries.extend([
+                "一点",
+                "的",
+                "に",
+                "で",
+                "の",
+                "な",
+                "く",
+                "色",
+                "风",
+                "っぽい",
+                "版",
+                "时分",
+                "时候",
+                "的时候",
+                "時",
+            ]);
             entries.sort_by_key(|e| std::cmp::Reverse(e.len()));
             let before = s.chars().count();
             for e in entries {
@@ -332,9 +348,7 @@ impl<'l> Text<'l> {
             || self.starts_with(l.remove)
             || self.starts_with(l.add)
             || (l.unspaced
-                && (self.contains(l.edit_verbs)
-                    || self.contains(l.remove)
-                    || self.contains(l.add)))
+                && (self.contains(l.edit_verbs) || self.contains(l.remove) || self.contains(l.add)))
             || (self.contains(l.background) && self.flat().len() <= 6)
             || self.starts_with(l.comparatives)
             || self.is_bare_modifier()
@@ -392,20 +406,35 @@ impl<'l> Text<'l> {
         let l = self.lexicon;
         if l.unspaced {
             let mut s = self.words[0].clone();
-            let mut entries: Vec<&str> = [l.edit_verbs, l.pronouns, l.markers, l.fillers, l.comparatives]
-                .iter()
-                .flat_map(|list| list.iter().copied())
-                .collect();
+            let mut entries: Vec<&str> = [
+                l.edit_verbs,
+                l.pronouns,
+                l.markers,
+                l.fillers,
+                l.comparatives,
+            ]
+            .iter()
+            .flat_map(|list| list.iter().copied())
+            .collect();
             entries.extend(l.colors.iter().map(|(w, _)| *w));
             entries.extend(l.times.iter().map(|(w, _)| *w));
-            entries.extend(["一点", "的", "に", "で", "の", "な", "く", "色", "把", "让", "使", "成", "整个", "全部", "时分", "时候", "時"]);
+            entries.extend([
+                "一点", "的", "に", "で", "の", "な", "く", "色", "把", "让", "使", "成", "整个",
+                "全部", "时分", "时候", "時",
+            ]);
             entries.sort_by_key(|e| std::cmp::Reverse(e.len()));
             for e in entries {
                 s = s.replace(e, "");
             }
             return s.is_empty();
         }
-        let lists: [&[&str]; 5] = [l.edit_verbs, l.pronouns, l.markers, l.fillers, l.comparatives];
+        let lists: [&[&str]; 5] = [
+            l.edit_verbs,
+            l.pronouns,
+            l.markers,
+            l.fillers,
+            l.comparatives,
+        ];
         self.flat().iter().all(|w| {
             lists
                 .iter()
@@ -433,7 +462,19 @@ fn is_punctuation(c: char) -> bool {
     c.is_ascii_punctuation()
         || matches!(
             c,
-            '。' | '、' | '，' | '！' | '？' | '：' | '；' | '「' | '」' | '…' | '・' | '～' | '¡' | '¿'
+            '。' | '、'
+                | '，'
+                | '！'
+                | '？'
+                | '：'
+                | '；'
+                | '「'
+                | '」'
+                | '…'
+                | '・'
+                | '～'
+                | '¡'
+                | '¿'
         )
 }
 
@@ -450,7 +491,15 @@ mod tests {
 
     #[test]
     fn colours_translate_and_replace() {
-        for prompt in ["hazlo azul", "rends-le bleu", "mach es blau", "deixe azul", "rendilo blu", "把它变成蓝色", "青にして"] {
+        for prompt in [
+            "hazlo azul",
+            "rends-le bleu",
+            "mach es blau",
+            "deixe azul",
+            "rendilo blu",
+            "把它变成蓝色",
+            "青にして",
+        ] {
             let (kind, resolved) = kind(prompt);
             assert_eq!(kind, IntentKind::Edit, "{prompt:?}");
             assert_eq!(resolved, "a blue car on a road", "{prompt:?}");
@@ -459,10 +508,24 @@ mod tests {
 
     #[test]
     fn rerolls_and_new_requests() {
-        for prompt in ["otra", "encore une", "noch eins", "mais uma", "un'altra", "再来一张", "もう一枚"] {
+        for prompt in [
+            "otra",
+            "encore une",
+            "noch eins",
+            "mais uma",
+            "un'altra",
+            "再来一张",
+            "もう一枚",
+        ] {
             assert_eq!(kind(prompt).0, IntentKind::Reroll, "{prompt:?}");
         }
-        for prompt in ["dibuja un castillo", "dessine un château", "zeichne eine Burg", "画一只猫", "猫の絵を描いて"] {
+        for prompt in [
+            "dibuja un castillo",
+            "dessine un château",
+            "zeichne eine Burg",
+            "画一只猫",
+            "猫の絵を描いて",
+        ] {
             assert_eq!(kind(prompt).0, IntentKind::New, "{prompt:?}");
         }
     }

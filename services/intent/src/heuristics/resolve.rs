@@ -16,16 +16,44 @@ pub(super) enum Change {
     /// The object to take out.
     Remove(String),
     /// `old` (empty: the main subject) becomes `new`.
-    Replace { old: String, new: String },
+    Replace {
+        old: String,
+        new: String,
+    },
     /// A new colour for `target` (empty: the main subject).
-    Recolor { target: String, color: String },
+    Recolor {
+        target: String,
+        color: String,
+    },
 }
 
 /// Colours that can replace one another as an adjective.
 const SIMPLE_COLORS: &[&str] = &[
-    "red", "blue", "green", "yellow", "orange", "purple", "pink", "violet", "black", "white",
-    "gray", "grey", "brown", "gold", "golden", "silver", "teal", "cyan", "magenta", "turquoise",
-    "beige", "crimson", "scarlet", "navy", "maroon",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "orange",
+    "purple",
+    "pink",
+    "violet",
+    "black",
+    "white",
+    "gray",
+    "grey",
+    "brown",
+    "gold",
+    "golden",
+    "silver",
+    "teal",
+    "cyan",
+    "magenta",
+    "turquoise",
+    "beige",
+    "crimson",
+    "scarlet",
+    "navy",
+    "maroon",
 ];
 const SHADES: &[&str] = &["light", "dark", "bright", "pale", "deep", "pastel", "neon"];
 const ARTICLES: &[&str] = &[
@@ -139,11 +167,12 @@ pub(super) fn apply(previous: &str, phrases: &[&str]) -> String {
             }
             Change::Replace { old, new } => replace(&prompt, &old, &new)
                 .unwrap_or_else(|| combine(&prompt, &[strip_article(&new).as_str()])),
-            Change::Recolor { target, color } => recolor(&prompt, &target, &color)
-                .unwrap_or_else(|| {
+            Change::Recolor { target, color } => {
+                recolor(&prompt, &target, &color).unwrap_or_else(|| {
                     let target = strip_article(&target);
                     combine(&prompt, &[format!("{color} {target}").trim()])
-                }),
+                })
+            }
         };
     }
     prompt
@@ -175,10 +204,6 @@ fn append(prompt: &str, text: &str) -> String {
                 &text[new_time.start..new_time.end],
                 &prompt[old.end..]
             );
-        }
-        if added.len() == 1 && matches!(added[0].norm.as_str(), "night" | "day" | "dawn" | "dusk")
-        {
-            return combine(prompt, &[&format!("at {text}")]);
         }
     }
     combine(prompt, &[text])
@@ -223,7 +248,10 @@ fn find_noun(tokens: &[Token], noun: &str) -> Option<usize> {
 /// -ing, a comma or the end.
 fn subject(tokens: &[Token]) -> Option<usize> {
     let mut at = 0;
-    while tokens.get(at).is_some_and(|t| ARTICLES.contains(&t.norm.as_str())) {
+    while tokens
+        .get(at)
+        .is_some_and(|t| ARTICLES.contains(&t.norm.as_str()))
+    {
         at += 1;
     }
     tokens.get(at)?;
@@ -269,7 +297,7 @@ pub(super) fn remove(prompt: &str, object: &str) -> Option<String> {
     let cut_from = tokens[start].start;
     let cut_to = tokens[end].end;
     let out = format!("{} {}", &prompt[..cut_from], &prompt[cut_to..]);
-    let cleaned = combine(&out, &[]);
+    let cleaned = combine(&out, &[]).replace(" ,", ",");
     (!cleaned.is_empty()).then_some(cleaned)
 }
 
@@ -310,7 +338,13 @@ pub(super) fn recolor(prompt: &str, target: &str, color: &str) -> Option<String>
         start -= 1;
     }
     let noun = &prompt[tokens[k].start..tokens[k].end];
-    Some(splice(prompt, &tokens, start, k, &format!("{color} {noun}")))
+    Some(splice(
+        prompt,
+        &tokens,
+        start,
+        k,
+        &format!("{color} {noun}"),
+    ))
 }
 
 fn is_pronoun(text: &str) -> bool {
@@ -338,7 +372,12 @@ fn splice(prompt: &str, tokens: &[Token], start: usize, end: usize, words: &str)
             } else {
                 fixed
             };
-            before = format!("{}{}{}", &before[..article.start], fixed, &before[article.end..]);
+            before = format!(
+                "{}{}{}",
+                &before[..article.start],
+                fixed,
+                &before[article.end..]
+            );
         }
     }
     combine(&format!("{before}{words}{after}"), &[])
@@ -355,11 +394,23 @@ mod tests {
             ("a city street with cars", "the cars", "a city street"),
             ("a dog and a cat in a park", "the dog", "a cat in a park"),
             ("a cat sitting on a sofa", "the sofa", "a cat sitting"),
-            ("a man wearing a red hat, standing by a tree", "the hat", "a man, standing by a tree"),
-            ("a street with cars and trees", "the cars", "a street with trees"),
+            (
+                "a man wearing a red hat, standing by a tree",
+                "the hat",
+                "a man, standing by a tree",
+            ),
+            (
+                "a street with cars and trees",
+                "the cars",
+                "a street with trees",
+            ),
         ];
         for (prompt, object, expected) in cases {
-            assert_eq!(remove(prompt, object).as_deref(), Some(expected), "{prompt:?}");
+            assert_eq!(
+                remove(prompt, object).as_deref(),
+                Some(expected),
+                "{prompt:?}"
+            );
         }
         assert_eq!(remove("a cat", "the dog"), None);
     }
@@ -382,7 +433,10 @@ mod tests {
 
     #[test]
     fn recolouring_replaces_the_old_colour() {
-        assert_eq!(recolor("a red car", "", "blue").as_deref(), Some("a blue car"));
+        assert_eq!(
+            recolor("a red car", "", "blue").as_deref(),
+            Some("a blue car")
+        );
         assert_eq!(
             recolor("a woman in a red dress", "the dress", "green").as_deref(),
             Some("a woman in a green dress")
@@ -395,7 +449,10 @@ mod tests {
 
     #[test]
     fn phrases_become_changes() {
-        assert_eq!(Change::from_phrase("without the hat"), Change::Remove("the hat".into()));
+        assert_eq!(
+            Change::from_phrase("without the hat"),
+            Change::Remove("the hat".into())
+        );
         assert_eq!(
             Change::from_phrase("a dog instead of the cat"),
             Change::Replace {
@@ -425,6 +482,6 @@ mod tests {
             apply("a lighthouse at sunset", &["night"]),
             "a lighthouse at night"
         );
-        assert_eq!(apply("a lighthouse", &["night"]), "a lighthouse, at night");
+        assert_eq!(apply("a lighthouse", &["night"]), "a lighthouse, night");
     }
 }

@@ -8,7 +8,11 @@ use super::{Decision, EditType, Intent, Unsure};
 
 /// Decides NEW or EDIT for `prompt`, given the conversation's previous prompt and whether
 /// that message has an image an edit could start from. See the module doc for the rules.
-pub(super) fn english(prompt: &str, previous_prompt: Option<&str>, has_previous_image: bool) -> Decision {
+pub(super) fn english(
+    prompt: &str,
+    previous_prompt: Option<&str>,
+    has_previous_image: bool,
+) -> Decision {
     let previous = previous_prompt
         .map(str::trim)
         .filter(|p| !p.is_empty() && has_previous_image);
@@ -533,8 +537,7 @@ fn is_keyword_word(word: &str) -> bool {
 /// "at night", "in the rain", "black and white": short, no subject, only edit keywords.
 fn is_bare_modifier(core: &[Token]) -> bool {
     // "a white background" names no subject of its own: a background is the picture's.
-    let introduced_background =
-        is(&core[0].norm, &["a", "an"]) && contains(core, BACKGROUND_WORDS);
+    let introduced_background = is(&core[0].norm, &["a", "an"]) && contains(core, BACKGROUND_WORDS);
     core.len() <= 5
         && (!is(&core[0].norm, INTRODUCERS) || introduced_background)
         && core.iter().all(|t| {
@@ -635,4 +638,3 @@ fn reads_like_new_scene(t: &[Token]) -> bool {
     let content = t.iter().filter(|x| is_content(&x.norm)).count();
     (is(word(t, 0), INTRODUCERS) && content >= 1) || content >= 3
 }
-

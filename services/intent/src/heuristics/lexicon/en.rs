@@ -1,7 +1,6 @@
 //! English word lists of the heuristics. All lowercase; entries with spaces are phrases
 //! matched word by word.
 
-
 /// Politeness, stripped from the start without meaning anything.
 pub const POLITE: &[&str] = &[
     "please",
@@ -552,7 +551,6 @@ pub const POSE_WORDS: &[&str] = &[
     "expression",
     "angry",
 ];
-
 
 /// Whole prompts (politeness aside) that ask for one more of the same picture.
 pub const REROLLS: &[&str] = &[

@@ -146,8 +146,8 @@ pub fn detect(prompt: &str) -> Option<&'static Lexicon> {
     let english = words.iter().filter(|w| is_english(w)).count();
     let mut best: Option<(&'static Lexicon, usize)> = None;
     for lexicon in LANGUAGES.iter().filter(|l| !l.unspaced) {
-        let score = words.iter().filter(|w| knows(lexicon, w)).count()
-            + phrase_hits(lexicon, &words);
+        let score =
+            words.iter().filter(|w| knows(lexicon, w)).count() + phrase_hits(lexicon, &words);
         if score > english && best.is_none_or(|(_, s)| score > s) {
             best = Some((lexicon, score));
         }
@@ -179,10 +179,7 @@ fn is_english(word: &str) -> bool {
 
 /// Whether `word` is a one-word entry of any of the lexicon's lists.
 pub fn knows(lexicon: &Lexicon, word: &str) -> bool {
-    lexicon
-        .word_lists()
-        .iter()
-        .any(|list| list.contains(&word))
+    lexicon.word_lists().iter().any(|list| list.contains(&word))
         || lexicon.colors.iter().any(|(w, _)| *w == word)
         || lexicon.times.iter().any(|(w, _)| *w == word)
 }
