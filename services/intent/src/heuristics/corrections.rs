@@ -138,11 +138,14 @@ pub(super) fn correction(prompt: &str) -> Option<String> {
     }
     // "a dog instead", "I meant a dog"
     let last = t.len() - 1;
-    if word(t, last) == "instead" && last > 0 && last <= 4 && word(t, 0) != "make" {
-        if matches!(word(t, 0), "a" | "an" | "some" | "two" | "three") || opens_with_meaning(t) {
-            let new = text(&t[..last])?;
-            return Some(format!("{new} instead of"));
-        }
+    if word(t, last) == "instead"
+        && last > 0
+        && last <= 4
+        && word(t, 0) != "make"
+        && (matches!(word(t, 0), "a" | "an" | "some" | "two" | "three") || opens_with_meaning(t))
+    {
+        let new = text(&t[..last])?;
+        return Some(format!("{new} instead of"));
     }
     if opens_with_meaning(t) && t.len() <= 6 {
         let new = text(t)?;

@@ -74,13 +74,13 @@ impl Change {
         if w(0) == "without" && t.len() > 1 {
             return Change::Remove(text(&t[1..]));
         }
-        if let Some(k) = (0..t.len()).find(|&k| w(k) == "instead" && w(k + 1) == "of") {
-            if k > 0 {
-                return Change::Replace {
-                    old: text(&t[k + 2..]),
-                    new: text(&t[..k]),
-                };
-            }
+        if let Some(k) = (0..t.len()).find(|&k| w(k) == "instead" && w(k + 1) == "of")
+            && k > 0
+        {
+            return Change::Replace {
+                old: text(&t[k + 2..]),
+                new: text(&t[..k]),
+            };
         }
         if let Some(k) = (1..t.len()).find(|&k| w(k) == "changed" && w(k + 1) == "to") {
             let mut target = &t[..k];
