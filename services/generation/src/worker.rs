@@ -343,12 +343,17 @@ async fn prepare(
         enhance(worker, job, &prompt, &settings),
     );
     let edit = resolved.kind() == proto::IntentKind::Edit;
-    let enhanced =
-        if edit && !resolved.resolved_prompt.is_empty() && resolved.resolved_prompt != prompt {
-            enhance(worker, job, &resolved.resolved_prompt, &settings).await
-        } else {
-            enhanced
-        };
+    // A re-roll is a new picture of the previous prompt: the resolved prompt, not the
+    // user's "another one", is what to draw (from scratch: no init image below).
+    let reroll = resolved.kind() == proto::IntentKind::New && resolved.edit_type == "reroll";
+    let enhanced = if (edit || reroll)
+        && !resolved.resolved_prompt.is_empty()
+        && resolved.resolved_prompt != prompt
+    {
+        enhance(worker, job, &resolved.resolved_prompt, &settings).await
+    } else {
+        enhanced
+    };
     let edit_from = previous.filter(|previous| edit && !previous.image_key.is_empty());
     let init = match edit_from {
         Some(previous) => match worker.store.get(&previous.image_key).await {

@@ -93,6 +93,10 @@ fn check_text(
     }
 }
 
+/// The edit type of a new picture that re-rolls the previous prompt, as
+/// `atelier.v1.ResolvedIntent` documents it.
+pub const REROLL_EDIT_TYPE: &str = "reroll";
+
 /// Which path produced an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -162,6 +166,14 @@ impl From<Answer> for api::AnalyzeIntentResponse {
                 edit_type: edit_type.as_str().to_owned(),
                 strength,
             },
+            // A re-roll is a new picture of the previous prompt: the generation worker
+            // draws it from scratch (no init image), with the message's own seed.
+            IntentKind::Reroll => proto::ResolvedIntent {
+                kind: proto::IntentKind::New.into(),
+                resolved_prompt,
+                edit_type: REROLL_EDIT_TYPE.to_owned(),
+                strength: 0.0,
+            },
         };
         Self {
             intent: Some(intent),
@@ -196,8 +208,9 @@ pub async fn analyze(state: &State, question: Question) -> Answer {
     answer
 }
 
-/// The heuristics, and the LLM when they are not sure.
-async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
+/// The heuristics, and the LLM when they are not sure. Uncached: the accuracy program
+/// calls it to compare both paths.
+pub async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
     let previous = Some(question.previous_prompt.as_str()).filter(|p| !p.is_empty());
     let best_guess =
         match heuristics::analyze(&question.prompt, previous, question.has_previous_image) {
@@ -207,7 +220,10 @@ async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
                     source: Source::Heuristic,
                 };
             }
-            Decision::Ambiguous { best_guess } => best_guess,
+            Decision::Ambiguous { best_guess, why } => {
+                tracing::debug!(why = why.as_str(), "heuristics not sure");
+                best_guess
+            }
         };
     let fallback = |intent| Answer {
         intent,
@@ -293,17 +309,21 @@ fn system_prompt() -> String {
     format!(
         "You work inside an image-generation chat. The user has a picture made from the \
          previous prompt and now sends a new message. Decide whether the new message asks \
-         for a NEW picture, which does not depend on the previous one, or an EDIT of the \
-         previous picture, which changes something in it and keeps the rest.\n\
+         for a NEW picture, which does not depend on the previous one, an EDIT of the \
+         previous picture, which changes something in it and keeps the rest, or a REROLL: \
+         one more picture of the previous prompt, unchanged (\"another one\", \"again\"). \
+         The message may be in any language.\n\
          \n\
          Answer with one JSON object and nothing else:\n\
-         {{\"kind\": \"new\" or \"edit\", \"resolved_prompt\": string, \"edit_type\": string, \
+         {{\"kind\": \"new\", \"edit\" or \"reroll\", \"resolved_prompt\": string, \"edit_type\": string, \
          \"strength\": number}}\n\
          \n\
-         - kind: \"new\" or \"edit\".\n\
+         - kind: \"new\", \"edit\" or \"reroll\".\n\
          - resolved_prompt: for an edit, one self-contained prompt for the edited picture \
          as a whole: the previous prompt with the change applied, with no reference such \
-         as \"it\" or \"the previous one\". For a new picture, the new message.\n\
+         as \"it\" or \"the previous one\": a removed object no longer named, a replaced one \
+         named only by its replacement. For a new picture, the new message. For a reroll, \
+         the previous prompt.\n\
          - edit_type: for an edit, the main kind of change, one of: {edit_types}. The \
          number after each is its usual strength. For a new picture, \"none\".\n\
          - strength: for an edit, how much of the picture must be repainted, from 0 (keep \
@@ -358,6 +378,13 @@ impl LlmReply {
                 edit_type: EditType::None,
                 strength: EditType::None.strength(),
             }),
+            // The previous prompt as it was: nothing from the LLM is needed.
+            "reroll" | "re-roll" | "again" => Ok(Intent {
+                kind: IntentKind::Reroll,
+                resolved_prompt: question.previous_prompt.clone(),
+                edit_type: EditType::None,
+                strength: EditType::None.strength(),
+            }),
             "edit" => {
                 let edit_type = self
                     .edit_type
@@ -409,7 +436,7 @@ fn usable_resolved_prompt(prompt: &str) -> bool {
 fn edit_prompt_guess(question: &Question, best_guess: &Intent) -> String {
     match best_guess.kind {
         IntentKind::Edit => best_guess.resolved_prompt.clone(),
-        IntentKind::New => question.prompt.clone(),
+        IntentKind::New | IntentKind::Reroll => question.prompt.clone(),
     }
 }
 
@@ -521,8 +548,8 @@ mod tests {
 
     #[test]
     fn an_edit_answer_is_repaired_field_by_field() {
-        let q = question("another one");
-        let best = guess("another one");
+        let q = question("try again with more detail");
+        let best = guess("try again with more detail");
         assert_eq!(best.kind, IntentKind::Edit);
 
         let intent = reply(serde_json::json!({

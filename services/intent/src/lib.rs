@@ -18,6 +18,7 @@
 //! The API is internal: it sits behind the service credential, like the conversation
 //! service's.
 
+pub mod accuracy;
 pub mod analyze;
 pub mod config;
 mod error;

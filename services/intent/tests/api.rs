@@ -26,7 +26,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const TOKEN: &str = "intent-test-token";
 const CAT: &str = "a cat sitting on a sofa";
 /// Points back at the last picture without saying how: only an LLM can tell.
-const AMBIGUOUS: &str = "another one";
+const AMBIGUOUS: &str = "try again with more detail";
 
 type Client = IntentServiceClient<InterceptedService<Channel, OutgoingCall>>;
 
