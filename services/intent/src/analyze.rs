@@ -285,7 +285,7 @@ fn reply_schema() -> JsonSchema {
         &[
             (
                 "kind",
-                serde_json::json!({"type": "string", "enum": ["new", "edit"]}),
+                serde_json::json!({"type": "string", "enum": ["new", "edit", "reroll"]}),
             ),
             ("resolved_prompt", serde_json::json!({"type": "string"})),
             (

@@ -597,7 +597,7 @@ async fn serve_connection(mut stream: tokio::net::TcpStream, state: Arc<PairingS
         let content = if body.contains("resolved_prompt") {
             r#"{"kind":"new","resolved_prompt":"a dog in a park","edit_type":"","strength":0}"#
         } else {
-            r#"{"prompt":"a vivid scene, golden light","negative_prompt":""}"#
+            r#"{"prompt":"a vivid dog in a sunny park, golden light","negative_prompt":""}"#
         };
         let answer = completion(content).to_string();
         let response = format!(
