@@ -2,11 +2,12 @@
 //! the whole decision path with the LLM when `ATELIER_LLM_BASE_URL` (and the other
 //! `ATELIER_LLM_*` variables) point to a server.
 //!
-//! `cargo run -p atelier-intent --example intent-accuracy`
+//! `cargo run -p atelier-intent --example intent-accuracy [table.tsv]`: the compiled-in
+//! table (`tests/cases.tsv`), or another in its format, such as `tests/held_out.tsv`.
 
 use std::collections::BTreeMap;
 
-use atelier_intent::accuracy::{cases, check};
+use atelier_intent::accuracy::{cases, check, parse_cases};
 use atelier_intent::analyze::{Question, decide};
 use atelier_intent::heuristics;
 use atelier_llm::{LlmClient, LlmConfig};
@@ -14,12 +15,23 @@ use atelier_llm::{LlmClient, LlmConfig};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let llm = LlmConfig::from_env()?.map(LlmClient::new).transpose()?;
-    let cases = cases();
+    let cases = match std::env::args().nth(1) {
+        Some(path) => parse_cases(&std::fs::read_to_string(&path)?),
+        None => cases(),
+    };
     // category → (cases, heuristic passes, llm-path passes)
     let mut table: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for case in &cases {
         let decision = heuristics::analyze(&case.prompt, Some(&case.previous), true);
-        let heuristic_ok = check(case, decision.intent()).is_none();
+        let heuristic_miss = check(case, decision.intent());
+        if let Some(why) = &heuristic_miss {
+            // On stderr, so the table on stdout stays a table.
+            eprintln!(
+                "miss [{}] {:?} after {:?}: {why}",
+                case.category, case.prompt, case.previous
+            );
+        }
+        let heuristic_ok = heuristic_miss.is_none();
         let llm_ok = match &llm {
             Some(llm) => {
                 let question = Question {

@@ -22,8 +22,14 @@ pub struct Case {
     pub must_not_contain: Vec<String>,
 }
 
-/// Parses the table; panics on a malformed row, since the table is code.
+/// The compiled-in table ([`CASES_TSV`]).
 pub fn cases() -> Vec<Case> {
+    parse_cases(CASES_TSV)
+}
+
+/// Parses a table in the format of `tests/cases.tsv`; panics on a malformed row, since a
+/// table is code.
+pub fn parse_cases(tsv: &str) -> Vec<Case> {
     let list = |field: Option<&str>| -> Vec<String> {
         field
             .unwrap_or("")
@@ -32,8 +38,7 @@ pub fn cases() -> Vec<Case> {
             .map(str::to_owned)
             .collect()
     };
-    CASES_TSV
-        .lines()
+    tsv.lines()
         .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
         .map(|line| {
             let mut fields = line.split('\t');
