@@ -6,7 +6,7 @@
 //! replaces the old one ("a red car" + "make it blue" → "a blue car"). Only what names
 //! nothing in the prompt is appended, as before.
 
-use super::lexicon::en::{COLOR_WORDS, TIME_WORDS};
+use super::lexicon::en::{COLOR_NAMES, COLOR_WORDS, TIME_WORDS};
 use super::rules::{Token, combine, tokenize};
 
 /// One change to the previous prompt, read from the phrase the rules produce.
@@ -27,34 +27,6 @@ pub(super) enum Change {
     },
 }
 
-/// Colours that can replace one another as an adjective.
-const SIMPLE_COLORS: &[&str] = &[
-    "red",
-    "blue",
-    "green",
-    "yellow",
-    "orange",
-    "purple",
-    "pink",
-    "violet",
-    "black",
-    "white",
-    "gray",
-    "grey",
-    "brown",
-    "gold",
-    "golden",
-    "silver",
-    "teal",
-    "cyan",
-    "magenta",
-    "turquoise",
-    "beige",
-    "crimson",
-    "scarlet",
-    "navy",
-    "maroon",
-];
 const SHADES: &[&str] = &["light", "dark", "bright", "pale", "deep", "pastel", "neon"];
 const ARTICLES: &[&str] = &[
     "a", "an", "the", "some", "its", "his", "her", "their", "all", "any", "those", "these", "this",
@@ -134,7 +106,7 @@ impl Change {
 }
 
 fn is_color_word(w: &str) -> bool {
-    SIMPLE_COLORS.contains(&w) || SHADES.contains(&w)
+    COLOR_NAMES.contains(&w) || SHADES.contains(&w)
 }
 
 /// One or two words naming a plain colour ("blue", "dark green").
@@ -146,7 +118,7 @@ fn is_color(t: &[Token]) -> bool {
     !t.is_empty()
         && t.len() <= 2
         && t.iter().all(|x| is_color_word(&x.norm))
-        && SIMPLE_COLORS.contains(&t[t.len() - 1].norm.as_str())
+        && COLOR_NAMES.contains(&t[t.len() - 1].norm.as_str())
 }
 
 fn span(text: &str, t: &[Token]) -> String {
@@ -224,7 +196,11 @@ fn head(text: &str) -> Option<String> {
     tokenize(text)
         .into_iter()
         .rev()
-        .find(|t| !ARTICLES.contains(&t.norm.as_str()) && !COLOR_WORDS.contains(&t.norm.as_str()))
+        .find(|t| {
+            !ARTICLES.contains(&t.norm.as_str())
+                && !COLOR_WORDS.contains(&t.norm.as_str())
+                && !COLOR_NAMES.contains(&t.norm.as_str())
+        })
         .map(|t| t.norm)
 }
 

@@ -507,6 +507,7 @@ pub(super) fn classify(t: &[Token]) -> EditType {
         (STYLE_WORDS, EditType::Style),
         (WEATHER_WORDS, EditType::Weather),
         (TIME_WORDS, EditType::Time),
+        (COLOR_NAMES, EditType::Color),
         (COLOR_WORDS, EditType::Color),
         (LIGHTING_WORDS, EditType::Lighting),
         (POSE_WORDS, EditType::Pose),
@@ -516,11 +517,12 @@ pub(super) fn classify(t: &[Token]) -> EditType {
     .map_or(EditType::Other, |(_, kind)| kind)
 }
 
-const KEYWORD_LISTS: [&[&str]; 7] = [
+const KEYWORD_LISTS: [&[&str]; 8] = [
     BACKGROUND_WORDS,
     STYLE_WORDS,
     WEATHER_WORDS,
     TIME_WORDS,
+    COLOR_NAMES,
     COLOR_WORDS,
     LIGHTING_WORDS,
     POSE_WORDS,

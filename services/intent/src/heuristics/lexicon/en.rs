@@ -430,7 +430,9 @@ pub const TIME_WORDS: &[&str] = &[
     "blue hour",
 ];
 
-pub const COLOR_WORDS: &[&str] = &[
+/// Colours by name: the ones that replace one another as an adjective ("a red car" made
+/// blue is "a blue car").
+pub const COLOR_NAMES: &[&str] = &[
     "red",
     "blue",
     "green",
@@ -456,6 +458,10 @@ pub const COLOR_WORDS: &[&str] = &[
     "scarlet",
     "navy",
     "maroon",
+];
+
+/// Words about colour that are not a colour's name.
+pub const COLOR_WORDS: &[&str] = &[
     "color",
     "colour",
     "colors",

@@ -161,6 +161,7 @@ fn is_english(word: &str) -> bool {
         STOPWORDS,
         EDIT_HINTS,
         COMPARATIVES,
+        COLOR_NAMES,
         COLOR_WORDS,
         TIME_WORDS,
         BACKGROUND_WORDS,
