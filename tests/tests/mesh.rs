@@ -306,3 +306,144 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
         assert_eq!(status.status(), ServingStatus::Serving, "{}", server.url());
     }
 }
+
+/// Follows `watcher` until every image of `message_id` is completed.
+async fn until_completed(watcher: &mut Watcher, message_id: &str, images: usize) {
+    let mut completed = 0;
+    while completed < images {
+        let event = watcher
+            .next(Duration::from_secs(30))
+            .await
+            .expect("the pipeline's next event");
+        if event.message_id != message_id {
+            continue;
+        }
+        match &event.payload {
+            Some(proto::event::Payload::GenerationCompleted(done)) => {
+                completed += done.generations.len();
+            }
+            Some(proto::event::Payload::GenerationFailed(failed)) => {
+                panic!("{failed:?}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_edit_after_an_sdxl_picture_stays_on_sdxl_at_its_size_from_its_seed() {
+    atelier_testkit::init_logging();
+    let sd =
+        atelier_testkit::fakes::automatic1111(atelier_testkit::fakes::sized_answer(Duration::ZERO))
+            .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/sdapi/v1/img2img"))
+        .respond_with(atelier_testkit::fakes::sized_answer(Duration::ZERO))
+        .mount(&sd)
+        .await;
+    let mesh = Mesh::start(MeshOptions {
+        automatic1111_url: Some(sd.uri()),
+        ..MeshOptions::default()
+    })
+    .await
+    .expect("mesh");
+    let bearer = mesh.bearer("carol").expect("token");
+    let mut chat = ChatServiceClient::new(mesh.connect().await.expect("connect"));
+    let mut watcher = Watcher::open(mesh.connect().await.expect("connect"), &bearer, None)
+        .await
+        .expect("watch");
+    let conversation = chat
+        .create_conversation(
+            authorized(proto::CreateConversationRequest::default(), &bearer).expect("request"),
+        )
+        .await
+        .expect("create")
+        .into_inner()
+        .conversation
+        .expect("conversation");
+    let mut send = async |prompt: &str, settings: proto::GenerationSettings| {
+        let request = proto::SendMessageRequest {
+            conversation_id: conversation.id.clone(),
+            prompt: prompt.into(),
+            settings: Some(settings),
+            client_request_id: String::new(),
+        };
+        chat.send_message(authorized(request, &bearer).expect("request"))
+            .await
+            .expect("send")
+            .into_inner()
+            .message
+            .expect("message")
+    };
+
+    let picture = send(
+        "a lighthouse on a cliff at dusk",
+        proto::GenerationSettings {
+            model: "sdxl".into(),
+            width: Some(1024),
+            height: Some(768),
+            ..Default::default()
+        },
+    )
+    .await;
+    until_completed(&mut watcher, &picture.id, 1).await;
+    // The edit names no setting at all.
+    let edit = send("make it night-time", proto::GenerationSettings::default()).await;
+    until_completed(&mut watcher, &edit.id, 1).await;
+
+    let get = async |id: &str| {
+        let mut chat = ChatServiceClient::new(mesh.connect().await.expect("connect"));
+        let request = proto::GetMessageRequest {
+            message_id: id.to_owned(),
+        };
+        chat.get_message(authorized(request, &bearer).expect("request"))
+            .await
+            .expect("get")
+            .into_inner()
+            .message
+            .expect("message")
+    };
+    let (picture, edit) = (get(&picture.id).await, get(&edit.id).await);
+    assert_eq!(
+        edit.intent.as_ref().expect("intent").kind(),
+        proto::IntentKind::Edit
+    );
+    let settings = edit.settings.as_ref().expect("settings");
+    assert_eq!(settings.model, "sdxl");
+    assert_eq!((settings.width, settings.height), (Some(1024), Some(768)));
+    let (before, after) = (&picture.generations[0], &edit.generations[0]);
+    assert_eq!(after.model, "sdxl");
+    assert_eq!((after.width, after.height), (1024, 768));
+    assert_eq!(after.seed, before.seed, "from its seed");
+    assert_eq!(after.init_generation_id, before.id);
+    assert_eq!(edit.cost, picture.cost, "priced as sdxl");
+
+    // What AUTOMATIC1111 was asked: an img2img of the first picture, on sdxl's checkpoint,
+    // at its size and seed.
+    let requests = sd.received_requests().await.expect("recorded");
+    let img2img: Vec<serde_json::Value> = requests
+        .iter()
+        .filter(|request| request.url.path() == "/sdapi/v1/img2img")
+        .map(|request| serde_json::from_slice(&request.body).expect("json"))
+        .collect();
+    assert_eq!(img2img.len(), 1, "the edit, once");
+    let sent = &img2img[0];
+    assert_eq!(
+        sent["override_settings"]["sd_model_checkpoint"],
+        "sd_xl_base_1.0.safetensors"
+    );
+    assert_eq!(
+        (&sent["width"], &sent["height"]),
+        (&1024.into(), &768.into())
+    );
+    assert_eq!(sent["seed"], before.seed);
+    assert_eq!(sent["init_images"].as_array().map(Vec::len), Some(1));
+
+    let balance = chat
+        .get_balance(authorized(proto::GetBalanceRequest {}, &bearer).expect("request"))
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance;
+    assert_eq!(balance, 100 - picture.cost - edit.cost);
+}

@@ -121,6 +121,17 @@ export function applyEvent(view: MessageView, event: Event): void {
     case "intentResolved":
       message.intent = payload.value.intent;
       message.enhancedPrompt = payload.value.enhancedPrompt;
+      // An edit or re-roll sent without settings has taken the previous message's.
+      if (payload.value.settings) {
+        message.settings = payload.value.settings;
+        message.cost = payload.value.cost;
+        for (const generation of message.generations) {
+          if (isGenerationFinished(generation)) continue;
+          generation.model = payload.value.settings.model;
+          generation.width = payload.value.settings.width ?? generation.width;
+          generation.height = payload.value.settings.height ?? generation.height;
+        }
+      }
       break;
     case "generationProgress": {
       const p = payload.value;

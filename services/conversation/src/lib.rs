@@ -12,6 +12,7 @@ mod credits;
 pub mod db;
 mod error;
 mod favorites;
+mod inheritance;
 mod messages;
 pub mod outbox;
 mod pagination;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::db::messages::{NewMessageRows, SendOutcome};
 use crate::db::{self, GenerationRow, MessageRow};
 use crate::error::ServiceError;
+use crate::inheritance::Unset;
 use crate::outbox::{self, EventContext};
 use crate::pagination::{Cursor, PageRequest};
 use crate::requests::{self, NewMessage};
@@ -78,6 +79,7 @@ pub async fn send(
         cost: settings.cost(),
         client_request_id: new.client_request_id.clone(),
         created_at: now,
+        unset_settings: settings.unset.to_row(),
     };
     // The response is the same value the database now holds, so it is built once, here.
     let message = wire::message(message_row.clone(), generations.clone());
@@ -101,6 +103,7 @@ pub async fn send(
         seed: message_row.seed,
         negative_prompt: &settings.negative_prompt,
         client_request_id: new.client_request_id.as_deref(),
+        unset_settings: settings.unset.to_column(),
         cost: settings.cost(),
         price_per_image: settings.price_per_image,
         generation_ids: generations.iter().map(|generation| generation.id).collect(),
@@ -231,19 +234,27 @@ async fn replay(
 /// The request fields, as protobuf paths, in which a retry differs from the message its
 /// key made: the normalised prompt and every setting as resolved (an unset setting
 /// compares as its default, so leaving out `model` and naming the default model are the
-/// same request). Empty: the same request.
+/// same request). A setting both left unset is the same even when the first message has
+/// since inherited it from the one before ([`crate::inheritance`]). Empty: the same
+/// request.
 fn differences(retry: &NewMessage, first: &MessageRow) -> Vec<&'static str> {
     let settings = &retry.settings;
+    let (now, before) = (settings.unset, Unset::from_column(&first.unset_settings));
+    let both_unset = |now: bool, before: bool| now && before;
+    let size = both_unset(now.size, before.size);
     [
         ("prompt", first.content == retry.prompt),
-        ("settings.model", first.model == settings.model),
+        (
+            "settings.model",
+            both_unset(now.model, before.model) || first.model == settings.model,
+        ),
         (
             "settings.width",
-            i64::from(first.width) == i64::from(settings.width),
+            size || i64::from(first.width) == i64::from(settings.width),
         ),
         (
             "settings.height",
-            i64::from(first.height) == i64::from(settings.height),
+            size || i64::from(first.height) == i64::from(settings.height),
         ),
         (
             "settings.image_count",
@@ -251,15 +262,18 @@ fn differences(retry: &NewMessage, first: &MessageRow) -> Vec<&'static str> {
         ),
         (
             "settings.style_preset",
-            first.style_preset == settings.style_preset,
+            both_unset(now.style_preset, before.style_preset)
+                || first.style_preset == settings.style_preset,
         ),
         (
             "settings.seed",
-            first.seed.map(i128::from) == settings.seed.map(i128::from),
+            both_unset(now.seed, before.seed)
+                || first.seed.map(i128::from) == settings.seed.map(i128::from),
         ),
         (
             "settings.negative_prompt",
-            first.negative_prompt == settings.negative_prompt,
+            both_unset(now.negative_prompt, before.negative_prompt)
+                || first.negative_prompt == settings.negative_prompt,
         ),
     ]
     .into_iter()
@@ -486,6 +500,7 @@ mod tests {
             cost: settings.cost(),
             client_request_id: message.client_request_id.clone(),
             created_at: db::now(),
+            unset_settings: settings.unset.to_row(),
         }
     }
 
@@ -529,6 +544,24 @@ mod tests {
             },
         );
         assert_eq!(differences(&explicit, &defaults), Vec::<&str>::new());
+        // Settings left unset that the first message has since inherited from the one
+        // before (an edit after an sdxl picture) are still the same request.
+        let inherited = MessageRow {
+            model: "sdxl".into(),
+            width: 1024,
+            height: 768,
+            style_preset: "cinematic".into(),
+            seed: Some(99),
+            negative_prompt: "text".into(),
+            ..defaults.clone()
+        };
+        let unset = parse("fox", proto::GenerationSettings::default());
+        assert_eq!(differences(&unset, &inherited), Vec::<&str>::new());
+        assert_eq!(
+            differences(&explicit, &inherited),
+            ["settings.model"],
+            "naming the default model is not leaving it unset once it was inherited"
+        );
 
         let changes: Vec<(&str, proto::GenerationSettings, &str)> = vec![
             ("a red fox at night", base.clone(), "prompt"),

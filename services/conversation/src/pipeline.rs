@@ -12,9 +12,10 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::v1 as proto;
 use uuid::Uuid;
 
-use crate::db::pipeline::{Ending, LockedMessage, MessageWithPrevious, ResolvedRow};
+use crate::db::pipeline::{Ending, InheritedRow, LockedMessage, MessageWithPrevious, ResolvedRow};
 use crate::db::{self, OutboxRow};
 use crate::error::ServiceError;
+use crate::inheritance::{self, Follow};
 use crate::messages::load_message;
 use crate::outbox::EventContext;
 use crate::requests;
@@ -86,13 +87,7 @@ pub async fn start(
     if let Some(status) = rows.iter().find_map(|row| row.message_status.clone()) {
         message.status = status;
     }
-    // A model removed from the catalog since the message was sent has no provider: the
-    // worker fails its images with that reason.
-    let spec = state.config.catalog.model(&message.model);
-    let provider = spec
-        .map(|spec| spec.provider.as_str().to_owned())
-        .unwrap_or_default();
-    let model_settings = spec.map(|spec| spec.settings.to_proto());
+    let (provider, model_settings) = provider_of(state, &message.model);
     let generations = rows.into_iter().map(|row| row.generation).collect();
     Ok(internal::StartGenerationResponse {
         message: Some(wire::message(message, generations)),
@@ -103,6 +98,17 @@ pub async fn start(
     })
 }
 
+/// The image provider of a model and its catalog settings. A model removed from the
+/// catalog since the message was sent has no provider: the worker fails its images with
+/// that reason.
+fn provider_of(state: &State, model: &str) -> (String, Option<internal::ModelSettings>) {
+    let spec = state.config.catalog.model(model);
+    let provider = spec
+        .map(|spec| spec.provider.as_str().to_owned())
+        .unwrap_or_default();
+    (provider, spec.map(|spec| spec.settings.to_proto()))
+}
+
 /// A read: no lock, no transaction, so the worker can ask the LLMs while StartGeneration
 /// commits.
 pub async fn context(
@@ -111,10 +117,13 @@ pub async fn context(
     request: internal::GetGenerationContextRequest,
 ) -> Result<internal::GetGenerationContextResponse, ServiceError> {
     let message_id = requests::id("message_id", &request.message_id)?;
-    let MessageWithPrevious { message, previous } =
-        db::pipeline::message_with_previous(&state.pool, user_id, message_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+    let found = db::pipeline::message_with_previous(&state.pool, user_id, message_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+    // The seed is offered as an edit takes it; the worker leaves it out of a re-roll.
+    let inherited_settings = inheritance::of_stored(&found, Follow::Edit, &state.config.catalog)
+        .map(|settings| wire::settings(&settings));
+    let MessageWithPrevious { message, previous } = found;
     let previous = previous.previous_id.map(|id| internal::PreviousMessage {
         message_id: id.to_string(),
         prompt: previous.previous_prompt.unwrap_or_default(),
@@ -130,6 +139,7 @@ pub async fn context(
         prompt: message.content,
         settings: message.settings,
         previous,
+        inherited_settings,
     })
 }
 
@@ -140,10 +150,48 @@ pub async fn record_intent(
 ) -> Result<internal::RecordIntentResponse, ServiceError> {
     let message_id = requests::id("message_id", &request.message_id)?;
     let resolved = requests::ResolvedIntent::parse(&request)?;
+    let now = db::now();
     let mut tx = state.pool.begin().await?;
-    let locked = db::pipeline::lock_message(&mut tx, user_id, message_id)
+    let locked = db::pipeline::lock_whole_message(&mut tx, user_id, message_id)
         .await?
         .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+    let follow = match (resolved.kind, resolved.edit_type.as_str()) {
+        ("edit", _) => Some(Follow::Edit),
+        ("new", "reroll") => Some(Follow::Reroll),
+        _ => None,
+    };
+    let unfinished = matches!(locked.status.as_str(), "queued" | "processing");
+    let mut settings = inheritance::stored_settings(&locked);
+    let mut cost = locked.cost;
+    let mut credits_moved = 0;
+    if let Some(follow) = follow.filter(|_| request.inherit_settings && unfinished) {
+        // Worked out again under the lock: what the worker was offered may have changed.
+        let found = db::pipeline::message_with_previous(&mut *tx, user_id, message_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("message", message_id))?;
+        if let Some(next) = inheritance::of_stored(&found, follow, &state.config.catalog) {
+            let row = InheritedRow {
+                model: &next.model,
+                width: i32::try_from(next.width).unwrap_or(i32::MAX),
+                height: i32::try_from(next.height).unwrap_or(i32::MAX),
+                style_preset: &next.style_preset,
+                negative_prompt: &next.negative_prompt,
+                seed: next.seed.and_then(|seed| i64::try_from(seed).ok()),
+                price_per_image: next.price_per_image,
+            };
+            match db::pipeline::apply_inherited(&mut tx, user_id, message_id, &row, now).await? {
+                Some(moved) => {
+                    credits_moved = moved;
+                    cost -= moved;
+                    settings = next;
+                }
+                None => tracing::info!(
+                    model = %next.model,
+                    "the balance cannot cover the inherited settings; the message keeps its own"
+                ),
+            }
+        }
+    }
     let row = ResolvedRow {
         intent_kind: resolved.kind,
         resolved_prompt: &resolved.resolved_prompt,
@@ -153,20 +201,51 @@ pub async fn record_intent(
         negative_prompt: &resolved.negative_prompt,
         init_generation_id: resolved.init_generation_id,
     };
-    let changed = db::pipeline::record_intent(&mut tx, message_id, &row, db::now()).await?;
+    let changed = db::pipeline::record_intent(&mut tx, message_id, &row, now).await?;
+    let context = EventContext {
+        user_id,
+        conversation_id: Some(locked.conversation_id),
+        message_id: Some(message_id),
+        at: now,
+    };
     let mut events = Vec::new();
-    if changed {
+    if credits_moved != 0 {
         events.push(
-            events_of(user_id, &locked).event(proto::event::Payload::IntentResolved(
-                proto::IntentResolved {
-                    intent: request.intent.clone(),
-                    enhanced_prompt: resolved.enhanced_prompt.clone(),
+            context.event(proto::event::Payload::CreditsChanged(
+                proto::CreditsChanged {
+                    delta: credits_moved,
+                    reason: if credits_moved < 0 {
+                        proto::CreditsChangeReason::Reserve
+                    } else {
+                        proto::CreditsChangeReason::Release
+                    }
+                    .into(),
+                    reference: message_id.to_string(),
                 },
             )),
         );
     }
+    if changed {
+        events.push(context.event(proto::event::Payload::IntentResolved(
+            proto::IntentResolved {
+                intent: request.intent.clone(),
+                enhanced_prompt: resolved.enhanced_prompt.clone(),
+                settings: Some(wire::settings(&settings)),
+                cost,
+            },
+        )));
+    }
     commit_and_announce(state, tx, events).await?;
-    Ok(internal::RecordIntentResponse {})
+    if !request.inherit_settings {
+        return Ok(internal::RecordIntentResponse::default());
+    }
+    let message = load_message(state, user_id, message_id).await?;
+    let (provider, model_settings) = provider_of(state, &settings.model);
+    Ok(internal::RecordIntentResponse {
+        message: Some(message),
+        provider,
+        model_settings,
+    })
 }
 
 pub async fn complete(

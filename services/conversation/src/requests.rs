@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, ModelSpec};
 use crate::error::ServiceError;
+use crate::inheritance::Unset;
 use crate::text;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
@@ -158,6 +159,9 @@ pub struct Settings {
     pub negative_prompt: String,
     /// Credits for one image of this model and size.
     pub price_per_image: i64,
+    /// What the request left unset: an edit or a re-roll takes it from the previous
+    /// message ([`crate::inheritance`]).
+    pub unset: Unset,
 }
 
 impl Settings {
@@ -305,6 +309,13 @@ fn settings(
         text::NEGATIVE_PROMPT,
     );
 
+    let unset = Unset {
+        model: settings.model.is_empty(),
+        size: settings.width.is_none() && settings.height.is_none(),
+        style_preset: style_preset.is_empty(),
+        negative_prompt: negative_prompt.is_empty(),
+        seed: settings.seed.is_none(),
+    };
     let model = model?;
     let (width, height) = (width?, height?);
     Some(Settings {
@@ -316,6 +327,7 @@ fn settings(
         seed: settings.seed,
         negative_prompt,
         price_per_image: model.price_per_image_of(width, height),
+        unset,
     })
 }
 

@@ -58,6 +58,19 @@ pub fn generation_status(status: &str) -> proto::GenerationStatus {
     }
 }
 
+/// Resolved settings as the API shows them: every default filled in.
+pub fn settings(settings: &crate::requests::Settings) -> proto::GenerationSettings {
+    proto::GenerationSettings {
+        model: settings.model.clone(),
+        width: Some(settings.width),
+        height: Some(settings.height),
+        image_count: Some(settings.image_count),
+        style_preset: settings.style_preset.clone(),
+        seed: settings.seed,
+        negative_prompt: settings.negative_prompt.clone(),
+    }
+}
+
 /// A message with its generations (which must all belong to it).
 pub fn message(row: MessageRow, generations: Vec<GenerationRow>) -> proto::Message {
     let intent = row

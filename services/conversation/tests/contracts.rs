@@ -443,6 +443,7 @@ async fn send_maximal(client: &mut Client, conversation_id: &str, index: usize) 
             enhanced_prompt: wide(8000),
             negative_prompt: wide(4000),
             init_generation_id: String::new(),
+            inherit_settings: false,
         })
         .await
         .expect("intent");

@@ -13,7 +13,7 @@ use atelier_proto::v1 as proto;
 use atelier_testkit::TcpProxy;
 use common::{
     TestApp, balance, create_conversation, get_message, send_images, send_request,
-    send_with_settings, start,
+    send_with_settings, start, user_events_once,
 };
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -236,6 +236,7 @@ async fn a_completed_image_captures_its_credits_once() {
             enhanced_prompt: "two red foxes, detailed".into(),
             negative_prompt: "blurry".into(),
             init_generation_id: String::new(),
+            inherit_settings: false,
         })
         .await
         .expect("intent");
@@ -615,6 +616,7 @@ async fn the_users_negative_prompt_stays_in_the_settings() {
             enhanced_prompt: "a fox, watercolor".into(),
             negative_prompt: "blurry, photograph".into(),
             init_generation_id: String::new(),
+            inherit_settings: false,
         })
         .await
         .expect("intent");
@@ -663,4 +665,247 @@ async fn the_job_of_a_message_continues_the_senders_trace() {
         .map(|value| value.as_str().to_owned())
         .expect("the job carries a trace context");
     assert!(traceparent.contains(trace_id), "{traceparent}");
+}
+
+/// RecordIntent for `message_id` as the worker sends it for an edit of the previous image.
+fn edit_intent(message_id: &str, previous_generation_id: &str) -> internal::RecordIntentRequest {
+    internal::RecordIntentRequest {
+        message_id: message_id.to_owned(),
+        intent: Some(proto::ResolvedIntent {
+            kind: proto::IntentKind::Edit.into(),
+            resolved_prompt: "a lighthouse at night".into(),
+            edit_type: "lighting".into(),
+            strength: 0.55,
+        }),
+        enhanced_prompt: "a lighthouse at night, moonlit".into(),
+        negative_prompt: "text".into(),
+        init_generation_id: previous_generation_id.to_owned(),
+        inherit_settings: true,
+    }
+}
+
+/// A completed `sdxl` picture at 1024x768 in cinematic style: the message and its image.
+async fn an_sdxl_picture(
+    alice: &mut common::Client,
+    conversation_id: &str,
+) -> (proto::Message, proto::Generation) {
+    let settings = proto::GenerationSettings {
+        model: "sdxl".into(),
+        width: Some(1024),
+        height: Some(768),
+        style_preset: "cinematic".into(),
+        negative_prompt: "text".into(),
+        ..Default::default()
+    };
+    let first = send_with_settings(alice, conversation_id, "a lighthouse at dusk", settings).await;
+    let started = start(alice, &first.id).await;
+    let generation_id = started.generation_ids[0].clone();
+    let image = alice
+        .complete_generation(internal::CompleteGenerationRequest {
+            generation_id: generation_id.clone(),
+            image_key: format!("images/{generation_id}.png"),
+        })
+        .await
+        .expect("complete")
+        .into_inner()
+        .generation
+        .expect("generation");
+    (first, image)
+}
+
+#[tokio::test]
+async fn an_edit_sent_without_settings_takes_the_previous_model_size_and_seed_at_its_price() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let (_, picture) = an_sdxl_picture(&mut alice, &conversation.id).await;
+    // sdxl at 0.79 megapixels: 4 + 4 credits.
+    assert_eq!(balance(&mut alice).await, 92);
+
+    // The follow-up names no setting: SendMessage prices it as the default model.
+    let request = proto::SendMessageRequest {
+        settings: Some(proto::GenerationSettings {
+            image_count: Some(2),
+            ..Default::default()
+        }),
+        client_request_id: "edit-1".into(),
+        ..send_request(&conversation.id, "make it night-time")
+    };
+    let edit = alice
+        .send_message(request.clone())
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(edit.settings.as_ref().expect("settings").model, "builtin");
+    assert_eq!(edit.cost, 4);
+    assert_eq!(balance(&mut alice).await, 88);
+
+    // What it would take, offered to the worker before the intent is known.
+    let offered = context(&mut alice, &edit.id)
+        .await
+        .inherited_settings
+        .expect("inherited settings offered");
+    assert_eq!(offered.model, "sdxl");
+    assert_eq!((offered.width, offered.height), (Some(1024), Some(768)));
+    assert_eq!(offered.style_preset, "cinematic");
+    assert_eq!(offered.negative_prompt, "text");
+    assert_eq!(offered.seed, Some(picture.seed));
+    assert_eq!(offered.image_count, Some(2));
+
+    start(&mut alice, &edit.id).await;
+    let answer = alice
+        .record_intent(edit_intent(&edit.id, &picture.id))
+        .await
+        .expect("intent")
+        .into_inner();
+    assert_eq!(answer.provider, "automatic1111");
+    assert_eq!(
+        answer.model_settings.expect("sdxl's settings").checkpoint,
+        "sd_xl_base_1.0.safetensors"
+    );
+    let made = answer.message.expect("the message as settled");
+    assert_eq!(made.cost, 16, "two sdxl images");
+    for (index, generation) in made.generations.iter().enumerate() {
+        assert_eq!(generation.model, "sdxl");
+        assert_eq!((generation.width, generation.height), (1024, 768));
+        assert_eq!(
+            generation.seed,
+            picture.seed + index as u64,
+            "from its seed"
+        );
+        assert_eq!(generation.cost, 8);
+        assert_eq!(generation.init_generation_id, picture.id);
+    }
+    // The difference is reserved: 100 - 8 - 16.
+    assert_eq!(balance(&mut alice).await, 76);
+
+    // A redelivered job records the same intent again: nothing moves twice.
+    let again = alice
+        .record_intent(edit_intent(&edit.id, &picture.id))
+        .await
+        .expect("intent again")
+        .into_inner();
+    assert_eq!(again.message.expect("message").cost, 16);
+    assert_eq!(balance(&mut alice).await, 76);
+    assert!(
+        context(&mut alice, &edit.id)
+            .await
+            .inherited_settings
+            .is_none(),
+        "nothing left to inherit"
+    );
+
+    // The client learns the new settings and price from its events.
+    let events = user_events_once(&app, "alice", |events| {
+        events
+            .iter()
+            .any(|event| event.message_id == edit.id && common::kind(event) == "intent_resolved")
+    })
+    .await;
+    let of_edit: Vec<&proto::Event> = events
+        .iter()
+        .filter(|event| event.message_id == edit.id)
+        .collect();
+    let moved = of_edit
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Some(proto::event::Payload::CreditsChanged(change))
+                if change.reason() == proto::CreditsChangeReason::Reserve =>
+            {
+                Some(change.delta)
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(moved, [-4, -12], "the reservation, then the difference");
+    let resolved = of_edit
+        .iter()
+        .find_map(|event| match &event.payload {
+            Some(proto::event::Payload::IntentResolved(resolved)) => Some(resolved.clone()),
+            _ => None,
+        })
+        .expect("intent_resolved");
+    assert_eq!(resolved.settings.expect("settings").model, "sdxl");
+    assert_eq!(resolved.cost, 16);
+
+    // The client's retry of the same request is still the same request.
+    let retried = alice
+        .send_message(request)
+        .await
+        .expect("a retry is not a reused key")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(retried.id, edit.id);
+    assert_eq!(retried.cost, 16);
+    assert_eq!(balance(&mut alice).await, 76);
+
+    // Captured at the inherited price.
+    for generation in &made.generations {
+        alice
+            .complete_generation(internal::CompleteGenerationRequest {
+                generation_id: generation.id.clone(),
+                image_key: format!("images/{}.png", generation.id),
+            })
+            .await
+            .expect("complete");
+    }
+    assert_eq!(balance(&mut alice).await, 76);
+    let pool = app.db.pool().await.expect("pool");
+    let (reserved, captured): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT sum(amount) FROM credit_ledger WHERE kind = 'reserve')::bigint, \
+                (SELECT sum(amount) FROM credit_ledger WHERE kind = 'capture')::bigint",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("ledger");
+    assert_eq!((reserved, captured), (24, 24));
+}
+
+#[tokio::test]
+async fn a_follow_up_the_balance_cannot_upgrade_keeps_its_own_settings() {
+    let app = TestApp::spawn_with(|config| config.starting_credits = 12).await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let (_, picture) = an_sdxl_picture(&mut alice, &conversation.id).await;
+    let reroll = send_images(&mut alice, &conversation.id, "another one", 1).await;
+    assert_eq!(balance(&mut alice).await, 2, "12 - 8 - 2");
+    assert!(
+        context(&mut alice, &reroll.id)
+            .await
+            .inherited_settings
+            .is_some()
+    );
+
+    start(&mut alice, &reroll.id).await;
+    let answer = alice
+        .record_intent(internal::RecordIntentRequest {
+            intent: Some(proto::ResolvedIntent {
+                kind: proto::IntentKind::New.into(),
+                resolved_prompt: "a lighthouse at dusk".into(),
+                edit_type: "reroll".into(),
+                strength: 0.0,
+            }),
+            init_generation_id: String::new(),
+            ..edit_intent(&reroll.id, &picture.id)
+        })
+        .await
+        .expect("intent")
+        .into_inner();
+    let kept = answer.message.expect("message");
+    assert_eq!(kept.settings.expect("settings").model, "builtin");
+    assert_eq!(kept.cost, 2);
+    assert_eq!(kept.generations[0].model, "builtin");
+    assert_eq!(answer.provider, "builtin");
+    assert_eq!(balance(&mut alice).await, 2);
+    assert_eq!(
+        get_message(&mut alice, &reroll.id)
+            .await
+            .intent
+            .expect("the intent is recorded all the same")
+            .edit_type,
+        "reroll"
+    );
 }

@@ -198,20 +198,8 @@ async fn run_job(
         resolved,
         enhanced,
         init,
+        inherits,
     } = prepared;
-    let message = started.message.clone().unwrap_or_default();
-    let settings =
-        providers::ModelSettings::from(started.model_settings.clone().unwrap_or_default());
-    let Some(provider) = worker.providers.get(&started.provider) else {
-        fail(
-            worker,
-            job,
-            &started.generation_ids,
-            "this model is not available right now; your credits were refunded",
-        )
-        .await?;
-        return Ok(());
-    };
     let intent = as_user(
         internal::RecordIntentRequest {
             message_id: job.message_id.clone(),
@@ -222,11 +210,57 @@ async fn run_job(
                 .as_ref()
                 .map(|init| init.generation_id.clone())
                 .unwrap_or_default(),
+            inherit_settings: inherits,
         },
         &job.user_id,
     )?;
     let (recorded, intent_recorded) = watch::channel(false);
+    // An edit or re-roll that takes the previous message's model, size or seed is made
+    // with what RecordIntent settled (and priced): its images wait for the answer. Every
+    // other message's images start at once, while the intent is recorded.
+    let (work, intent) = if inherits {
+        let answer = worker
+            .conversation
+            .clone()
+            .record_intent(intent)
+            .await
+            .map_err(|status| transient("RecordIntent", &status))?
+            .into_inner();
+        let _ = recorded.send(true);
+        (
+            Work {
+                message: answer.message.unwrap_or_default(),
+                provider: answer.provider,
+                model_settings: answer.model_settings,
+            },
+            None,
+        )
+    } else {
+        (
+            Work {
+                message: started.message.clone().unwrap_or_default(),
+                provider: started.provider.clone(),
+                model_settings: started.model_settings.clone(),
+            },
+            Some(intent),
+        )
+    };
+    let message = work.message;
+    let settings = providers::ModelSettings::from(work.model_settings.unwrap_or_default());
+    let Some(provider) = worker.providers.get(&work.provider) else {
+        fail(
+            worker,
+            job,
+            &started.generation_ids,
+            "this model is not available right now; your credits were refunded",
+        )
+        .await?;
+        return Ok(());
+    };
     let record = async move {
+        let Some(intent) = intent else {
+            return Ok(());
+        };
         worker
             .conversation
             .clone()
@@ -321,6 +355,16 @@ struct Prepared {
     enhanced: Enhanced,
     /// The previous image to edit (img2img), when the intent is an edit of it.
     init: Option<InitImage>,
+    /// The message follows the previous one and takes settings from it (see
+    /// GetGenerationContext's inherited_settings): RecordIntent applies them.
+    inherits: bool,
+}
+
+/// The message and its model's provider, as the images are to be made.
+struct Work {
+    message: proto::Message,
+    provider: String,
+    model_settings: Option<internal::ModelSettings>,
 }
 
 struct InitImage {
@@ -346,11 +390,23 @@ async fn prepare(
     // A re-roll is a new picture of the previous prompt: the resolved prompt, not the
     // user's "another one", is what to draw (from scratch: no init image below).
     let reroll = resolved.kind() == proto::IntentKind::New && resolved.edit_type == "reroll";
-    let enhanced = if (edit || reroll)
+    // Following the previous message, it takes that message's style and negative prompt
+    // where its own are unset: the enhancement must be made with those.
+    let inherited = context.inherited_settings.filter(|_| edit || reroll);
+    let restyled = inherited.as_ref().is_some_and(|inherited| {
+        inherited.style_preset != settings.style_preset
+            || inherited.negative_prompt != settings.negative_prompt
+    });
+    let reprompted = (edit || reroll)
         && !resolved.resolved_prompt.is_empty()
-        && resolved.resolved_prompt != prompt
-    {
-        enhance(worker, job, &resolved.resolved_prompt, &settings).await
+        && resolved.resolved_prompt != prompt;
+    let enhanced = if reprompted || restyled {
+        let prompt = if reprompted {
+            &resolved.resolved_prompt
+        } else {
+            &prompt
+        };
+        enhance(worker, job, prompt, inherited.as_ref().unwrap_or(&settings)).await
     } else {
         enhanced
     };
@@ -373,6 +429,7 @@ async fn prepare(
         resolved,
         enhanced,
         init,
+        inherits: inherited.is_some(),
     }
 }
 

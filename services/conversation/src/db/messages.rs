@@ -21,6 +21,8 @@ pub struct NewMessageRows<'a> {
     pub seed: Option<i64>,
     pub negative_prompt: &'a str,
     pub client_request_id: Option<&'a str>,
+    /// [`crate::inheritance::Unset::to_column`].
+    pub unset_settings: Vec<&'static str>,
     pub cost: i64,
     pub price_per_image: i64,
     pub generation_ids: Vec<Uuid>,
@@ -104,8 +106,9 @@ pub async fn insert_new(
              ), message AS ( \
                  INSERT INTO messages (id, conversation_id, owner_id, content, model, width, \
                      height, image_count, style_preset, seed, negative_prompt, status, cost, \
-                     client_request_id, created_at, updated_at) \
-                 SELECT $5, $1, $2, $6, $7, $8, $9, $3, $10, $11, $12, 'queued', $4, $13, $14, $14 \
+                     client_request_id, created_at, updated_at, unset_settings) \
+                 SELECT $5, $1, $2, $6, $7, $8, $9, $3, $10, $11, $12, 'queued', $4, $13, $14, $14, \
+                     $25 \
                  FROM account \
                  RETURNING id \
              ), generation AS ( \
@@ -154,6 +157,7 @@ pub async fn insert_new(
         .bind(&only_if_titled) // $23
         // One request, one trace: every row of it carries the same context.
         .bind(rows.outbox.first().and_then(|row| row.traceparent.as_deref())) // $24
+        .bind(&rows.unset_settings) // $25
         .fetch_one(&mut *tx)
         .await?;
 

@@ -17,7 +17,7 @@ macro_rules! message_columns {
         "id, conversation_id, content, model, width, height, \
     image_count, style_preset, seed, negative_prompt, status, intent_kind, resolved_prompt, \
     edit_type, strength, enhanced_prompt, effective_negative_prompt, cost, client_request_id, \
-    created_at"
+    created_at, unset_settings"
     };
 }
 
@@ -103,6 +103,8 @@ pub struct MessageRow {
     pub cost: i64,
     pub client_request_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// What the request left unset ([`crate::inheritance::Unset`]).
+    pub unset_settings: Vec<String>,
 }
 
 #[derive(Clone, Debug, FromRow)]

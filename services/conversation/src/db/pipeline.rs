@@ -93,28 +93,39 @@ pub struct PreviousColumns {
     pub previous_prompt: Option<String>,
     pub previous_generation_id: Option<Uuid>,
     pub previous_image_key: Option<String>,
+    /// Its settings as made, for an edit or a re-roll to inherit.
+    pub previous_model: Option<String>,
+    pub previous_width: Option<i32>,
+    pub previous_height: Option<i32>,
+    pub previous_style_preset: Option<String>,
+    pub previous_negative_prompt: Option<String>,
+    /// The seed of its first completed image, which an edit starts from.
+    pub previous_seed: Option<i64>,
 }
 
 /// Reads the owner's message and its previous message in one statement, locking nothing.
 /// `None` when it is not theirs or does not exist.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(executor))]
 pub async fn message_with_previous(
-    pool: &sqlx::PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     owner_id: &str,
     message_id: Uuid,
 ) -> sqlx::Result<Option<MessageWithPrevious>> {
     sqlx::query_as(concat!(
         "SELECT ",
         message_columns!(),
-        ", p.previous_id, p.previous_prompt, p.previous_generation_id, p.previous_image_key \
+        ", p.* \
          FROM messages m \
          LEFT JOIN LATERAL ( \
              SELECT pm.id AS previous_id, \
                     COALESCE(NULLIF(pm.resolved_prompt, ''), pm.content) AS previous_prompt, \
-                    g.id AS previous_generation_id, g.image_key AS previous_image_key \
+                    g.id AS previous_generation_id, g.image_key AS previous_image_key, \
+                    pm.model AS previous_model, pm.width AS previous_width, \
+                    pm.height AS previous_height, pm.style_preset AS previous_style_preset, \
+                    pm.negative_prompt AS previous_negative_prompt, g.seed AS previous_seed \
              FROM messages pm \
              LEFT JOIN LATERAL ( \
-                 SELECT id, image_key FROM generations \
+                 SELECT id, image_key, seed FROM generations \
                  WHERE message_id = pm.id AND status = 'completed' AND image_key IS NOT NULL \
                  ORDER BY position LIMIT 1 \
              ) g ON true \
@@ -127,7 +138,7 @@ pub async fn message_with_previous(
     ))
     .bind(message_id)
     .bind(owner_id)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
@@ -235,6 +246,76 @@ pub async fn record_intent(
     .fetch_one(&mut *tx)
     .await?;
     Ok(changed)
+}
+
+/// Settings an edit or a re-roll inherited, applied to the locked message and its
+/// unfinished images ([`crate::inheritance`]).
+pub struct InheritedRow<'a> {
+    pub model: &'a str,
+    pub width: i32,
+    pub height: i32,
+    pub style_preset: &'a str,
+    pub negative_prompt: &'a str,
+    /// Image i takes seed + i (modulo 2^32); `None` keeps each image's own.
+    pub seed: Option<i64>,
+    pub price_per_image: i64,
+}
+
+/// Applies inherited settings to the message and its queued or running images and moves
+/// the owner's credits by the change of price: a higher price is reserved (only if the
+/// balance covers it), a lower one released, each with its ledger row. `None`: the balance
+/// could not cover it and nothing changed; else the credits moved (negative: reserved).
+/// Must follow the message's lock in the same transaction.
+#[tracing::instrument(skip_all, fields(%message_id))]
+pub async fn apply_inherited(
+    tx: &mut sqlx::PgConnection,
+    owner_id: &str,
+    message_id: Uuid,
+    settings: &InheritedRow<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<i64>> {
+    let (applied, reserved): (bool, i64) = sqlx::query_as(
+        "WITH unfinished AS ( \
+             SELECT id, cost FROM generations \
+             WHERE message_id = $1 AND status IN ('queued', 'running') \
+         ), delta AS ( \
+             SELECT COALESCE(sum($9 - cost), 0)::bigint AS amount FROM unfinished \
+         ), account AS ( \
+             UPDATE accounts SET balance = balance - (SELECT amount FROM delta), updated_at = $10 \
+             WHERE user_id = $2 AND balance >= (SELECT amount FROM delta) \
+             RETURNING balance \
+         ), images AS ( \
+             UPDATE generations g SET model = $3, width = $4, height = $5, cost = $9, \
+                 seed = CASE WHEN $8::bigint IS NULL THEN g.seed \
+                             ELSE ($8::bigint + g.position) % 4294967296 END \
+             FROM unfinished WHERE g.id = unfinished.id AND EXISTS (SELECT 1 FROM account) \
+         ), message AS ( \
+             UPDATE messages SET model = $3, width = $4, height = $5, style_preset = $6, \
+                 negative_prompt = $7, seed = COALESCE($8, seed), \
+                 cost = cost + (SELECT amount FROM delta), updated_at = $10 \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM account) \
+         ), ledger AS ( \
+             INSERT INTO credit_ledger (id, user_id, kind, amount, reference, created_at) \
+             SELECT $11, $2, CASE WHEN amount > 0 THEN 'reserve' ELSE 'release' END, \
+                 abs(amount), $1::text || '/settings/' || $11::text, $10 \
+             FROM delta WHERE amount <> 0 AND EXISTS (SELECT 1 FROM account) \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM account), (SELECT amount FROM delta)",
+    )
+    .bind(message_id) // $1
+    .bind(owner_id) // $2
+    .bind(settings.model) // $3
+    .bind(settings.width) // $4
+    .bind(settings.height) // $5
+    .bind(settings.style_preset) // $6
+    .bind(settings.negative_prompt) // $7
+    .bind(settings.seed) // $8
+    .bind(settings.price_per_image) // $9
+    .bind(now) // $10
+    .bind(Uuid::now_v7()) // $11
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(applied.then_some(-reserved))
 }
 
 /// Completes a running (or queued) generation, captures its credits and, when it was the
