@@ -223,7 +223,7 @@ impl ModelSpec {
 }
 
 /// `"1024x1536"` as (width, height).
-fn parse_size(size: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_size(size: &str) -> Option<(u32, u32)> {
     let (width, height) = size.trim().split_once('x')?;
     Some((width.parse().ok()?, height.parse().ok()?))
 }

@@ -14,6 +14,7 @@ mod error;
 mod favorites;
 mod inheritance;
 mod messages;
+mod models;
 pub mod outbox;
 mod pagination;
 mod pipeline;

@@ -10,7 +10,7 @@ use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::caller_user_id;
 use tonic::{Request, Response, Status};
 
-use crate::{State, conversations, credits, favorites, messages, pipeline};
+use crate::{State, conversations, credits, favorites, messages, models, pipeline};
 
 pub struct ConversationApi {
     pub state: Arc<State>,
@@ -136,6 +136,15 @@ impl ConversationService for ConversationApi {
     ) -> Reply<proto::GetBalanceResponse> {
         let user = caller_user_id(&request)?;
         Ok(Response::new(credits::balance(&self.state, &user).await?))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Reply<proto::ListModelsResponse> {
+        // A user's call like the others, though the answer is the same for everyone.
+        caller_user_id(&request)?;
+        Ok(Response::new(models::list(&self.state.config.catalog)))
     }
 
     async fn grant_credits(

@@ -240,6 +240,18 @@ impl ChatService for ChatApi {
         )
     }
 
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Reply<proto::ListModelsResponse> {
+        relay(
+            self.conversation
+                .clone()
+                .list_models(forward(request)?)
+                .await,
+        )
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

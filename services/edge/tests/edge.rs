@@ -192,6 +192,25 @@ async fn a_user_creates_a_conversation_and_sends_a_message_through_the_edge() {
         .balance;
     assert_eq!(balance, 100 - message.cost);
 
+    // The models a client can offer, with the price SendMessage charged.
+    let models = client
+        .list_models(with_token(proto::ListModelsRequest {}, &token))
+        .await
+        .expect("models")
+        .into_inner();
+    let default = models
+        .models
+        .iter()
+        .find(|model| model.is_default)
+        .expect("a default model");
+    assert_eq!(
+        message.settings.as_ref().expect("settings").model,
+        default.name
+    );
+    assert_eq!(message.cost, default.default_image_price);
+    assert!(models.models.iter().any(|model| model.name == "sdxl"));
+    assert_eq!(models.max_images_per_message, 4);
+
     // Statuses keep their details across the edge.
     let status = client
         .send_message(with_token(
