@@ -103,6 +103,7 @@ export class App {
     const [conversations, balance] = await Promise.all([
       this.loadConversations(true),
       this.log.balance === undefined ? this.loadBalance() : true,
+      this.loadModels(),
     ]);
     if (conversations) await this.restoreSelection();
     this.loaded = conversations && balance;
@@ -217,6 +218,14 @@ export class App {
     this.log.balance = response.balance;
     this.log.save();
     this.showBalance();
+    return true;
+  }
+
+  /** The models the composer offers; without them any name can still be typed. */
+  private async loadModels(): Promise<boolean> {
+    const response = await this.call("Loading the models", this.api.listModels({}));
+    if (response === undefined) return false;
+    this.pane.setModels(response.models);
     return true;
   }
 

@@ -91,6 +91,13 @@ try {
     { timeout: 15_000 },
   );
 
+  step = "waiting for the model list (ListModels)";
+  await page.waitForFunction(
+    (wanted) => Array.from(document.querySelectorAll("#model-options option")).some((o) => o.value === wanted),
+    model,
+    { timeout: 15_000 },
+  );
+
   step = "sending a prompt";
   const prompt = `a red fox in the snow (browser test ${Date.now()})`;
   await page.fill("#prompt", prompt);

@@ -1,4 +1,5 @@
 /** The prompt form: prompt, model, image count and an optional size. */
+import type { Model } from "../gen/atelier/v1/resources_pb";
 import { h } from "./dom";
 
 export interface Draft {
@@ -14,9 +15,6 @@ export interface Draft {
   requestId: string;
 }
 
-/** The models of the default catalog; any other name can be typed. */
-const SUGGESTED_MODELS = ["builtin", "sdxl", "gpt-image-1"];
-
 export class Composer {
   readonly element: HTMLFormElement;
   private readonly prompt = h("textarea", {
@@ -26,13 +24,20 @@ export class Composer {
     maxlength: 4000,
     placeholder: "A red fox in the snow… then: make it night-time",
   });
+  /**
+   * Empty sends no model: the server's default for a new picture, and the previous
+   * picture's model for an edit of it (so "make it night-time" stays on its model).
+   */
   private readonly model = h("input", {
     id: "model",
     list: "model-options",
-    value: "builtin",
+    value: "",
+    placeholder: "as before",
     autocomplete: "off",
     spellcheck: false,
   });
+  /** Filled from ListModels. */
+  private readonly modelOptions = h("datalist", { id: "model-options" });
   private readonly imageCount = h(
     "select",
     { id: "image-count" },
@@ -61,7 +66,7 @@ export class Composer {
         "div",
         { class: "settings" },
         field("Model", this.model),
-        h("datalist", { id: "model-options" }, ...SUGGESTED_MODELS.map((m) => h("option", { value: m }))),
+        this.modelOptions,
         field("Images", this.imageCount),
         field("Width", this.width),
         field("Height", this.height),
@@ -88,6 +93,19 @@ export class Composer {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) this.element.requestSubmit();
     });
     this.setEnabled(false);
+  }
+
+  /** Offers the server's models, each with the price of one image at its default size. */
+  setModels(models: readonly Model[]): void {
+    this.modelOptions.replaceChildren(
+      ...models.map((model) => {
+        const size = `${model.defaultWidth}×${model.defaultHeight}`;
+        const label = `${model.isDefault ? "default · " : ""}${size} · ${model.defaultImagePrice} credits`;
+        return h("option", { value: model.name, label });
+      }),
+    );
+    const fallback = models.find((model) => model.isDefault)?.name;
+    if (fallback !== undefined) this.model.placeholder = `as before, or ${fallback}`;
   }
 
   setEnabled(enabled: boolean): void {

@@ -1,6 +1,6 @@
 /** The selected conversation: its title (renamable), its messages and the prompt form. */
 import type { TimelineEntry } from "../eventlog";
-import type { Conversation } from "../gen/atelier/v1/resources_pb";
+import type { Conversation, Model } from "../gen/atelier/v1/resources_pb";
 import { ConversationStatus } from "../gen/atelier/v1/resources_pb";
 import type { MessageView } from "../model";
 import { Composer, type Draft } from "./composer";
@@ -79,6 +79,11 @@ export class ConversationPane {
     const archived = conversation?.status === ConversationStatus.ARCHIVED;
     this.composer.setEnabled(conversation !== undefined && !archived);
     this.updateEmpty();
+  }
+
+  /** The models the composer offers (ListModels). */
+  setModels(models: readonly Model[]): void {
+    this.composer.setModels(models);
   }
 
   setOlder(hasMore: boolean): void {
