@@ -141,6 +141,9 @@ impl From<Source> for api::IntentSource {
 pub struct Answer {
     pub intent: Intent,
     pub source: Source,
+    /// Why a configured LLM's answer was not used ([`LlmError::kind`]), for a fallback
+    /// the LLM should have answered.
+    pub llm_failure: Option<&'static str>,
 }
 
 impl From<Answer> for api::AnalyzeIntentResponse {
@@ -189,6 +192,7 @@ pub async fn analyze(state: &State, question: Question) -> Answer {
         Some(intent) => Answer {
             intent,
             source: Source::Cache,
+            llm_failure: None,
         },
         None => {
             let answer = decide(state.llm.as_ref(), &question).await;
@@ -199,6 +203,9 @@ pub async fn analyze(state: &State, question: Question) -> Answer {
         }
     };
     state.metrics.record(answer.source);
+    if let Some(kind) = answer.llm_failure {
+        state.metrics.record_llm_failure(kind);
+    }
     tracing::debug!(
         source = answer.source.as_str(),
         kind = answer.intent.kind.as_str(),
@@ -218,6 +225,7 @@ pub async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
                 return Answer {
                     intent,
                     source: Source::Heuristic,
+                    llm_failure: None,
                 };
             }
             Decision::Ambiguous { best_guess, why } => {
@@ -225,17 +233,19 @@ pub async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
                 best_guess
             }
         };
-    let fallback = |intent| Answer {
+    let fallback = |intent, llm_failure| Answer {
         intent,
         source: Source::Fallback,
+        llm_failure,
     };
     let Some(llm) = llm else {
-        return fallback(best_guess);
+        return fallback(best_guess, None);
     };
     match ask_llm(llm, question, &best_guess).await {
         Ok(intent) => Answer {
             intent,
             source: Source::Llm,
+            llm_failure: None,
         },
         Err(err) => {
             // The kind, not the error's Display: a provider's error body may echo part of
@@ -250,7 +260,7 @@ pub async fn decide(llm: Option<&LlmClient>, question: &Question) -> Answer {
                 breaker = ?llm.breaker_state(),
                 "no usable LLM intent; answering with the heuristic's best guess"
             );
-            fallback(best_guess)
+            fallback(best_guess, Some(err.kind()))
         }
     }
 }
@@ -626,6 +636,7 @@ mod tests {
         let response = api::AnalyzeIntentResponse::from(Answer {
             intent: guess("a bowl of ramen"),
             source: Source::Heuristic,
+            llm_failure: None,
         });
         let intent = response.intent.as_ref().expect("intent");
         assert_eq!(intent.kind(), proto::IntentKind::New);
@@ -636,6 +647,7 @@ mod tests {
         let response = api::AnalyzeIntentResponse::from(Answer {
             intent: guess("add a hat"),
             source: Source::Cache,
+            llm_failure: None,
         });
         let intent = response.intent.as_ref().expect("intent");
         assert_eq!(intent.kind(), proto::IntentKind::Edit);

@@ -245,6 +245,12 @@ async fn a_malformed_llm_answer_gives_the_best_guess() {
         assert_eq!(response.source(), IntentSource::Fallback, "{content}");
         assert_is_best_guess(&response, AMBIGUOUS, CAT);
         assert_eq!(requests_seen(&fake).await, 1);
+        // Counted as the model's fault, not the provider's.
+        assert_eq!(
+            app.state.metrics().llm_fallbacks("wrong_shape"),
+            1,
+            "{content}"
+        );
     }
 }
 
@@ -291,7 +297,8 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         let details = status.get_details_bad_request().expect("BadRequest");
         assert_eq!(details.field_violations[0].field, field);
     }
-    assert_eq!(app.state.metrics().render().matches(" 0\n").count(), 4);
+    // Nothing was answered: every counter (4 sources, 6 LLM failure kinds) is still 0.
+    assert_eq!(app.state.metrics().render().matches(" 0\n").count(), 10);
 }
 
 #[tokio::test]
@@ -372,6 +379,7 @@ async fn the_metrics_count_every_answer_by_source() {
     assert_eq!(metrics.count(Source::Llm), 1);
     assert_eq!(metrics.count(Source::Cache), 2);
     assert_eq!(metrics.count(Source::Fallback), 1);
+    assert_eq!(metrics.llm_fallbacks("status"), 1, "the 503");
     let text = metrics.render();
     assert!(text.contains("# TYPE atelier_intent_answers_total counter\n"));
     for line in [

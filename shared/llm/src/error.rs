@@ -34,6 +34,16 @@ pub enum LlmError {
 
 impl LlmError {
     /// A stable label for logs and metrics.
+    /// Every [`LlmError::kind`], for counters that show each one from zero.
+    pub const KINDS: [&'static str; 6] = [
+        "timeout",
+        "circuit_open",
+        "status",
+        "transport",
+        "malformed",
+        "wrong_shape",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             LlmError::Timeout => "timeout",
