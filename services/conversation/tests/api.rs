@@ -1102,3 +1102,56 @@ fn refuses_to_start_unsafely() {
     assert_development_is_loopback_only(binary, "ATELIER_LISTEN_ADDR", &[]);
     assert_development_warns(binary, "ATELIER_SERVICE_TOKEN", &[]);
 }
+
+#[tokio::test]
+async fn connections_ended_by_a_database_restart_are_unavailable_then_replaced() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    create_conversation(&mut alice, None).await;
+    // Several pooled connections, idle.
+    futures::future::join_all((0..8).map(|_| {
+        let mut client = app.client("alice");
+        async move { balance(&mut client).await }
+    }))
+    .await;
+
+    // What a restart does to every open connection: "terminating connection due to
+    // administrator command" (57P01).
+    let pool = app.db.pool().await.expect("pool");
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ( \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         ) ended",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("terminate");
+    assert!(terminated >= 2, "{terminated} connections");
+
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let code = match alice.get_balance(proto::GetBalanceRequest {}).await {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        codes.push(code);
+    }
+    assert!(
+        codes
+            .iter()
+            .all(|code| matches!(code, Code::Ok | Code::Unavailable)),
+        "a lost connection is UNAVAILABLE (retry), never INTERNAL: {codes:?}"
+    );
+    assert!(
+        codes.contains(&Code::Unavailable),
+        "the dead connections were handed out and failed: {codes:?}"
+    );
+    // Each dead connection fails once and is dropped: the pool is whole again.
+    assert!(
+        codes[codes.len() - 20..]
+            .iter()
+            .all(|code| *code == Code::Ok),
+        "{codes:?}"
+    );
+}
