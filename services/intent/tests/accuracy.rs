@@ -2,9 +2,10 @@
 //! table they were tuned on, and no lower than their measured value on the held-out
 //! tables (floors against regressions, not targets).
 //!
-//! `held_out.tsv` was written after the first tuning and scored 73.9% untuned.
-//! `held_out_2.tsv` was written before any change meant to fix `held_out.tsv`'s misses and
-//! has never been tuned on: 71.4% when written.
+//! `held_out.tsv` was written after the first tuning and scored 73.9% untuned; its misses
+//! were then fixed by general rules, so it has been tuned on since (100%, 46 of 46).
+//! `held_out_2.tsv` was written before those fixes and has never been tuned on: 71.4% when
+//! written, 78.6% after the fixes for `held_out.tsv`, its honest generalisation number.
 
 use atelier_intent::accuracy::{Case, cases, check, parse_cases};
 use atelier_intent::heuristics;
@@ -45,13 +46,14 @@ fn hold_floor(name: &str, tsv: &str, floor: f64) {
 
 #[test]
 fn the_heuristics_hold_their_ground_on_the_held_out_table() {
-    hold_floor("held_out.tsv", include_str!("held_out.tsv"), 0.739);
+    // Tuned on in the second round: a floor against regressions, no longer an estimate.
+    hold_floor("held_out.tsv", include_str!("held_out.tsv"), 1.0);
 }
 
 #[test]
 fn the_heuristics_hold_their_ground_on_the_second_held_out_table() {
-    // Never tuned on: the floor is the measured value, 50 of 70.
-    hold_floor("held_out_2.tsv", include_str!("held_out_2.tsv"), 0.714);
+    // Never tuned on: the floor is the measured value, 55 of 70.
+    hold_floor("held_out_2.tsv", include_str!("held_out_2.tsv"), 0.785);
 }
 
 #[test]
