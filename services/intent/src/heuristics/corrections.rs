@@ -6,8 +6,13 @@
 //! read edit forms clause by clause; run first, they keep "another one" from being glued
 //! onto the prompt as words and "no, a cat instead of a dog" from being read backwards.
 
-use super::lexicon::en::{REJECTIONS, REROLLS};
-use super::rules::{Token, slice, strip_leading_fillers, tokenize, trim_trailing_fillers};
+use super::lexicon::en::{
+    COMPARATIVES, EDIT_HINTS, INTRODUCERS, PREPOSITIONS, PRONOUNS, REJECTIONS, REROLL_OBJECTS,
+    REROLL_TAILS, REROLL_VERBS, REROLLS,
+};
+use super::rules::{
+    Token, is, match_at, slice, strip_leading_fillers, tokenize, trim_trailing_fillers,
+};
 
 /// Whether the prompt opens with a request for a picture ("draw", "generate").
 pub(super) fn is_request(prompt: &str) -> bool {
@@ -23,20 +28,77 @@ pub(super) fn is_request(prompt: &str) -> bool {
         && tokens.get(skipped + 1).is_some_and(|t| t.norm == "me")
 }
 
-/// Whether the whole prompt, politeness aside, asks for one more of the same picture.
+/// Whether the whole prompt, politeness aside, asks for one more of the same picture:
+/// one of [`REROLLS`], or a sentence of the form verb, what, tail, each part optional but
+/// the what: "give me a different version", "try another one", "try that again".
 pub(super) fn is_reroll(prompt: &str) -> bool {
     let tokens = tokenize(prompt);
     let (skipped, _) = strip_leading_fillers(&tokens);
-    let core = &tokens[skipped..];
+    let core = without_politeness(&tokens[skipped..]);
     // "again" is also a trailing filler: try the words before and after trimming.
-    [core, trim_trailing_fillers(core)].into_iter().any(|core| {
+    let listed = [core, trim_trailing_fillers(core)].into_iter().any(|core| {
         let joined = core
             .iter()
             .map(|t| t.norm.as_str())
             .collect::<Vec<_>>()
             .join(" ");
         !joined.is_empty() && REROLLS.contains(&joined.as_str())
-    })
+    });
+    listed || reroll_sentence(core)
+}
+
+/// Verb (optional), what (another one, a different version; or "it", "that" when "again"
+/// follows), tails ("again", "like that"), and nothing else.
+fn reroll_sentence(t: &[Token]) -> bool {
+    let mut at = match_at(t, 0, REROLL_VERBS).unwrap_or(0);
+    let pronoun = matches!(word(t, at), "it" | "that" | "this");
+    match match_at(t, at, REROLL_OBJECTS) {
+        Some(n) => at += n,
+        None if pronoun => at += 1,
+        None => return false,
+    }
+    let mut again = false;
+    while let Some(n) = match_at(t, at, REROLL_TAILS) {
+        again |= word(t, at) == "again";
+        at += n;
+    }
+    at == t.len() && (!pronoun || again)
+}
+
+/// Drops "please", "pls", "thanks", "thank you" from the end, and nothing else.
+fn without_politeness(mut t: &[Token]) -> &[Token] {
+    loop {
+        let n = t.len();
+        if n >= 2 && word(t, n - 2) == "thank" && word(t, n - 1) == "you" {
+            t = &t[..n - 2];
+        } else if n > 0 && matches!(word(t, n - 1), "please" | "pls" | "thanks") {
+            t = &t[..n - 1];
+        } else {
+            return t;
+        }
+    }
+}
+
+/// After a rejection that keeps the picture ("actually", "no,"), a bare noun phrase is
+/// the subject the user meant: "actually a zebra" swaps the horse for a zebra. The
+/// phrase "NEW instead of", or `None` when the rest says more than a subject (a setting,
+/// an edit, a pronoun), and may be a new picture.
+pub(super) fn meant_subject(rest: &str) -> Option<String> {
+    let tokens = tokenize(rest);
+    let (skipped, _) = strip_leading_fillers(&tokens);
+    let t = without_politeness(&tokens[skipped..]);
+    let plain = |x: &Token| {
+        let w = x.norm.as_str();
+        !is(w, PREPOSITIONS) && !is(w, EDIT_HINTS) && !is(w, COMPARATIVES) && !is(w, PRONOUNS)
+    };
+    let subject = (2..=4).contains(&t.len())
+        && is(word(t, 0), INTRODUCERS)
+        && t[1..].iter().all(plain)
+        && !t[..t.len() - 1].iter().any(|x| x.sep_after);
+    subject
+        .then(|| slice(rest, t))
+        .flatten()
+        .map(|new| format!("{new} instead of"))
 }
 
 /// A rejection at the start of a prompt and what follows it.
@@ -93,12 +155,7 @@ pub(super) fn correction(prompt: &str) -> Option<String> {
     let tokens = tokenize(prompt);
     let (skipped, _) = strip_leading_fillers(&tokens);
     // Not the shared trailing fillers: "instead" is one of them, and it matters here.
-    let mut t = &tokens[skipped..];
-    while let Some(last) = t.last()
-        && matches!(last.norm.as_str(), "please" | "pls" | "thanks")
-    {
-        t = &t[..t.len() - 1];
-    }
+    let t = without_politeness(&tokens[skipped..]);
     if t.is_empty() {
         return None;
     }
@@ -197,6 +254,54 @@ mod tests {
         }
         for prompt in ["another cat", "more stars", "again in blue", "a cat"] {
             assert!(!is_reroll(prompt), "{prompt:?}");
+        }
+    }
+
+    #[test]
+    fn rerolls_are_also_sentences_of_verb_what_and_tail() {
+        for prompt in [
+            "try another one",
+            "give me a different version",
+            "show me a new one please",
+            "another one like that",
+            "try that again",
+            "do it again please",
+            "again please",
+            "generate a few more",
+        ] {
+            assert!(is_reroll(prompt), "{prompt:?}");
+        }
+        for prompt in [
+            "try it",
+            "give me a different hat",
+            "try another style",
+            "another one with a hat",
+            "make it again in red",
+            "give me a cat",
+        ] {
+            assert!(!is_reroll(prompt), "{prompt:?}");
+        }
+    }
+
+    #[test]
+    fn a_bare_subject_after_a_rejection_is_the_one_meant() {
+        assert_eq!(
+            meant_subject("a zebra").as_deref(),
+            Some("a zebra instead of")
+        );
+        assert_eq!(
+            meant_subject("a black horse, please").as_deref(),
+            Some("a black horse instead of")
+        );
+        for rest in [
+            "a zebra in the savanna",
+            "make it a zebra",
+            "zebra",
+            "a castle on a hill at dawn",
+            "a bit darker",
+            "a cat, a dog",
+        ] {
+            assert_eq!(meant_subject(rest), None, "{rest:?}");
         }
     }
 

@@ -1,9 +1,11 @@
 //! Follow-ups in a language other than English, read with that language's lexicon.
 //!
 //! The gestures are the English ones, recognised by their words: one more of the same; a
-//! rejection, then a new request; a request for a new picture; an edit (an edit verb, a
-//! removal, an addition, a background, a comparison, or a bare colour, time of day,
-//! style or weather); otherwise a scene of its own.
+//! rejection, then a new request; "the same" then a change ("la même la nuit"); a request
+//! for a new picture; an edit (an edit verb, a removal, an addition, a background, a
+//! comparison, or a bare colour, time of day, style or weather); a preposition after a
+//! continuation word ("ahora en la playa"; without one, only a guess); otherwise a scene
+//! of its own.
 //!
 //! How an edit resolves, and why: the previous prompt is usually English, and a
 //! dictionary of every noun is out of reach, so the user's own words are appended to it
@@ -59,18 +61,36 @@ pub(super) fn analyze(lexicon: &Lexicon, prompt: &str, previous: &str) -> Decisi
             strength: EditType::Other.strength(),
         });
     }
+    // "la même la nuit", "lo mismo pero de noche": the change is what follows.
+    if let Some(rest) = core.strip_prefix(lexicon.same) {
+        let rest = rest.without_fillers();
+        return if rest.is_empty() {
+            Decision::Ambiguous {
+                best_guess: Intent::reroll(previous),
+                why: Unsure::Language,
+            }
+        } else {
+            Decision::Sure(rest.edit(previous))
+        };
+    }
     if core.starts_with(lexicon.requests) && !core.contains(lexicon.pronouns_strict()) {
         return Decision::Sure(Intent::new_picture(prompt));
     }
     if core.is_edit() {
-        let edit_type = core.classify();
-        let resolved = core.resolve(previous, edit_type);
-        return Decision::Sure(Intent {
-            kind: super::IntentKind::Edit,
-            resolved_prompt: resolved,
-            edit_type,
-            strength: edit_type.strength(),
-        });
+        return Decision::Sure(core.edit(previous));
+    }
+    // "ahora en la playa": a place or a manner, not a subject, after a word that goes on
+    // from the last picture; without that word ("en la playa") only a guess, as in English.
+    if core.starts_with(lexicon.prepositions) {
+        if text.opens_with_continuation() {
+            return Decision::Sure(core.edit(previous));
+        }
+        if !lexicon.unspaced && core.flat().len() <= 4 {
+            return Decision::Ambiguous {
+                best_guess: core.edit(previous),
+                why: Unsure::Language,
+            };
+        }
     }
     if core.reads_like_scene() {
         Decision::Sure(Intent::new_picture(prompt))
@@ -147,6 +167,31 @@ impl<'l> Text<'l> {
             self.original.concat()
         } else {
             self.original.join(" ")
+        }
+    }
+
+    /// Whether a continuation word ("ahora", "mais") is among the fillers it opens with.
+    fn opens_with_continuation(&self) -> bool {
+        let mut text = self.clone();
+        loop {
+            if text.starts_with(self.lexicon.continuations) {
+                return true;
+            }
+            match text.strip_prefix(self.lexicon.fillers) {
+                Some(rest) => text = rest,
+                None => return false,
+            }
+        }
+    }
+
+    /// The text as an edit of `previous`: its type, and the resolved prompt.
+    fn edit(&self, previous: &str) -> Intent {
+        let edit_type = self.classify();
+        Intent {
+            kind: super::IntentKind::Edit,
+            resolved_prompt: self.resolve(previous, edit_type),
+            edit_type,
+            strength: edit_type.strength(),
         }
     }
 
@@ -504,6 +549,42 @@ mod tests {
             assert_eq!(kind, IntentKind::Edit, "{prompt:?}");
             assert_eq!(resolved, "a blue car on a road", "{prompt:?}");
         }
+    }
+
+    #[test]
+    fn a_preposition_after_a_continuation_is_an_edit() {
+        for prompt in [
+            "ahora en la playa",
+            "et maintenant dans la neige",
+            "jetzt im Schnee",
+            "agora na praia",
+            "ora sulla spiaggia",
+        ] {
+            let (kind, resolved) = kind(prompt);
+            assert_eq!(kind, IntentKind::Edit, "{prompt:?}");
+            assert!(resolved.starts_with(CAR), "{prompt:?}: {resolved}");
+        }
+        // Without the continuation it is only a guess; with a subject, a new picture.
+        let decision = decide("en la playa", Some(CAR), true);
+        assert!(!decision.is_sure());
+        assert_eq!(decision.intent().kind, IntentKind::Edit);
+        assert_eq!(kind("un gato en la playa").0, IntentKind::New);
+    }
+
+    #[test]
+    fn the_same_then_a_change_is_an_edit() {
+        for prompt in [
+            "la même la nuit",
+            "lo mismo pero de noche",
+            "lo stesso di notte",
+        ] {
+            let (kind, resolved) = kind(prompt);
+            assert_eq!(kind, IntentKind::Edit, "{prompt:?}");
+            assert_eq!(resolved, "a red car on a road, at night", "{prompt:?}");
+        }
+        let decision = decide("la même", Some(CAR), true);
+        assert!(!decision.is_sure());
+        assert_eq!(decision.intent().kind, IntentKind::Reroll);
     }
 
     #[test]

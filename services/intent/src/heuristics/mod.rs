@@ -6,37 +6,48 @@
 //! prompts these rules cannot settle cost an LLM call, and when the LLM is missing or
 //! failing, the best guess returned with them is what the pipeline uses.
 //!
-//! The rules, in the order [`analyze`] applies them:
+//! Before the rules, `corrections.rs` reads the prompt as one gesture: a re-roll ("another
+//! one", or verb, what and tail: "give me a different version", "try that again"), a
+//! rejection ("no, forget that, …"; after one that keeps the picture, a bare subject is
+//! the one meant: "actually a zebra" swaps the subject), or a correction ("not a dog, a
+//! cat"). The rules, in the order [`analyze`] applies them:
 //!
 //! 1. **No context, sure NEW.** Without a previous prompt, or without a previous image to
 //!    start an img2img edit from, there is nothing to edit.
 //! 2. **A clear edit, sure EDIT.** The prompt (after politeness and continuation words such
 //!    as "please", "can you", "now", "also", "but") opens with an edit form: an imperative
 //!    edit verb aimed at the picture ("make it …", "make the …", "turn it into …", "change
-//!    the … to …", "add …", "remove …", "get rid of …", "replace … with …", "put …",
-//!    "brighten …", "no …"), a comparison ("more …", "less …", "darker", "a bit warmer",
-//!    "bigger eyes"; not "darker forest at night with wolves", which names a new scene),
-//!    "without …", "in the style of …", "same but …", "keep … but …", or a preposition
-//!    right after a continuation word ("but with a hat", "now in watercolor"). Several
-//!    edits joined by "and" or commas are all applied.
+//!    the … to …", "add …", "remove …", "lose …", "get rid of …", "replace … with …",
+//!    "put …", "place it …", "brighten …", "no …"), the picture wanted a way ("i want it
+//!    in purple", "show it at night"), a comparison ("more …", "less …", "darker", "a bit
+//!    warmer", "bigger eyes"; not "darker forest at night with wolves", which names a new
+//!    scene), "without …", "in the style of …", "same but …", "keep … but …", or a
+//!    preposition right after a continuation word ("but with a hat", "now in watercolor").
+//!    Several edits joined by "and" or commas are all applied. A thing named before a
+//!    closing "instead" replaces the subject ("make it a cat instead").
 //! 3. **A bare modifier, sure EDIT.** A fragment of at most five words with no subject of
 //!    its own, made only of edit keywords and small words ("at night", "in the rain",
 //!    "black and white", "watercolor", "blue background"), can only modify the last
 //!    picture.
-//! 4. **An explicit request, sure NEW.** "draw a …", "generate an image of …", "make me a …"
+//! 4. **Moving on, sure NEW.** After "now" or "then" (not "and", "also") or "what about",
+//!    a whole scene of its own (an introduced subject and another content word, none of
+//!    them in the previous prompt, nothing pointing back) is the next picture, resolved
+//!    without the opener: "now a portrait of a samurai in the rain". "now a cat" stays
+//!    ambiguous (rule 8).
+//! 5. **An explicit request, sure NEW.** "draw a …", "generate an image of …", "make me a …"
 //!    ask for a new picture unless they also point back ("draw it again").
-//! 5. **A long new scene, NEW.** More than 12 words with no back-reference near the start
+//! 6. **A long new scene, NEW.** More than 12 words with no back-reference near the start
 //!    describe a whole scene: a stray edit word inside ("with more stars") does not make
 //!    it an edit. A strong back-reference later in it ("same style as the previous one")
 //!    makes it ambiguous, with NEW as the guess.
-//! 6. **No edit or reference word, sure NEW.** Words that hint at an edit are imperative
+//! 7. **No edit or reference word, sure NEW.** Words that hint at an edit are imperative
 //!    edit verbs, comparisons and adjustments ("more", "darker", "should"), and references
 //!    to the earlier picture: "same", "again", "another", "instead", "like that", "what
 //!    about"; a pronoun before the prompt has a subject of its own ("it should be
 //!    bigger"), a trailing "this", "it"; "the <noun>" naming something from the previous
 //!    prompt; a prompt that opens with a continuation word or a preposition ("now a cat",
 //!    "in a park").
-//! 7. **Everything else is ambiguous.** The best guess is NEW when the prompt reads like
+//! 8. **Everything else is ambiguous.** The best guess is NEW when the prompt reads like
 //!    a scene of its own (a subject, no back-reference), otherwise EDIT.
 //!
 //! One departure from the design notes' word list: scene words such as "night", "day",
@@ -283,6 +294,12 @@ fn english(prompt: &str, previous: &str, typos: bool) -> Decision {
         if let Some(change) = corrections::correction(rest) {
             return Decision::Sure(Intent::edit(previous, &[(change, EditType::Other)]));
         }
+        // "actually a zebra": the subject meant, unless the picture was thrown away.
+        if !rejection.discards
+            && let Some(change) = corrections::meant_subject(rest)
+        {
+            return Decision::Sure(Intent::edit(previous, &[(change, EditType::Other)]));
+        }
         let decision = rules::english(rest, Some(previous), true);
         return match decision {
             Decision::Sure(intent) if intent.kind == IntentKind::Edit => Decision::Sure(intent),
@@ -402,6 +419,21 @@ mod tests {
         ("more detail", Some(CAT), true, Edit(EditType::Other)),
         ("bigger eyes", Some(WOMAN), true, Edit(EditType::Other)),
         ("put it in a forest", Some(CAT), true, Edit(EditType::Other)),
+        ("place it in a kitchen", Some(CAT), true, Edit(EditType::Other)),
+        ("move her to a beach", Some(WOMAN), true, Edit(EditType::Other)),
+        ("lose the cars", Some(STREET), true, Edit(EditType::Remove)),
+        ("ditch the sofa please", Some(CAT), true, Edit(EditType::Remove)),
+        ("i want it in purple", Some(CAT), true, Edit(EditType::Color)),
+        ("show it at night please", Some(STREET), true, Edit(EditType::Time)),
+        ("i'd like it to look like a watercolor", Some(CAT), true, Edit(EditType::Style)),
+        ("make it a dog instead", Some(CAT), true, Edit(EditType::Other)),
+        ("actually a dog", Some(CAT), true, Edit(EditType::Other)),
+        // Moving on to a whole scene of its own after "now", "then", "what about".
+        ("now a portrait of a samurai in the rain", Some(CAT), true, New),
+        ("what about a tiger in the jungle", Some(CAT), true, New),
+        ("then two owls on a branch", Some(CAT), true, New),
+        ("try another one", Some(CAT), true, Reroll),
+        ("give me a different version", Some(CAT), true, Reroll),
         // Pointing back without a clear edit: the LLM decides.
         ("a dog like that one but in a park", Some(CAT), true, Ambiguous(IntentKind::Edit)),
         ("what about a cat?", Some(STREET), true, Ambiguous(IntentKind::Edit)),
@@ -413,6 +445,8 @@ mod tests {
         ("the cat wearing a tiny crown", Some(CAT), true, Ambiguous(IntentKind::Edit)),
         ("in a park", Some(CAT), true, Ambiguous(IntentKind::Edit)),
         ("now a cat", Some(STREET), true, Ambiguous(IntentKind::Edit)),
+        ("now a dog on the sofa", Some(CAT), true, Ambiguous(IntentKind::Edit)),
+        ("and a dog in the garden", Some(CAT), true, Ambiguous(IntentKind::Edit)),
         ("a dog instead", Some(CAT), true, Edit(EditType::Other)),
         ("the same lighthouse but in winter", Some(LIGHTHOUSE), true, Ambiguous(IntentKind::Edit)),
         ("draw it again in blue", Some(CAT), true, Ambiguous(IntentKind::Edit)),
@@ -547,6 +581,20 @@ mod tests {
                 WOMAN,
                 &format!("{WOMAN}, black and white"),
             ),
+            ("lose the sofa", CAT, "a cat sitting"),
+            ("make it a dog instead", CAT, "a dog sitting on a sofa"),
+            ("actually a dog", CAT, "a dog sitting on a sofa"),
+            (
+                "place it in a kitchen",
+                CAT,
+                "a cat sitting on a sofa, in a kitchen",
+            ),
+            ("i want it in blue", "a red car", "a blue car"),
+            (
+                "make it a painting instead",
+                CAT,
+                "a cat sitting on a sofa, a painting",
+            ),
         ];
         for (prompt, previous, resolved) in cases {
             assert_eq!(
@@ -621,6 +669,20 @@ mod tests {
         assert_eq!(best_guess.kind, IntentKind::Edit);
         assert!(best_guess.resolved_prompt.starts_with(CAT));
         assert!(best_guess.resolved_prompt.contains("more detail"));
+    }
+
+    #[test]
+    fn a_new_scene_after_now_drops_the_opener() {
+        let intent = analyze("now a portrait of a samurai in the rain", Some(CAT), true);
+        assert_eq!(
+            intent.into_intent().resolved_prompt,
+            "a portrait of a samurai in the rain"
+        );
+        let intent = analyze("what about a tiger in the jungle?", Some(CAT), true);
+        assert_eq!(
+            intent.into_intent().resolved_prompt,
+            "a tiger in the jungle"
+        );
     }
 
     #[test]

@@ -82,10 +82,12 @@ impl Change {
                 new: text(value),
             };
         }
-        if is_color(&t) {
+        // "blue", "in blue" (from "i want it in blue")
+        let color = if w(0) == "in" { &t[1..] } else { &t[..] };
+        if is_color(color) {
             return Change::Recolor {
                 target: String::new(),
-                color: text(&t),
+                color: text(color),
             };
         }
         // "the dress blue" from "make the dress blue"
@@ -442,6 +444,17 @@ mod tests {
                 target: String::new(),
                 color: "blue".into()
             }
+        );
+        assert_eq!(
+            Change::from_phrase("in dark green"),
+            Change::Recolor {
+                target: String::new(),
+                color: "dark green".into()
+            }
+        );
+        assert_eq!(
+            Change::from_phrase("in the rain"),
+            Change::Append("in the rain".into())
         );
         assert_eq!(
             Change::from_phrase("the dress blue"),

@@ -42,6 +42,10 @@ pub(super) fn english(
     }
 
     let previous_words: HashSet<String> = tokenize(previous).into_iter().map(|t| t.norm).collect();
+    if let Some(scene) = next_scene(&tokens[..skipped], core, &previous_words) {
+        let scene = slice(prompt, scene).unwrap_or_default();
+        return Decision::Sure(Intent::new_picture(&scene));
+    }
     let elliptical = continuation || is(&core[0].norm, PREPOSITIONS);
     let strong = first_strong_reference(core);
     let pronoun = first_pronoun_reference(core, &previous_words);
@@ -256,12 +260,34 @@ fn clear_edit(
     let mut changes = Vec::new();
     for (i, clause) in split_clauses(text, core, words).into_iter().enumerate() {
         let (skipped, more_continuation) = strip_leading_fillers(clause);
-        let clause = trim_trailing_fillers(&clause[skipped..]);
+        let untrimmed = &clause[skipped..];
+        let clause = trim_trailing_fillers(untrimmed);
+        let instead = untrimmed[clause.len()..]
+            .iter()
+            .any(|x| x.norm == "instead");
         let continuation = more_continuation || (i == 0 && continuation);
-        let phrase = edit_phrase(text, clause, continuation, words)?;
+        let mut phrase = edit_phrase(text, clause, continuation, words)?;
+        if instead && names_a_thing(&tokenize(&phrase)) {
+            // "make it a cat instead": the cat replaces the subject, it is not added.
+            phrase.push_str(" instead of");
+        }
         changes.push((phrase, classify(clause)));
     }
     Some(changes)
+}
+
+/// An introduced noun phrase that names a thing, not a look: "a cat", "two owls"; not "a
+/// painting", "a night scene", "a bit darker".
+fn names_a_thing(t: &[Token]) -> bool {
+    t.len() >= 2
+        && is(word(t, 0), INTRODUCERS)
+        && match_at(t, 0, DEGREES).is_none()
+        && t[1..].iter().all(|x| {
+            !is_keyword_word(&x.norm)
+                && !is(&x.norm, MODIFIER_WORDS)
+                && !is(&x.norm, PREPOSITIONS)
+                && !is(&x.norm, COMPARATIVES)
+        })
 }
 
 /// Splits "make it night and add a moon" into its edits: a new clause starts at "and",
@@ -289,6 +315,36 @@ fn split_clauses<'t>(text: &str, tokens: &'t [Token], words: usize) -> Vec<&'t [
 fn edit_phrase(text: &str, t: &[Token], continuation: bool, words: usize) -> Option<String> {
     let w0 = word(t, 0);
     let w1 = word(t, 1);
+    // "remove the car", "get rid of the sofa", "lose the laptop"
+    if let Some(n) = match_at(t, 0, REMOVE_VERBS) {
+        return slice(text, &t[n..]).map(|x| format!("without {x}"));
+    }
+    // "i want it in purple", "show it at night": the picture, wanted a certain way
+    if let Some(n) = match_at(t, 0, WANT_VERBS)
+        && let Some(m) = match_at(t, n, OBJECTS)
+    {
+        let mut rest = &t[n + m..];
+        if word(rest, 0) == "to" && match_at(rest, 1, LOOK_WORDS).is_some() {
+            rest = &rest[1..];
+        }
+        if let Some(k) = match_at(rest, 0, LOOK_WORDS) {
+            rest = &rest[k..];
+        }
+        return slice(text, rest);
+    }
+    // "place it in a kitchen", "move him to a desert"; "put" also adds ("put a hat on her")
+    if w0 != "put"
+        && is(w0, PLACE_VERBS)
+        && let Some(n) = match_at(t, 1, OBJECTS)
+    {
+        let rest = &t[1 + n..];
+        let rest = if word(rest, 0) == "to" {
+            &rest[1..]
+        } else {
+            rest
+        };
+        return slice(text, rest);
+    }
     match w0 {
         // "make it night", "make the sky purple", "paint it red"
         "make" | "paint" | "color" | "colour" => {
@@ -362,14 +418,6 @@ fn edit_phrase(text: &str, t: &[Token], continuation: bool, words: usize) -> Opt
         "give" => {
             let n = match_at(t, 1, OBJECTS)?;
             slice(text, &t[1 + n..]).map(|thing| format!("with {thing}"))
-        }
-        // "remove the car", "get rid of the sofa", "take out the people"
-        "remove" | "delete" | "erase" => slice(text, &t[1..]).map(|x| format!("without {x}")),
-        "get" if phrase_at(t, 0, "get rid of") => {
-            slice(text, &t[3..]).map(|x| format!("without {x}"))
-        }
-        "take" if is(w1, &["out", "away", "off"]) => {
-            slice(text, &t[2..]).map(|x| format!("without {x}"))
         }
         "without" if t.len() > 1 => slice(text, t),
         // "no people", "no text": short prompts only
@@ -484,12 +532,12 @@ pub(super) fn classify(t: &[Token]) -> EditType {
     if contains(t, BACKGROUND_WORDS) {
         return EditType::Background;
     }
-    if contains(t, REMOVE_WORDS) || word(t, 0) == "no" {
+    if contains(t, REMOVE_VERBS) || contains(t, &["without"]) || word(t, 0) == "no" {
         return EditType::Remove;
     }
     // Replacing or moving something is not adding it, whatever "with a" follows.
     let replacing = is(word(t, 0), &["replace", "swap", "switch", "change", "turn"])
-        || (word(t, 0) == "put" && match_at(t, 1, OBJECTS).is_some());
+        || (is(word(t, 0), PLACE_VERBS) && match_at(t, 1, OBJECTS).is_some());
     let adding = !replacing && (contains(t, ADD_WORDS) || word(t, 0) == "give");
     if adding {
         // "add snow" changes the weather; "add a red hat" adds a hat.
@@ -635,8 +683,158 @@ fn strip_request(t: &[Token]) -> Option<&[Token]> {
     is(word(t, at), INTRODUCERS).then(|| &t[at..])
 }
 
+/// "now a portrait of a samurai in the rain", "what about a tiger in the jungle": after a
+/// word that moves on ("now", "then") or a suggestion, a whole scene of its own, which is
+/// the next picture rather than a change to the last one. The scene, without the opener.
+///
+/// A whole scene: an introduced subject and at least one more content word, none of them
+/// named by the previous prompt, and nothing pointing back. "now a cat" or "what about a
+/// cat?" stay ambiguous (a replacement, maybe); "now a cat in the same park" points back.
+fn next_scene<'t>(
+    fillers: &[Token],
+    core: &'t [Token],
+    previous_words: &HashSet<String>,
+) -> Option<&'t [Token]> {
+    let rest = if let Some(n) = match_at(core, 0, SUGGESTIONS) {
+        &core[n..]
+    } else if fillers.iter().any(|x| is(&x.norm, SEQUENCE_WORDS))
+        && fillers
+            .iter()
+            .all(|x| !is(&x.norm, CONTINUATIONS) || is(&x.norm, SEQUENCE_WORDS))
+    {
+        core
+    } else {
+        return None;
+    };
+    let scene = trim_trailing_fillers(rest);
+    if !is(word(scene, 0), INTRODUCERS)
+        || first_strong_reference(scene).is_some()
+        || first_pronoun_reference(scene, previous_words).is_some()
+        || has_edit_hint(scene)
+    {
+        return None;
+    }
+    let content: Vec<&str> = scene
+        .iter()
+        .map(|x| x.norm.as_str())
+        .filter(|w| is_content(w))
+        .collect();
+    let fresh = content.iter().all(|w| !previous_words.contains(*w));
+    (content.len() >= 2 && fresh).then_some(scene)
+}
+
 /// A subject of its own: an introduced noun ("a fox") or at least three content words.
 fn reads_like_new_scene(t: &[Token]) -> bool {
     let content = t.iter().filter(|x| is_content(&x.norm)).count();
     (is(word(t, 0), INTRODUCERS) && content >= 1) || content >= 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phrase(prompt: &str) -> Option<String> {
+        let t = tokenize(prompt);
+        edit_phrase(prompt, &t, false, t.len())
+    }
+
+    #[test]
+    fn removal_verbs_take_the_object_out() {
+        for verb in [
+            "remove",
+            "delete",
+            "lose",
+            "ditch",
+            "get rid of",
+            "take out",
+        ] {
+            let prompt = format!("{verb} the laptop");
+            assert_eq!(
+                phrase(&prompt).as_deref(),
+                Some("without the laptop"),
+                "{prompt:?}"
+            );
+        }
+        assert_eq!(phrase("lose"), None);
+    }
+
+    #[test]
+    fn wanting_the_picture_a_way_is_an_edit() {
+        assert_eq!(phrase("i want it in purple").as_deref(), Some("in purple"));
+        assert_eq!(phrase("show it at night").as_deref(), Some("at night"));
+        assert_eq!(
+            phrase("i'd like it to look like a watercolor").as_deref(),
+            Some("a watercolor")
+        );
+        // Without the picture as object, a request: a new picture.
+        assert_eq!(phrase("i want a cat"), None);
+        assert_eq!(phrase("show me a castle"), None);
+    }
+
+    #[test]
+    fn placing_the_picture_somewhere_is_an_edit() {
+        assert_eq!(
+            phrase("place it in a kitchen").as_deref(),
+            Some("in a kitchen")
+        );
+        assert_eq!(phrase("move him to a desert").as_deref(), Some("a desert"));
+        assert_eq!(phrase("place a vase"), None);
+        assert_eq!(
+            phrase("put a hat on her").as_deref(),
+            Some("with a hat on her")
+        );
+    }
+
+    #[test]
+    fn instead_after_an_edit_naming_a_thing_replaces_the_subject() {
+        let changes = |prompt: &str| {
+            let t = tokenize(prompt);
+            clear_edit(prompt, &t, false, t.len())
+                .map(|c| c.into_iter().map(|(p, _)| p).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            changes("make it a cat instead"),
+            Some(vec!["a cat instead of".to_owned()])
+        );
+        assert_eq!(
+            changes("make it a painting instead"),
+            Some(vec!["a painting".to_owned()])
+        );
+        assert_eq!(changes("make it a cat"), Some(vec!["a cat".to_owned()]));
+        assert!(names_a_thing(&tokenize("two owls")));
+        for phrase in ["a night scene", "a bit darker", "a cat in a hat", "cat"] {
+            assert!(!names_a_thing(&tokenize(phrase)), "{phrase:?}");
+        }
+    }
+
+    #[test]
+    fn a_whole_scene_after_now_or_what_about_is_the_next_picture() {
+        let scene = |prompt: &str, previous: &str| {
+            let tokens = tokenize(prompt);
+            let (skipped, _) = strip_leading_fillers(&tokens);
+            let previous: HashSet<String> =
+                tokenize(previous).into_iter().map(|t| t.norm).collect();
+            next_scene(&tokens[..skipped], &tokens[skipped..], &previous)
+                .and_then(|scene| slice(prompt, scene))
+        };
+        let cat = "a cat on a sofa";
+        assert_eq!(
+            scene("now a tiger in the jungle", cat).as_deref(),
+            Some("a tiger in the jungle")
+        );
+        assert_eq!(
+            scene("how about a tiger in the jungle please", cat).as_deref(),
+            Some("a tiger in the jungle")
+        );
+        for prompt in [
+            "now a tiger",                   // one word: a replacement, maybe
+            "now a tiger on the sofa",       // names the previous sofa
+            "also a tiger in the jungle",    // adds
+            "now a tiger with more stripes", // an edit hint
+            "what about in the jungle",      // no subject
+            "a tiger in the jungle",         // no opener: the other rules decide
+        ] {
+            assert_eq!(scene(prompt, cat), None, "{prompt:?}");
+        }
+    }
 }

@@ -261,10 +261,13 @@ pub fn correct_word(word: &str) -> Option<String> {
             }
         }
     }
-    // A short word's first letter is rarely the typo; requiring it keeps "bake" and
-    // "fake"-like words we do not list away from "make".
-    best.filter(|(target, _)| !tied && (target.len() > 5 || target[..1] == lower[..1]))
-        .map(|(target, _)| target.to_owned())
+    // The first letter is rarely the typo: a short word must keep it, which keeps "bake"
+    // and "fake"-like words we do not list away from "make"; a longer one may lose it only
+    // to a single slip, which keeps "tiger" (two edits) away from "bigger".
+    best.filter(|(target, distance)| {
+        !tied && (target[..1] == lower[..1] || (target.len() > 5 && *distance == 1))
+    })
+    .map(|(target, _)| target.to_owned())
 }
 
 /// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
@@ -331,7 +334,7 @@ mod tests {
         for word in [
             "cake", "take", "bake", "more", "mode", "knight", "cat", "dog", "market", "chance",
             "add", "and", "had", "mask", "style", "tree", "house", "bridge", "range", "orange",
-            "strange", "heaven", "seven", "sheep", "moon", "stars",
+            "strange", "heaven", "seven", "sheep", "moon", "stars", "tiger", "ginger",
         ] {
             assert_eq!(correct_word(word), None, "{word:?}");
         }

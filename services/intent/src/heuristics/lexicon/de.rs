@@ -183,4 +183,18 @@ pub const LEXICON: Lexicon = Lexicon {
         "stell dir vor",
     ],
     instead: &["statt", "anstatt", "anstelle"],
+    continuations: &["jetzt", "und", "auch", "aber", "nun"],
+    prepositions: &[
+        "in", "im", "am", "an", "auf", "unter", "uber", "mit", "bei", "vor", "hinter", "neben",
+        "zwischen", "zum", "zur",
+    ],
+    same: &[
+        "das gleiche",
+        "dasselbe",
+        "das selbe",
+        "gleiche",
+        "dieselbe",
+        "derselbe",
+        "genauso",
+    ],
 };

@@ -108,6 +108,30 @@ pub const PREPOSITIONS: &[&str] = &[
     "as",
 ];
 
+/// Verbs that want the picture a certain way, before an object: "i want it in purple",
+/// "show it at night".
+pub const WANT_VERBS: &[&str] = &[
+    "i want",
+    "i'd like",
+    "id like",
+    "i would like",
+    "i wanna",
+    "i need",
+    "show",
+    "show me",
+    "let me see",
+];
+
+/// Verbs that move the subject somewhere, before an object: "place it in a kitchen".
+pub const PLACE_VERBS: &[&str] = &["put", "place", "set", "move", "position", "relocate"];
+
+/// Continuation words that move on to the next picture rather than add to the last one:
+/// "now a portrait of a samurai" (not "and", "also", "plus", "but").
+pub const SEQUENCE_WORDS: &[&str] = &["now", "then"];
+
+/// Suggestions that open a follow-up: "what about a tiger in the jungle".
+pub const SUGGESTIONS: &[&str] = &["what about", "how about", "what if"];
+
 /// Prepositions that open an edit right after a continuation word ("but with a hat").
 pub const EDIT_PREPOSITIONS: &[&str] = &[
     "with", "without", "in", "at", "as", "during", "under", "on", "inside", "into",
@@ -291,15 +315,21 @@ pub const BACKGROUND_WORDS: &[&str] = &[
     "surroundings",
 ];
 
-pub const REMOVE_WORDS: &[&str] = &[
+/// Verbs that take something out of the picture ("remove the car", "lose the laptop").
+pub const REMOVE_VERBS: &[&str] = &[
     "remove",
     "delete",
     "erase",
-    "without",
     "get rid of",
     "take out",
     "take away",
     "take off",
+    "lose",
+    "ditch",
+    "eliminate",
+    "scrap",
+    "cut out",
+    "leave out",
 ];
 
 pub const ADD_WORDS: &[&str] = &[
@@ -609,6 +639,62 @@ pub const REROLLS: &[&str] = &[
     "roll again",
     "new seed",
     "different seed",
+];
+
+/// What a re-roll may ask for, after one of [`REROLL_VERBS`] or alone: "give me a
+/// different version", "try another one". Longer phrases first.
+pub const REROLL_OBJECTS: &[&str] = &[
+    "another version",
+    "another variation",
+    "another take",
+    "another try",
+    "another image",
+    "another picture",
+    "another one",
+    "another",
+    "one more",
+    "a different version",
+    "a different variation",
+    "a different take",
+    "a different one",
+    "a new version",
+    "a new variation",
+    "a new one",
+    "a variation",
+    "some variations",
+    "more variations",
+    "a few more",
+    "some more",
+    "more",
+];
+
+/// Verbs that may open a re-roll: "try another one", "give me a different version",
+/// "try that again".
+pub const REROLL_VERBS: &[&str] = &[
+    "give me",
+    "show me",
+    "get me",
+    "let me see",
+    "i want",
+    "i'd like",
+    "try",
+    "do",
+    "make",
+    "draw",
+    "generate",
+    "create",
+    "render",
+];
+
+/// Words that may close a re-roll: "another one like that", "do it again".
+pub const REROLL_TAILS: &[&str] = &[
+    "again",
+    "like that",
+    "like this",
+    "of that",
+    "of this",
+    "of it",
+    "for me",
 ];
 
 /// Rejections of the last picture at the start of a prompt, and whether each throws the

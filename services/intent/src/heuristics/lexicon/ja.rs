@@ -157,4 +157,7 @@ pub const LEXICON: Lexicon = Lexicon {
         "生成して",
     ],
     instead: &["じゃなくて", "ではなく", "の代わりに", "代わりに"],
+    continuations: &["今度は", "それと", "あと"],
+    prepositions: &[],
+    same: &["同じ", "同じで", "同じ感じで"],
 };

@@ -55,11 +55,18 @@ pub struct Lexicon {
     pub requests: &'static [&'static str],
     /// "instead of": a correction naming the replaced thing after it.
     pub instead: &'static [&'static str],
+    /// Fillers that continue the last picture ("ahora", "mais"): a preposition right
+    /// after one opens an edit ("ahora en la playa").
+    pub continuations: &'static [&'static str],
+    /// Prepositions that open a modifier rather than a subject ("en", "dans", "im").
+    pub prepositions: &'static [&'static str],
+    /// "the same" at the start: what follows changes the last picture ("la même la nuit").
+    pub same: &'static [&'static str],
 }
 
 impl Lexicon {
     /// Every list whose words say something about the picture or the request.
-    pub fn word_lists(&self) -> [&'static [&'static str]; 14] {
+    pub fn word_lists(&self) -> [&'static [&'static str]; 15] {
         [
             self.markers,
             self.fillers,
@@ -75,6 +82,7 @@ impl Lexicon {
             self.rerolls,
             self.rejections,
             self.requests,
+            self.same,
         ]
     }
 }
@@ -170,7 +178,7 @@ fn is_english(word: &str) -> bool {
         LIGHTING_WORDS,
         PRONOUNS,
         REQUEST_VERBS,
-        REMOVE_WORDS,
+        REMOVE_VERBS,
         ADD_WORDS,
         REROLLS,
     ]

@@ -149,4 +149,7 @@ pub const LEXICON: Lexicon = Lexicon {
         "画",
     ],
     instead: &["而不是", "代替", "替换"],
+    continuations: &["现在", "然后", "再", "也"],
+    prepositions: &["在"],
+    same: &["一样的", "同样的", "一样", "同样"],
 };
