@@ -46,8 +46,8 @@ pub enum ServiceError {
         message_id: String,
         fields: Vec<&'static str>,
     },
-    /// PostgreSQL cannot be reached right now (connection refused, pool exhausted): the
-    /// caller may retry.
+    /// PostgreSQL cannot be reached right now (connection refused or lost, terminated by a
+    /// restart, pool exhausted): the caller may retry.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// An RPC whose implementation arrives with a later capability.
@@ -76,10 +76,27 @@ impl From<sqlx::Error> for ServiceError {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed => Self::Unavailable(err),
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            sqlx::Error::Database(ref db) if lost_connection(db.code().as_deref()) => {
+                Self::Unavailable(err)
+            }
             err => Self::Unexpected(anyhow::Error::new(err).context("database call failed")),
         }
     }
+}
+
+/// Whether a PostgreSQL error code (SQLSTATE) says the server, not the statement, failed:
+/// a lost connection (class 08), one terminated by a shutdown or restart (57P01
+/// admin_shutdown, "terminating connection due to administrator command"; 57P02
+/// crash_shutdown; 57P03 cannot_connect_now, while it starts), or no connection to spare
+/// (53300). After a restart every pooled connection fails once like this; the pool tests
+/// a connection as it comes back (sqlx pings on release) and drops a dead one, so it is
+/// not handed out again.
+fn lost_connection(code: Option<&str>) -> bool {
+    code.is_some_and(|code| {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    })
 }
 
 impl From<ServiceError> for Status {
@@ -180,6 +197,19 @@ mod tests {
         }
         let status = Status::from(ServiceError::from(sqlx::Error::RowNotFound));
         assert_eq!(status.code(), Code::Internal);
+    }
+
+    #[test]
+    fn a_connection_the_server_ended_is_unavailable_a_failed_statement_is_not() {
+        for code in ["57P01", "57P02", "57P03", "08006", "08003", "53300"] {
+            assert!(lost_connection(Some(code)), "{code}");
+        }
+        // A constraint, a syntax error, a serialization failure, a statement timeout: the
+        // statement's doing.
+        for code in ["23505", "42601", "40001", "57014"] {
+            assert!(!lost_connection(Some(code)), "{code}");
+        }
+        assert!(!lost_connection(None));
     }
 
     #[test]
