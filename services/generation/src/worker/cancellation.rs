@@ -1,5 +1,5 @@
 //! Cancellation: the ids of this message's cancelled generations, from the live copy of
-//! the user's events, and the wait for one of them.
+//! the user's events, and the wait for them.
 
 use std::collections::HashSet;
 
@@ -11,15 +11,15 @@ use tokio::sync::watch;
 
 use super::{JobError, Worker};
 
-/// Resolves when `generation_id` is cancelled; never, if the watcher is gone (a lost
-/// watcher must not abort a render: a late cancel is still safe, CompleteGeneration then
-/// changes nothing).
-pub(super) async fn cancellation_of(
+/// Resolves once every one of `generation_ids` (the images of one provider call) is
+/// cancelled; never, if the watcher is gone (a lost watcher must not abort a render: a
+/// late cancel is still safe, CompleteGeneration then changes nothing).
+pub(super) async fn cancellation_of_all(
     cancelled: &mut watch::Receiver<HashSet<String>>,
-    generation_id: &str,
+    generation_ids: &[String],
 ) {
     if cancelled
-        .wait_for(|ids| ids.contains(generation_id))
+        .wait_for(|ids| generation_ids.iter().all(|id| ids.contains(id)))
         .await
         .is_err()
     {

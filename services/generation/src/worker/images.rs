@@ -1,6 +1,7 @@
-//! One image: the provider call (retries, backoff and the image's deadline), its
-//! progress and retry notices, a cancel that aborts it, then the store and
-//! CompleteGeneration, or FailGeneration with a reason fit for the user.
+//! The images of one provider call (one image, or a batch): the call (retries, backoff
+//! and the images' deadline), its progress and retry notices, a cancel that aborts it,
+//! then for each image the store and CompleteGeneration, or FailGeneration with a reason
+//! fit for the user.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use atelier_proto::jobs::v1::GenerateJob;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::cancellation::cancellation_of;
-use super::progress::{Step, publish_progress};
+use super::batch::Batch;
+use super::cancellation::cancellation_of_all;
+use super::progress::{Step, publish_progress, publish_progress_of_each};
 use super::{JobError, Worker, as_user, transient};
-use crate::providers::{self, ImageProvider, ImageRequest, ProviderError};
+use crate::providers::{self, ImageProvider, ProviderError};
 
 /// What an image's calls wait for: a cancel aborts them; and none of their events may
 /// overtake the job's intent_resolved.
@@ -41,11 +43,11 @@ impl IntentRecorded {
 
 /// How long an image may keep failing before it is failed and refunded.
 #[derive(Clone, Copy)]
-pub(super) struct Patience {
+struct Patience {
     /// The image's total deadline, from its first start (see [`image_deadline`]).
-    pub(super) deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
     /// The wait before the job's next delivery; `None` on its last one.
-    pub(super) redelivery: Option<Duration>,
+    redelivery: Option<Duration>,
 }
 
 impl Patience {
@@ -75,17 +77,30 @@ pub(super) fn image_deadline(
     tokio::time::Instant::now() + deadline.saturating_sub(elapsed)
 }
 
-/// Makes, stores and reports one image; a permanent provider failure fails it, and so
-/// does a retryable one once its patience is exhausted.
-pub(super) async fn make_image(
+/// Makes, stores and reports the images of one provider call: one image, or a [`Batch`]
+/// of several with consecutive seeds. A permanent provider failure fails every image of
+/// the call, and so does a retryable one once their patience is exhausted.
+///
+/// A cancel aborts the call only once every image of it is cancelled: until then the
+/// others are still wanted, so the call goes on and the cancelled images are just not
+/// stored or completed.
+pub(super) async fn make_images(
     worker: &Worker,
     job: &GenerateJob,
     provider: Arc<dyn ImageProvider>,
-    generation_id: String,
-    request: ImageRequest,
+    batch: Batch,
     signals: ImageSignals,
-    patience: Patience,
+    redelivery: Option<Duration>,
 ) -> Result<(), JobError> {
+    let Batch {
+        generation_ids,
+        request,
+        deadline,
+    } = batch;
+    let patience = Patience {
+        deadline,
+        redelivery,
+    };
     let ImageSignals {
         mut cancelled,
         mut intent_recorded,
@@ -96,16 +111,34 @@ pub(super) async fn make_image(
     let on_retry = |retry| {
         retries.send_replace(Some(retry));
     };
-    let rendering = providers::generate_until(
-        provider.as_ref(),
-        &request,
-        &progress,
-        policy,
-        patience.deadline,
-        &on_retry,
-    );
+    let rendering = async {
+        match u32::try_from(generation_ids.len()).unwrap_or(u32::MAX) {
+            1 => providers::generate_until(
+                provider.as_ref(),
+                &request,
+                &progress,
+                policy,
+                patience.deadline,
+                &on_retry,
+            )
+            .await
+            .map(|png| vec![png]),
+            count => {
+                providers::generate_batch_until(
+                    provider.as_ref(),
+                    &request,
+                    count,
+                    &progress,
+                    policy,
+                    patience.deadline,
+                    &on_retry,
+                )
+                .await
+            }
+        }
+    };
     // Runs beside the provider call and never finishes on its own: the select below ends
-    // it with the call.
+    // it with the call. A batch's progress is each of its images' progress.
     let mut reporting_order = intent_recorded.clone();
     let reporting = async {
         if reporting_order.wait().await.is_err() {
@@ -128,7 +161,7 @@ pub(super) async fn make_image(
                     // Every tenth of the way: enough for a progress bar, few events.
                     if last_sent.is_none_or(|last| percent >= last + 10) && percent < 100 {
                         let rendering = Step { stage: "rendering", percent, ..step.clone() };
-                        publish_progress(worker, job, &generation_id, &rendering).await;
+                        publish_progress_of_each(worker, job, &generation_ids, &rendering).await;
                         last_sent = Some(percent);
                     }
                 }
@@ -145,7 +178,7 @@ pub(super) async fn make_image(
                         retry_in: retry.wait,
                         ..step.clone()
                     };
-                    publish_progress(worker, job, &generation_id, &retrying).await;
+                    publish_progress_of_each(worker, job, &generation_ids, &retrying).await;
                     // The next attempt's bar starts again from its first report.
                     last_sent = None;
                 }
@@ -156,31 +189,32 @@ pub(super) async fn make_image(
     let outcome = tokio::select! {
         outcome = rendering => outcome,
         () = reporting => unreachable!("progress reporting never finishes"),
-        () = cancellation_of(&mut cancelled, &generation_id) => {
-            tracing::info!(%generation_id, "cancelled: provider call aborted");
+        () = cancellation_of_all(&mut cancelled, &generation_ids) => {
+            tracing::info!(?generation_ids, "cancelled: provider call aborted");
             return Ok(());
         }
     };
     intent_recorded.wait().await?;
     match outcome {
-        Ok(png) => store_and_complete(worker, job, &generation_id, png).await,
+        Ok(pngs) => {
+            // Cloned, so that no borrow of the watch is held across the awaits below. A
+            // cancel not seen yet is still safe: CompleteGeneration then changes nothing.
+            let cancelled = cancelled.borrow().clone();
+            let completions = generation_ids
+                .iter()
+                .zip(pngs)
+                .filter(|(generation_id, _)| !cancelled.contains(*generation_id))
+                .map(|(generation_id, png)| store_and_complete(worker, job, generation_id, png));
+            futures::future::join_all(completions)
+                .await
+                .into_iter()
+                .collect()
+        }
         Err(err @ ProviderError::Permanent { .. }) => {
-            fail(
-                worker,
-                job,
-                std::slice::from_ref(&generation_id),
-                &user_reason(&err),
-            )
-            .await
+            fail(worker, job, &generation_ids, &user_reason(&err)).await
         }
         Err(err @ ProviderError::Retryable { .. }) if patience.exhausted() => {
-            fail(
-                worker,
-                job,
-                std::slice::from_ref(&generation_id),
-                &user_reason(&err),
-            )
-            .await
+            fail(worker, job, &generation_ids, &user_reason(&err)).await
         }
         Err(err) => Err(JobError::Transient(err.to_string())),
     }

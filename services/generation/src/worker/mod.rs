@@ -9,21 +9,25 @@
 //! 3. Intent and enhancement at the same time (one `join`), each with a deadline and a
 //!    fallback, so neither an LLM outage nor a slow service stops the picture; an edit
 //!    resolved to another prompt is enhanced once more (cached, so cheap).
-//! 4. RecordIntent, and at the same time each image: the provider (retries, backoff,
+//! 4. RecordIntent, and at the same time the images: the provider (retries, backoff,
 //!    Retry-After) with progress events and keep-alives, the store, CompleteGeneration.
-//!    An image's events wait for RecordIntent, so the user's stream stays in causal order
-//!    while the recording costs the picture no time.
+//!    One call per image, or per batch of images with consecutive seeds where the
+//!    provider and the model render several at once; each image is still stored and
+//!    completed on its own. An image's events wait for RecordIntent, so the user's stream
+//!    stays in causal order while the recording costs the picture no time.
 //! 5. Images that cannot be made are failed (their credits released); a cancel aborts
-//!    the provider call at once.
+//!    the provider call at once, or, for a batch, once all its images are cancelled.
 //!
 //! Every state change goes through the conversation service's idempotent RPCs, so a job
 //! redelivered after a crash repeats steps safely and credits move exactly once.
 //!
-//! By concern: `prepare` (intent, enhancement, the init image), `images` (one image: the
-//! provider call, the store, completion or failure), `cancellation` (the watch of the
-//! user's cancels) and `progress` (`generation_progress` events); this module orchestrates
-//! the job and decides what becomes of its delivery.
+//! By concern: `prepare` (intent, enhancement, the init image), `batch` (which images
+//! share a provider call), `images` (one call's images: the call, the store, completion
+//! or failure), `cancellation` (the watch of the user's cancels) and `progress`
+//! (`generation_progress` events); this module orchestrates the job and decides what
+//! becomes of its delivery.
 
+mod batch;
 mod cancellation;
 mod images;
 mod prepare;
@@ -52,7 +56,7 @@ use crate::config::Config;
 use crate::providers::{self, ImageProvider, ImageRequest, ProviderKind};
 
 use self::cancellation::watch_cancellation;
-use self::images::{ImageSignals, IntentRecorded, Patience, fail, image_deadline, make_image};
+use self::images::{ImageSignals, IntentRecorded, fail, image_deadline, make_images};
 use self::prepare::{Prepared, prepare};
 
 pub type ConversationClient = ConversationServiceClient<InterceptedService<Channel, OutgoingCall>>;
@@ -280,13 +284,15 @@ async fn run_job(
         Ok(())
     };
 
-    // 4. The images, while the intent is recorded.
+    // 4. The images, while the intent is recorded: one provider call per batch, which
+    // is one image unless the provider renders several of consecutive seeds at once.
     let images = message
         .generations
         .iter()
         .filter(|generation| started.generation_ids.contains(&generation.id))
-        .map(|generation| {
-            let request = ImageRequest {
+        .map(|generation| batch::Image {
+            generation_id: generation.id.clone(),
+            request: ImageRequest {
                 model: generation.model.clone(),
                 prompt: enhanced.prompt.clone(),
                 negative_prompt: enhanced.negative_prompt.clone(),
@@ -300,24 +306,26 @@ async fn run_job(
                     1.0
                 },
                 settings: settings.clone(),
-            };
-            make_image(
+            },
+            deadline: image_deadline(
+                generation.started_at.as_ref(),
+                worker.config.provider_retries.deadline,
+            ),
+        })
+        .collect();
+    let images = batch::batches(images, |request| provider.max_batch(request))
+        .into_iter()
+        .map(|batch| {
+            make_images(
                 worker,
                 job,
                 Arc::clone(&provider),
-                generation.id.clone(),
-                request,
+                batch,
                 ImageSignals {
                     cancelled: cancelled.clone(),
                     intent_recorded: IntentRecorded(intent_recorded.clone()),
                 },
-                Patience {
-                    deadline: image_deadline(
-                        generation.started_at.as_ref(),
-                        worker.config.provider_retries.deadline,
-                    ),
-                    redelivery,
-                },
+                redelivery,
             )
         });
     let images = async {

@@ -62,6 +62,18 @@ pub(super) async fn publish_progress(
     }
 }
 
+/// The same step for every image of one provider call, one event each.
+pub(super) async fn publish_progress_of_each(
+    worker: &Worker,
+    job: &GenerateJob,
+    generation_ids: &[String],
+    step: &Step,
+) {
+    for generation_id in generation_ids {
+        publish_progress(worker, job, generation_id, step).await;
+    }
+}
+
 pub(super) fn now_timestamp() -> prost_types::Timestamp {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
