@@ -592,6 +592,208 @@ async fn cancelling_one_image_leaves_the_others_to_finish() {
     assert_eq!(pipeline.ledger_count("capture").await, 1);
 }
 
+/// Sends Alice's `image_count` sdxl (AUTOMATIC1111, `max_batch` 4) images of one
+/// prompt, from `seed` or with random seeds.
+async fn send_sdxl(
+    alice: &mut pipeline::Client,
+    conversation_id: &str,
+    image_count: u32,
+    seed: Option<u64>,
+) -> proto::Message {
+    alice
+        .send_message(proto::SendMessageRequest {
+            conversation_id: conversation_id.to_owned(),
+            prompt: "red foxes in the snow".into(),
+            settings: Some(proto::GenerationSettings {
+                model: "sdxl".into(),
+                image_count: Some(image_count),
+                seed,
+                ..Default::default()
+            }),
+            client_request_id: String::new(),
+        })
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message")
+}
+
+/// The bodies of the txt2img calls `sd` has received.
+async fn txt2img_bodies(sd: &MockServer) -> Vec<serde_json::Value> {
+    sd.received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|request| request.url.path() == "/sdapi/v1/txt2img")
+        .map(|request| serde_json::from_slice(&request.body).expect("json"))
+        .collect()
+}
+
+/// Asserts that `generation` is completed with the batch fake's image of its seed.
+async fn assert_stored_image_of_its_seed(pipeline: &Pipeline, generation: &proto::Generation) {
+    assert_eq!(generation.status(), proto::GenerationStatus::Completed);
+    let key = pipeline.image_key(&generation.id).await;
+    let stored = pipeline.store().get(&key).await.expect("stored image");
+    let shade = u8::try_from(generation.seed % 256).expect("a grey level");
+    let expected = base64::engine::general_purpose::STANDARD
+        .decode(pipeline::png_base64(8, 8, shade))
+        .expect("base64");
+    assert_eq!(
+        stored.to_vec(),
+        expected,
+        "image of seed {}",
+        generation.seed
+    );
+}
+
+#[tokio::test]
+async fn images_of_consecutive_seeds_are_rendered_in_one_batch() {
+    // Slow enough for the progress polls to report.
+    let sd = pipeline::automatic1111(pipeline::batch_answer(Duration::from_secs(1))).await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = send_sdxl(&mut alice, &conversation, 3, Some(41)).await;
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    let seeds: Vec<u64> = done.generations.iter().map(|g| g.seed).collect();
+    assert_eq!(seeds, [41, 42, 43]);
+
+    // One call for the three, from the first seed (the web UI gives image i seed + i).
+    let calls = txt2img_bodies(&sd).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["batch_size"], 3);
+    assert_eq!(calls[0]["seed"], 41);
+    // Each image stored under its own generation (the grid skipped), and paid once.
+    for generation in &done.generations {
+        assert_stored_image_of_its_seed(&pipeline, generation).await;
+    }
+    assert_eq!(pipeline.balance(&mut alice).await, 100 - done.cost);
+    assert_eq!(pipeline.ledger_count("capture").await, 3);
+    assert_eq!(pipeline.ledger_count("release").await, 0);
+
+    // Every image heard of the call's progress, and was completed once.
+    pipeline
+        .event_kinds_once("alice", "generation_completed")
+        .await;
+    let events = pipeline.events("alice").await;
+    for generation in &done.generations {
+        let rendering = events.iter().any(|event| {
+            matches!(&event.payload, Some(proto::event::Payload::GenerationProgress(progress))
+                if progress.generation_id == generation.id && progress.stage == "rendering")
+        });
+        assert!(rendering, "no rendering progress for {}", generation.id);
+    }
+    let completed: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            Some(proto::event::Payload::GenerationCompleted(completed)) => Some(completed),
+            _ => None,
+        })
+        .flat_map(|completed| completed.generations.iter().map(|g| g.id.as_str()))
+        .collect();
+    assert_eq!(completed.len(), 3, "{completed:?}");
+    for generation in &done.generations {
+        assert!(completed.contains(&generation.id.as_str()), "{completed:?}");
+    }
+}
+
+#[tokio::test]
+async fn images_of_random_seeds_are_rendered_one_per_call() {
+    let sd = pipeline::automatic1111(pipeline::batch_answer(Duration::ZERO)).await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = send_sdxl(&mut alice, &conversation, 3, None).await;
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    let calls = txt2img_bodies(&sd).await;
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls.iter().all(|call| call["batch_size"] == 1),
+        "{calls:?}"
+    );
+    for generation in &done.generations {
+        assert_stored_image_of_its_seed(&pipeline, generation).await;
+    }
+    assert_eq!(pipeline.ledger_count("capture").await, 3);
+}
+
+#[tokio::test]
+async fn cancelling_one_image_of_a_batch_lets_the_call_make_the_others() {
+    let sd = pipeline::automatic1111(pipeline::batch_answer(Duration::from_secs(3))).await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = send_sdxl(&mut alice, &conversation, 3, Some(41)).await;
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    let cancelled_id = message.generations[0].id.clone();
+    alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::GenerationId(
+                cancelled_id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel one");
+
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Completed);
+    assert_eq!(
+        done.generations[0].status(),
+        proto::GenerationStatus::Cancelled
+    );
+    for generation in &done.generations[1..] {
+        assert_stored_image_of_its_seed(&pipeline, generation).await;
+    }
+    // The call went on (no interrupt), and the cancelled image was not stored.
+    assert_eq!(txt2img_bodies(&sd).await.len(), 1);
+    let interrupts = sd
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|request| request.url.path() == "/sdapi/v1/interrupt")
+        .count();
+    assert_eq!(interrupts, 0);
+    let key = atelier_images::key_for("alice", &cancelled_id);
+    assert!(pipeline.store().get(&key).await.is_err(), "not stored");
+    assert_eq!(
+        pipeline.balance(&mut alice).await,
+        100 - done.generations[1].cost - done.generations[2].cost
+    );
+    assert_eq!(pipeline.ledger_count("release").await, 1);
+    assert_eq!(pipeline.ledger_count("capture").await, 2);
+}
+
+#[tokio::test]
+async fn cancelling_every_image_of_a_batch_stops_the_call() {
+    let sd = pipeline::automatic1111(pipeline::batch_answer(Duration::from_secs(60))).await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = send_sdxl(&mut alice, &conversation, 2, Some(41)).await;
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    alice
+        .cancel_generation(proto::CancelGenerationRequest {
+            target: Some(proto::cancel_generation_request::Target::MessageId(
+                message.id.clone(),
+            )),
+        })
+        .await
+        .expect("cancel");
+
+    // The worker dropped the batch's call: the server is told to stop.
+    pipeline::wait_for_request(&sd, "/sdapi/v1/interrupt", 1).await;
+    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+    assert_eq!(done.status(), proto::MessageStatus::Cancelled);
+    assert_eq!(pipeline.balance(&mut alice).await, 100);
+    assert_eq!(pipeline.ledger_count("capture").await, 0);
+}
+
 #[tokio::test]
 async fn the_last_delivery_fails_the_message_and_refunds() {
     // Unavailable every time: retryable, until the deliveries run out.

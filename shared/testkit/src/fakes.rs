@@ -45,6 +45,31 @@ pub fn sized_answer(delay: std::time::Duration) -> impl Respond {
     }
 }
 
+/// An AUTOMATIC1111 answer to a txt2img of `batch_size` images, after `delay`, shaped as
+/// the web UI answers a batch: a grid of the images first (for more than one), then one
+/// PNG per image. Image i is an 8x8 PNG of grey level (seed + i) mod 256, the PNG
+/// [`png_base64`]`(8, 8, shade)` gives, so a test can tell which image went where.
+pub fn batch_answer(delay: std::time::Duration) -> impl Respond {
+    move |request: &Request| {
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let number = |name: &str, default: u64| {
+            body.get(name)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(default)
+        };
+        let (seed, count) = (number("seed", 0), number("batch_size", 1));
+        let mut images: Vec<String> = (0..count)
+            .map(|index| png_base64(8, 8, u8::try_from((seed + index) % 256).unwrap_or(0)))
+            .collect();
+        if count > 1 {
+            images.insert(0, png_base64(16, 8, 255));
+        }
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({ "images": images, "parameters": {}, "info": "{}" }))
+            .set_delay(delay)
+    }
+}
+
 /// An AUTOMATIC1111 answer carrying one PNG of one grey level.
 pub fn png_answer(width: u32, height: u32, shade: u8) -> ResponseTemplate {
     ResponseTemplate::new(200)

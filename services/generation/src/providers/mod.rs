@@ -15,10 +15,11 @@
 //! the catalog is the conversation service's, and StartGeneration passes it on.
 //!
 //! Providers make exactly one attempt per call and classify their failures as
-//! [`ProviderError::Retryable`] or [`ProviderError::Permanent`]; retrying is
-//! [`generate_with_retries`]'s job alone. Keeping the policy in one place means every
-//! provider backs off the same way, honours `Retry-After` the same way and logs retries
-//! the same way, and a provider's tests need no clock.
+//! [`ProviderError::Retryable`] or [`ProviderError::Permanent`]; retrying is the job of
+//! one loop alone, behind [`generate_with_retries`], [`generate_until`] and (several
+//! images in one call) [`generate_batch_until`]. Keeping the policy in one place means
+//! every provider backs off the same way, honours `Retry-After` the same way and logs
+//! retries the same way, and a provider's tests need no clock.
 //!
 //! # Cancellation
 //!
@@ -332,13 +333,57 @@ pub async fn generate_until(
     deadline: tokio::time::Instant,
     on_retry: &(dyn Fn(Retrying) + Send + Sync),
 ) -> Result<Bytes, ProviderError> {
+    retry_until(policy, deadline, progress, on_retry, || {
+        provider.generate(request, progress)
+    })
+    .await
+}
+
+/// [`generate_until`] for a batch: each attempt is one
+/// [`generate_batch`](ImageProvider::generate_batch) call for `count` images of
+/// `request` (image i with seed + i), so the whole batch is retried or fails together.
+/// `count` must not exceed the provider's [`max_batch`](ImageProvider::max_batch); an
+/// answer without exactly `count` images is a retryable bad answer, never a short batch.
+pub async fn generate_batch_until(
+    provider: &dyn ImageProvider,
+    request: &ImageRequest,
+    count: u32,
+    progress: &watch::Sender<u32>,
+    policy: &RetryPolicy,
+    deadline: tokio::time::Instant,
+    on_retry: &(dyn Fn(Retrying) + Send + Sync),
+) -> Result<Vec<Bytes>, ProviderError> {
+    retry_until(policy, deadline, progress, on_retry, || async {
+        let images = provider.generate_batch(request, count, progress).await?;
+        if images.len() != usize::try_from(count).unwrap_or(usize::MAX) {
+            return Err(ProviderError::bad_answer(format!(
+                "a batch of {count} images answered with {}",
+                images.len()
+            )));
+        }
+        Ok(images)
+    })
+    .await
+}
+
+/// The one retry loop of [`generate_until`] and [`generate_batch_until`]: `attempt` is
+/// called until it succeeds, fails permanently, runs out of attempts or of time.
+async fn retry_until<T, Attempt>(
+    policy: &RetryPolicy,
+    deadline: tokio::time::Instant,
+    progress: &watch::Sender<u32>,
+    on_retry: &(dyn Fn(Retrying) + Send + Sync),
+    mut attempt_once: impl FnMut() -> Attempt,
+) -> Result<T, ProviderError>
+where
+    Attempt: Future<Output = Result<T, ProviderError>>,
+{
     let max_attempts = policy.max_attempts.max(1);
     let mut attempt: u32 = 1;
     loop {
-        let attempted =
-            tokio::time::timeout_at(deadline, provider.generate(request, progress)).await;
+        let attempted = tokio::time::timeout_at(deadline, attempt_once()).await;
         let error = match attempted {
-            Ok(Ok(png)) => return Ok(png),
+            Ok(Ok(made)) => return Ok(made),
             Ok(Err(error)) => error,
             Err(_elapsed) => {
                 return Err(ProviderError::Retryable {
@@ -628,10 +673,12 @@ mod tests {
 
     use super::*;
 
-    /// Fails with the scripted errors in order, then succeeds.
+    /// Fails with the scripted errors in order, then succeeds; batches by default
+    /// (`generate` once per image) up to `max_batch`.
     struct Scripted {
         failures: Mutex<Vec<ProviderError>>,
         calls: Mutex<u32>,
+        max_batch: u32,
     }
 
     impl Scripted {
@@ -640,7 +687,12 @@ mod tests {
             Self {
                 failures: Mutex::new(failures),
                 calls: Mutex::new(0),
+                max_batch: 1,
             }
+        }
+
+        fn batching(self, max_batch: u32) -> Self {
+            Self { max_batch, ..self }
         }
 
         fn calls(&self) -> u32 {
@@ -664,6 +716,10 @@ mod tests {
                     Ok(Bytes::from_static(b"png"))
                 }
             }
+        }
+
+        fn max_batch(&self, _request: &ImageRequest) -> u32 {
+            self.max_batch
         }
     }
 
@@ -812,6 +868,61 @@ mod tests {
 
         assert_eq!(err, ProviderError::retryable("first"));
         assert_eq!(provider.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_retried_whole() {
+        let provider = Scripted::new(vec![ProviderError::retryable("503")]).batching(3);
+        let (progress, _watcher) = watch::channel(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+        let images = generate_batch_until(
+            &provider,
+            &request(),
+            3,
+            &progress,
+            &fast_policy(2),
+            deadline,
+            &|_| {},
+        )
+        .await
+        .expect("the second attempt makes the batch");
+
+        assert_eq!(images.len(), 3);
+        // The failed first image, then all three again.
+        assert_eq!(provider.calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_batch_answered_short_is_a_retryable_bad_answer() {
+        // Asked for more than it renders per call, the provider answers one image.
+        let provider = Scripted::new(vec![]);
+        let (progress, _watcher) = watch::channel(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+
+        let err = generate_batch_until(
+            &provider,
+            &request(),
+            2,
+            &progress,
+            &fast_policy(2),
+            deadline,
+            &|_| {},
+        )
+        .await
+        .expect_err("never a short batch");
+
+        assert!(
+            matches!(
+                err,
+                ProviderError::Retryable {
+                    trouble: Trouble::BadAnswer,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(provider.calls(), 2, "retried");
     }
 
     #[test]

@@ -470,7 +470,7 @@ impl Pipeline {
     }
 }
 
-pub use atelier_testkit::fakes::{automatic1111, png_answer};
+pub use atelier_testkit::fakes::{automatic1111, batch_answer, png_answer, png_base64};
 
 /// An OpenAI chat-completions answer whose message content is `content`.
 pub fn completion(content: &str) -> serde_json::Value {
