@@ -33,8 +33,8 @@ use anyhow::Context as _;
 use atelier_proto::CONVERSATION_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
 use atelier_proto::limits;
-use atelier_runtime::grpc;
 use atelier_runtime::internal_call::RequireServiceToken;
+use atelier_runtime::{grpc, load};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -104,7 +104,12 @@ pub async fn run(
         token,
     );
     Server::builder()
-        // Outermost: one span per RPC, joined to the caller's trace.
+        // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
+        // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
+        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        .timeout(load::REQUEST_TIMEOUT)
+        .layer(load::ShedLoadLayer::default())
+        // Then one span per RPC, joined to the caller's trace.
         .layer(grpc::trace_layer())
         .add_routes(reflection_and_health)
         .add_service(api)

@@ -33,8 +33,8 @@ use atelier_proto::CHAT_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::limits;
 use atelier_proto::v1::chat_service_server::ChatServiceServer;
-use atelier_runtime::grpc;
 use atelier_runtime::internal_call::OutgoingCall;
+use atelier_runtime::{grpc, load};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,9 @@ pub async fn serve(
         .with_context(|| format!("bad ATELIER_CONVERSATION_URL {:?}", config.conversation_url))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(3))
+        // Every call the edge forwards is unary: one stuck upstream must not hold a
+        // client's call (and its slot here) past the server's own bound.
+        .timeout(load::REQUEST_TIMEOUT)
         .connect_lazy();
     // Message size limits: atelier_proto::limits, which has the table of every hop.
     let conversation = ConversationServiceClient::with_interceptor(
@@ -161,7 +164,12 @@ pub async fn serve(
         // vanished without closing them, so their streams end and free their buffers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // Outermost: one span per call (preflights included), joined to the caller's trace.
+        // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
+        // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
+        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        .timeout(load::REQUEST_TIMEOUT)
+        .layer(load::ShedLoadLayer::default())
+        // Then one span per call (preflights included), joined to the caller's trace.
         .layer(grpc::trace_layer())
         // CORS answers preflights before grpc-web translation, for listed origins only.
         .layer(cors(&origins)?)

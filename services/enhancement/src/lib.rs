@@ -34,8 +34,8 @@ use anyhow::Context as _;
 use atelier_llm::LlmClient;
 use atelier_proto::ENHANCEMENT_SERVICE_NAME;
 use atelier_proto::enhancement::v1::enhancement_service_server::EnhancementServiceServer;
-use atelier_runtime::grpc;
 use atelier_runtime::internal_call::{RequireServiceToken, ServiceToken};
+use atelier_runtime::{grpc, load};
 use moka::future::Cache;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -128,7 +128,12 @@ pub async fn serve(
         RequireServiceToken(service_token),
     );
     Server::builder()
-        // Outermost: one span per RPC, joined to the caller's trace.
+        // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
+        // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
+        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        .timeout(load::REQUEST_TIMEOUT)
+        .layer(load::ShedLoadLayer::default())
+        // Then one span per RPC, joined to the caller's trace.
         .layer(grpc::trace_layer())
         // Health and reflection stay open, for probes and grpcurl; only the API needs
         // the credential.

@@ -177,6 +177,9 @@ pub async fn serve_frame(
     let (health, reflection_and_health) =
         health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &[])?;
     tonic::transport::Server::builder()
+        // Bounded load, as every server (see `crate::load`).
+        .timeout(crate::load::REQUEST_TIMEOUT)
+        .layer(crate::load::ShedLoadLayer::default())
         .layer(trace_layer())
         .add_routes(reflection_and_health)
         .serve_with_incoming_shutdown(incoming(listener), serve_until(health, vec![], shutdown))

@@ -10,6 +10,7 @@ pub mod config;
 pub mod grpc;
 pub mod http_retry;
 pub mod internal_call;
+pub mod load;
 pub mod metrics;
 pub mod process;
 pub mod shutdown;
