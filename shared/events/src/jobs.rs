@@ -194,13 +194,19 @@ where
                 None => Arc::clone(&permits).acquire_owned().await?,
             };
             let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-            let span = tracing::info_span!("job", subject = %message.subject, delivered);
+            let span = tracing::info_span!(
+                "job",
+                subject = %message.subject,
+                delivered,
+                trace_id = tracing::field::Empty,
+            );
             if let Some(headers) = &message.headers {
                 let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
                     propagator.extract(&HeaderExtractor(headers))
                 });
                 let _ = span.set_parent(parent);
             }
+            atelier_runtime::telemetry::record_trace_id(&span);
             let job = Job {
                 message,
                 delivered,

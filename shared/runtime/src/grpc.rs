@@ -145,12 +145,14 @@ impl<B> MakeSpan<B> for RpcSpan {
             "rpc",
             rpc.method = %request.uri().path(),
             user_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
         // A request without a valid traceparent simply starts a new trace.
         let _ = span.set_parent(parent);
+        crate::telemetry::record_trace_id(&span);
         span
     }
 }
