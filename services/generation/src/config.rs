@@ -21,7 +21,8 @@ pub struct Config {
     pub storage: atelier_images::Storage,
     /// Jobs handled at once by this process (they wait on providers, not on this CPU).
     pub concurrency: usize,
-    /// Deliveries of a job before the worker gives up, fails its images and refunds.
+    /// Attempts at a job before the worker gives up, fails its images and refunds (the
+    /// worker's limit: JetStream redelivers without one, see `atelier_events::jobs`).
     pub max_deliver: i64,
     /// How long a job may go silent before JetStream redelivers it.
     pub ack_wait: Duration,

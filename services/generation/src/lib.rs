@@ -68,7 +68,7 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let consumer_config = JobConsumerConfig {
         durable_name: "generation".to_owned(),
         filter_subject: subjects.generate_jobs(),
-        max_deliver: config.max_deliver,
+        max_attempts: config.max_deliver,
         ack_wait: config.ack_wait,
         concurrency: config.concurrency,
         drain_timeout: config.drain_timeout,

@@ -75,7 +75,7 @@ pub async fn run(
         jobs: JobConsumerConfig {
             durable_name: worker::DURABLE_NAME.to_owned(),
             filter_subject: subjects.title_jobs(),
-            max_deliver: config.max_deliver,
+            max_attempts: config.max_deliver,
             ack_wait: config.ack_wait,
             concurrency: config.concurrency,
             drain_timeout: config.drain_timeout,

@@ -5,9 +5,13 @@
 //! mid-job (or is killed) leaves it unacknowledged and JetStream redelivers it to another
 //! worker after `ack_wait`. Handlers must therefore be idempotent; Atelier's are, because
 //! every state change they cause goes through the conversation service's idempotent RPCs.
-//! After `max_deliver` deliveries JetStream stops redelivering: the handler learns from
-//! [`Job::is_last_attempt`] that this is the last chance and must settle the job for good
-//! (fail the message and refund) rather than ask for a retry.
+//! The attempt limit is the worker's, not the server's: the consumer redelivers without
+//! limit, and from its `max_attempts`-th delivery on, [`Job::is_last_attempt`] tells the
+//! handler to settle the job for good (fail the message and refund) rather than ask for a
+//! retry. With the limit in the server (`max_deliver`), a delivery that a dead worker's
+//! pull request swallowed still counted (nats-server before 2.10.16, PR #5338), and a job
+//! could use up its deliveries with no worker seeing the last one: its message then stayed
+//! unsettled, credits reserved, for good. Now a lost last attempt simply comes back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +32,9 @@ pub struct JobConsumerConfig {
     /// Shared by every replica of a worker, so they split the jobs between them.
     pub durable_name: String,
     pub filter_subject: String,
-    /// Deliveries before JetStream gives up on a job.
-    pub max_deliver: i64,
+    /// Deliveries after which the handler settles a job for good (see the module doc);
+    /// JetStream itself redelivers without limit.
+    pub max_attempts: i64,
     /// How long a delivered job may go without an ack or a keep-alive before it is
     /// redelivered.
     pub ack_wait: Duration,
@@ -49,18 +54,18 @@ pub async fn consumer(
         .get_stream(stream)
         .await
         .map_err(|err| anyhow::anyhow!("jobs stream {stream}: {err}"))?;
+    // Create or update: a consumer made by an older version, with a server-side
+    // max_deliver, loses it here.
     stream
-        .get_or_create_consumer(
-            &config.durable_name,
-            pull::Config {
-                durable_name: Some(config.durable_name.clone()),
-                filter_subject: config.filter_subject.clone(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: config.max_deliver,
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(config.durable_name.clone()),
+            filter_subject: config.filter_subject.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            // Unlimited: the attempt limit is the handler's (see the module doc).
+            max_deliver: -1,
+            ..Default::default()
+        })
         .await
         .map_err(|err| anyhow::anyhow!("consumer {}: {err}", config.durable_name))
 }
@@ -69,7 +74,7 @@ pub async fn consumer(
 pub struct Job {
     message: jetstream::Message,
     delivered: i64,
-    max_deliver: i64,
+    max_attempts: i64,
     ack_wait: Duration,
 }
 
@@ -83,9 +88,11 @@ impl Job {
         self.delivered
     }
 
-    /// No redelivery follows this one: settle the job for good.
+    /// The attempts are used up: settle the job for good. True for every delivery from
+    /// the `max_attempts`-th on, so one whose settling failed (or was lost with its worker)
+    /// is settled by the next.
     pub fn is_last_attempt(&self) -> bool {
-        self.max_deliver > 0 && self.delivered >= self.max_deliver
+        self.max_attempts > 0 && self.delivered >= self.max_attempts
     }
 
     /// Done: removes the job from the work queue.
@@ -210,7 +217,7 @@ where
             let job = Job {
                 message,
                 delivered,
-                max_deliver: config.max_deliver,
+                max_attempts: config.max_attempts,
                 ack_wait: config.ack_wait,
             };
             let handled = handle(job);

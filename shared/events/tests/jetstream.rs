@@ -151,7 +151,7 @@ async fn jobs_are_handled_at_most_n_at_once_and_the_loop_stops_cleanly() {
     let config = JobConsumerConfig {
         durable_name: "test-worker".to_owned(),
         filter_subject: streams.subjects.generate_jobs(),
-        max_deliver: 3,
+        max_attempts: 3,
         ack_wait: Duration::from_secs(10),
         concurrency: 2,
         drain_timeout: Duration::from_secs(5),
@@ -214,4 +214,104 @@ async fn jobs_are_handled_at_most_n_at_once_and_the_loop_stops_cleanly() {
         .await
         .expect("stream");
     assert_eq!(stream.info().await.expect("info").state.messages, 0);
+}
+
+#[tokio::test]
+async fn a_job_whose_last_attempt_was_lost_comes_back_to_be_settled() {
+    use std::sync::{Arc, Mutex};
+
+    use atelier_events::jobs::{self, JobConsumerConfig};
+
+    let streams = TestStreams::create().await;
+    Publisher::new(streams.js.clone())
+        .publish(streams.subjects.generate_jobs(), "job-lost", "job".into())
+        .await
+        .expect("publish");
+    let config = JobConsumerConfig {
+        durable_name: "test-worker".to_owned(),
+        filter_subject: streams.subjects.generate_jobs(),
+        max_attempts: 2,
+        // Short, so the deliveries a dead worker never acknowledges come back quickly.
+        ack_wait: Duration::from_secs(1),
+        concurrency: 1,
+        drain_timeout: Duration::from_secs(5),
+    };
+    let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
+        .await
+        .expect("consumer");
+    let server_side = consumer.cached_info().config.max_deliver;
+    assert_eq!(server_side, -1, "the server redelivers without limit");
+
+    // Each delivery: (its number, whether it is the last attempt). The first three are
+    // "lost" (never acknowledged, as by a worker that died); the fourth settles.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let record = Arc::clone(&seen);
+    let loop_task = tokio::spawn(jobs::run(
+        consumer,
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        move |job| {
+            let record = Arc::clone(&record);
+            async move {
+                let delivery = (job.delivered(), job.is_last_attempt());
+                record.lock().expect("unpoisoned").push(delivery);
+                if job.delivered() >= 4 {
+                    job.ack().await;
+                }
+            }
+        },
+    ));
+    for _ in 0..200 {
+        if seen.lock().expect("unpoisoned").len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), loop_task).await;
+    assert_eq!(
+        *seen.lock().expect("unpoisoned"),
+        [(1, false), (2, true), (3, true), (4, true)],
+        "past its limit a job still comes back, and every such delivery is told to settle"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_an_older_version_made_loses_its_server_side_limit() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use atelier_events::jobs::{self, JobConsumerConfig};
+
+    let streams = TestStreams::create().await;
+    let stream = streams
+        .js
+        .get_stream(streams.subjects.jobs_stream())
+        .await
+        .expect("stream");
+    // As the previous version created it: the limit in the server.
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("test-worker".to_owned()),
+            filter_subject: streams.subjects.generate_jobs(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 6,
+            ..Default::default()
+        })
+        .await
+        .expect("old consumer");
+    let config = JobConsumerConfig {
+        durable_name: "test-worker".to_owned(),
+        filter_subject: streams.subjects.generate_jobs(),
+        max_attempts: 6,
+        ack_wait: Duration::from_secs(60),
+        concurrency: 1,
+        drain_timeout: Duration::from_secs(5),
+    };
+    let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
+        .await
+        .expect("consumer");
+    assert_eq!(consumer.cached_info().config.max_deliver, -1);
 }

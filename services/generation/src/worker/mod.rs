@@ -152,9 +152,12 @@ pub async fn handle(worker: Arc<Worker>, job: Job) {
             .await;
             if failed {
                 job.ack().await;
+            } else {
+                // The conversation service is out of reach: the job comes back (JetStream
+                // redelivers without limit) and its next delivery, past the limit too,
+                // tries to settle it again.
+                job.retry_after(redelivery_delay(job.delivered())).await;
             }
-            // Not acknowledged: with deliveries exhausted JetStream keeps it for
-            // inspection, and the message stays running until an operator acts.
         }
     }
 }
