@@ -201,7 +201,7 @@ wait_listening() {
 
 # Workers find each other by URL; images go under .data/objects (the builtin renderer
 # needs nothing else, so the mesh runs offline).
-start conversation
+start conversation ATELIER_METRICS_ADDR="${ATELIER_CONVERSATION_METRICS_ADDR:-127.0.0.1:9152}"
 start intent ATELIER_METRICS_ADDR="${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}"
 start enhancement ATELIER_METRICS_ADDR="${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}"
 start title ATELIER_CONVERSATION_URL="$conversation_url"
@@ -233,7 +233,7 @@ Atelier mesh is up.
   try it:                  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/CreateConversation
   watch your events:       grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/WatchEvents
   images:                  $storage_dir (served under signed URLs at http://$edge_http/images/...)
-  metrics:                 http://${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}/metrics (intent), http://${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}/metrics (enhancement)
+  metrics:                 http://${ATELIER_CONVERSATION_METRICS_ADDR:-127.0.0.1:9152}/metrics (conversation), http://${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}/metrics (intent), http://${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}/metrics (enhancement)
   logs:                    $log_dir/<service>.log
 Press Ctrl-C to stop all services.
 EOF

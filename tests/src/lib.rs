@@ -98,6 +98,9 @@ impl Mesh {
             sweep_interval: Duration::from_millis(500),
             // The deployment default: the load generator measures what production runs.
             queue_report_interval: Duration::from_secs(1),
+            reaper_interval: Duration::from_secs(60),
+            reaper_stale_after: Duration::from_secs(1800),
+            metrics_addr: None,
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)

@@ -31,6 +31,12 @@ pub struct Config {
     /// How often the queue reporter looks at the queue while it is not empty, and the
     /// shortest time between two generation_queued events of one message.
     pub queue_report_interval: std::time::Duration,
+    /// How often the reaper looks for messages the pipeline lost ([`crate::reaper`]).
+    pub reaper_interval: std::time::Duration,
+    /// How long an unfinished message must go unchanged before the reaper acts on it.
+    pub reaper_stale_after: std::time::Duration,
+    /// Where Prometheus scrapes `/metrics`; `None` serves no metrics.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/atelier";
@@ -74,13 +80,16 @@ impl Config {
                 "must be at least 10",
             ))?;
         }
+        let environment = atelier_runtime::config::Environment::from_env()?;
+        let metrics_addr = optional_var("ATELIER_METRICS_ADDR")?;
+        if let Some(addr) = metrics_addr {
+            environment.check_listen("ATELIER_METRICS_ADDR", addr)?;
+        }
         Ok(Self {
             database,
             max_connections: var_or("ATELIER_DATABASE_MAX_CONNECTIONS", 16)?,
             run_migrations: var_or("ATELIER_DATABASE_MIGRATE", true)?,
-            service_token: ServiceToken::from_env(
-                atelier_runtime::config::Environment::from_env()?
-            )?,
+            service_token: ServiceToken::from_env(environment)?,
             starting_credits,
             max_generations_per_conversation,
             catalog,
@@ -91,6 +100,15 @@ impl Config {
                 "ATELIER_QUEUE_REPORT_MS",
                 1000,
             )?),
+            reaper_interval: std::time::Duration::from_secs(positive_var(
+                "ATELIER_REAPER_INTERVAL_SECS",
+                60,
+            )?),
+            reaper_stale_after: std::time::Duration::from_secs(positive_var(
+                "ATELIER_REAPER_STALE_SECS",
+                1800,
+            )?),
+            metrics_addr,
         })
     }
 }

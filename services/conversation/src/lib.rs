@@ -19,6 +19,7 @@ pub mod outbox;
 mod pagination;
 mod pipeline;
 pub mod queue;
+pub mod reaper;
 pub mod relay;
 mod requests;
 mod service;
@@ -50,6 +51,8 @@ pub struct State {
     pub relay: Arc<relay::Relay>,
     /// Asks the queue reporter for a run: after a change to the queue.
     pub queue: queue::Nudge,
+    /// What the reaper did, for `/metrics`.
+    pub reaper: reaper::ReaperMetrics,
 }
 
 /// Serves the conversation service on `listener` until `shutdown` resolves, then drains
@@ -84,13 +87,32 @@ pub async fn run(
         config.queue_report_interval,
         nudge.clone(),
     );
-    let reporter = tokio::spawn(reporter.run_until(until_stopped(stopped)));
+    let reporter = tokio::spawn(reporter.run_until(until_stopped(stopped.clone())));
+    let (reaper_interval, stale_after, metrics_addr) = (
+        config.reaper_interval,
+        config.reaper_stale_after,
+        config.metrics_addr,
+    );
     let state = Arc::new(State {
         pool: pool.clone(),
         config,
         relay,
         queue: nudge,
+        reaper: reaper::ReaperMetrics::default(),
     });
+    let reaper = tokio::spawn(reaper::run_until(
+        Arc::clone(&state),
+        reaper_interval,
+        stale_after,
+        until_stopped(stopped.clone()),
+    ));
+    let metrics_state = Arc::clone(&state);
+    atelier_runtime::metrics::serve_if_configured(
+        metrics_addr,
+        Arc::new(move || metrics_state.reaper.render()),
+        until_stopped(stopped),
+    )
+    .await?;
 
     let (health, reflection_and_health) = grpc::health_and_reflection(
         atelier_proto::FILE_DESCRIPTOR_SET,
@@ -124,6 +146,7 @@ pub async fn run(
         .context("the conversation server failed")?;
     let _ = sweeper.await;
     let _ = reporter.await;
+    let _ = reaper.await;
     // Every handle on the relay went with the server: its last marks are written (bounded,
     // in case a connection task still holds one; an unmarked row is only published again).
     let _ = tokio::time::timeout(Duration::from_secs(5), relay_tasks.finished()).await;

@@ -376,7 +376,7 @@ pub async fn cancel(
 
 /// Ends generations without an image, releases their credits, settles the message and
 /// announces it all. Returns the credits released now.
-async fn end(
+pub(crate) async fn end(
     state: &State,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     user_id: &str,

@@ -909,3 +909,113 @@ async fn a_follow_up_the_balance_cannot_upgrade_keeps_its_own_settings() {
         "reroll"
     );
 }
+
+/// The generate jobs of `message_id` in the jobs stream so far (read by sequence: a work
+/// queue takes one consumer per subject, and the test must not become one).
+async fn jobs_of(app: &TestApp, message_id: &str) -> usize {
+    let subjects = subjects(app);
+    let js = app.nats.jetstream().await.expect("jetstream");
+    let mut stream = js.get_stream(subjects.jobs_stream()).await.expect("stream");
+    let state = stream.info().await.expect("info").state.clone();
+    if state.messages == 0 {
+        return 0;
+    }
+    let mut count = 0;
+    for sequence in state.first_sequence..=state.last_sequence {
+        let Ok(stored) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        if jobs::GenerateJob::decode(stored.payload.clone())
+            .is_ok_and(|job| job.message_id == message_id)
+        {
+            count += 1;
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn the_reaper_republishes_a_lost_job_then_fails_and_refunds_a_message_still_stuck() {
+    let metrics_addr = atelier_testkit::free_local_addr();
+    let app = TestApp::spawn_with(|config| {
+        config.reaper_interval = Duration::from_millis(100);
+        config.reaper_stale_after = Duration::from_secs(2);
+        config.metrics_addr = Some(metrics_addr);
+    })
+    .await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let stuck = send_images(&mut alice, &conversation.id, "a red fox", 2).await;
+    let waiting = send_images(&mut alice, &conversation.id, "a grey wolf", 1).await;
+    outbox_drained(&app).await;
+    assert_eq!(balance(&mut alice).await, 94);
+    // A worker started the first and died; say its job was lost with it.
+    start(&mut alice, &stuck.id).await;
+    let pool = app.db.pool().await.expect("pool");
+    let reap_count = async |id: &str| -> i16 {
+        sqlx::query_scalar("SELECT reap_count FROM messages WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("reap_count")
+    };
+
+    // Unchanged past the bound: each gets its job published again, once.
+    let mut republished = false;
+    for _ in 0..100 {
+        if jobs_of(&app, &stuck.id).await == 2 && jobs_of(&app, &waiting.id).await == 2 {
+            republished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(republished, "both jobs published again within 10 s");
+
+    // Still stuck one period later: the running message fails and is refunded; the queued
+    // one may be waiting its turn, so it stays queued.
+    let events = user_events_once(&app, "alice", |events| {
+        events
+            .iter()
+            .any(|event| event.message_id == stuck.id && common::kind(event) == "generation_failed")
+    })
+    .await;
+    let failed = events
+        .iter()
+        .find_map(|event| match &event.payload {
+            Some(proto::event::Payload::GenerationFailed(failed))
+                if event.message_id == stuck.id =>
+            {
+                Some(failed.clone())
+            }
+            _ => None,
+        })
+        .expect("generation_failed");
+    assert_eq!(failed.generation_ids.len(), 2);
+    assert_eq!(failed.refunded, 4);
+    assert_eq!(failed.reason, atelier_conversation::reaper::REAPED_REASON);
+    assert_eq!(
+        get_message(&mut alice, &stuck.id).await.status(),
+        proto::MessageStatus::Failed
+    );
+    assert_eq!(
+        balance(&mut alice).await,
+        98,
+        "the stuck message's 4 credits back"
+    );
+    assert_eq!(reap_count(&stuck.id).await, 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get_message(&mut alice, &waiting.id).await.status(),
+        proto::MessageStatus::Queued
+    );
+    assert_eq!(jobs_of(&app, &waiting.id).await, 2, "republished once only");
+
+    // Counted for the operator.
+    let scraped = atelier_testkit::scrape_metrics(metrics_addr).await;
+    for line in [
+        "atelier_conversation_reaped_total{action=\"republished\"} 2",
+        "atelier_conversation_reaped_total{action=\"failed\"} 1",
+    ] {
+        assert!(scraped.lines().any(|l| l == line), "{line} in\n{scraped}");
+    }
+}

@@ -4,30 +4,11 @@
 use atelier_proto::intent::v1 as intent;
 use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
 use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    // The metrics port is bound by the service a moment after start: retry briefly.
-    for _ in 0..100 {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
-                .await
-                .expect("write");
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await.expect("read");
-            return answer;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("no metrics endpoint at {addr}");
-}
+use atelier_testkit::scrape_metrics as scrape;
 
 #[tokio::test]
 async fn answers_are_counted_by_source_on_the_metrics_endpoint() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let metrics_addr = free.local_addr().expect("addr");
-    drop(free);
+    let metrics_addr = atelier_testkit::free_local_addr();
     let config = atelier_intent::Config {
         service_token: ServiceToken::new("metrics-test"),
         metrics_addr: Some(metrics_addr),

@@ -25,7 +25,7 @@ pub use database::TestDatabase;
 pub use env::rerun_with_env;
 pub use nats::TestNats;
 pub use proxy::TcpProxy;
-pub use server::{RunningServer, spawn_server};
+pub use server::{RunningServer, free_local_addr, scrape_metrics, spawn_server};
 pub use statements::StatementCounter;
 
 /// A random secret of 64 characters (about 150 random bits), as a test run's service

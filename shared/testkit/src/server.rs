@@ -59,3 +59,30 @@ where
         task,
     })
 }
+
+/// A free loopback address, for a port a service binds itself (such as its metrics port).
+/// The port is free when returned; another process could take it before the service does,
+/// which the tests accept.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    free.local_addr().expect("its address")
+}
+
+/// `GET /metrics` from a service's metrics port, as Prometheus scrapes it: the raw HTTP
+/// answer. The port is bound a moment after the service starts, so this retries briefly.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for _ in 0..100 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+                .await
+                .expect("write");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("read");
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no metrics endpoint at {addr}");
+}

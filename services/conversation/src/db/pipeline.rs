@@ -519,3 +519,43 @@ pub async fn insert_outbox(
     .await?;
     Ok(())
 }
+
+/// A message the reaper claimed: unfinished and unchanged since before the cutoff.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ReapedRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub owner_id: String,
+    pub status: String,
+    /// How many times the reaper has now acted on it, this time included.
+    pub reap_count: i16,
+}
+
+/// Claims up to `limit` unfinished messages unchanged since `cutoff`, oldest first, and
+/// marks them reaped now (which also makes them recent: the next claim comes one stale
+/// period later at the earliest). Rows another transaction holds are skipped, so two
+/// replicas never claim one message in one period.
+#[tracing::instrument(skip(pool))]
+pub async fn claim_stale(
+    pool: &sqlx::PgPool,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<ReapedRow>> {
+    sqlx::query_as(
+        "UPDATE messages m SET reap_count = reap_count + 1, reaped_at = $2, updated_at = $2 \
+         FROM ( \
+             SELECT id FROM messages \
+             WHERE status IN ('queued', 'processing') AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $3 \
+             FOR UPDATE SKIP LOCKED \
+         ) stale \
+         WHERE m.id = stale.id \
+         RETURNING m.id, m.conversation_id, m.owner_id, m.status, m.reap_count",
+    )
+    .bind(cutoff)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -125,6 +125,10 @@ fn config(db: &TestDatabase, nats: &TestNats) -> Config {
         subject_prefix: nats.prefix.clone(),
         sweep_interval: Duration::from_millis(200),
         queue_report_interval: Duration::from_millis(100),
+        // Tests run the reaper themselves (reaper::run_once), with their own bound.
+        reaper_interval: Duration::from_secs(3600),
+        reaper_stale_after: Duration::from_secs(1800),
+        metrics_addr: None,
     }
 }
 

@@ -142,6 +142,9 @@ impl Pipeline {
             subject_prefix: nats.prefix.clone(),
             sweep_interval: Duration::from_millis(300),
             queue_report_interval: Duration::from_millis(100),
+            reaper_interval: Duration::from_secs(3600),
+            reaper_stale_after: Duration::from_secs(1800),
+            metrics_addr: None,
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
