@@ -154,6 +154,7 @@ where
     let capacity = config.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(capacity));
     let mut running = JoinSet::new();
+    let mut abandoned_if_unfinished: Vec<(tokio::task::AbortHandle, Unfinished)> = Vec::new();
     let mut shutdown = std::pin::pin!(shutdown);
     // Set once `shutdown` has resolved: a finished future must not be polled again.
     let mut stopping = false;
@@ -214,6 +215,11 @@ where
                 let _ = span.set_parent(parent);
             }
             atelier_runtime::telemetry::record_trace_id(&span);
+            // Where to hand the job back if a shutdown abandons it (see below).
+            let unfinished = Unfinished {
+                client: message.context.client(),
+                reply: message.reply.clone(),
+            };
             let job = Job {
                 message,
                 delivered,
@@ -221,16 +227,18 @@ where
                 ack_wait: config.ack_wait,
             };
             let handled = handle(job);
-            running.spawn(
+            let task = running.spawn(
                 async move {
                     handled.await;
                     drop(permit);
                 }
                 .instrument(span),
             );
+            abandoned_if_unfinished.push((task, unfinished));
         }
         // Reap finished tasks so the set does not grow.
         while running.try_join_next().is_some() {}
+        abandoned_if_unfinished.retain(|(task, _)| !task.is_finished());
     }
     tracing::info!(running = running.len(), "draining jobs");
     let drained = tokio::time::timeout(config.drain_timeout, async {
@@ -238,10 +246,48 @@ where
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(abandoned = running.len(), "jobs left to redelivery");
         running.abort_all();
+        // Handed back at once (a nak), so another worker takes them now rather than after
+        // their ack_wait. A job that settled just before the abort ignores the nak.
+        let abandoned: Vec<Unfinished> = abandoned_if_unfinished
+            .into_iter()
+            .filter(|(task, _)| !task.is_finished())
+            .map(|(_, unfinished)| unfinished)
+            .collect();
+        tracing::warn!(
+            abandoned = abandoned.len(),
+            "jobs handed back for redelivery"
+        );
+        for unfinished in &abandoned {
+            unfinished.hand_back().await;
+        }
     }
     Ok(())
+}
+
+/// A running job's way back to the stream, kept beside its task.
+struct Unfinished {
+    client: async_nats::Client,
+    reply: Option<async_nats::Subject>,
+}
+
+impl Unfinished {
+    /// Naks the job: JetStream redelivers it at once.
+    async fn hand_back(&self) {
+        let Some(reply) = &self.reply else { return };
+        let nak = bytes::Bytes::from_static(b"-NAK");
+        let sent = async {
+            self.client.publish(reply.clone(), nak).await?;
+            self.client.flush().await?;
+            anyhow::Ok(())
+        };
+        if let Err(err) = tokio::time::timeout(Duration::from_secs(2), sent)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+        {
+            tracing::warn!(error = %err, "cannot hand a job back; it returns after its ack_wait");
+        }
+    }
 }
 
 /// How long one fetch waits for jobs before asking again.

@@ -315,3 +315,77 @@ async fn a_consumer_an_older_version_made_loses_its_server_side_limit() {
         .expect("consumer");
     assert_eq!(consumer.cached_info().config.max_deliver, -1);
 }
+
+#[tokio::test]
+async fn a_job_a_shutdown_abandons_is_handed_back_at_once() {
+    use atelier_events::jobs::{self, JobConsumerConfig};
+
+    let streams = TestStreams::create().await;
+    Publisher::new(streams.js.clone())
+        .publish(streams.subjects.generate_jobs(), "job-slow", "job".into())
+        .await
+        .expect("publish");
+    let config = JobConsumerConfig {
+        durable_name: "test-worker".to_owned(),
+        filter_subject: streams.subjects.generate_jobs(),
+        max_attempts: 6,
+        // Long: without the hand-back the job would wait this out.
+        ack_wait: Duration::from_secs(60),
+        concurrency: 1,
+        drain_timeout: Duration::from_millis(200),
+    };
+    let jobs_stream = streams.subjects.jobs_stream();
+    let consumer = || jobs::consumer(&streams.js, &jobs_stream, &config);
+
+    // A worker takes the job and is stopped while its handler still runs.
+    let (started, mut handling) = tokio::sync::mpsc::channel::<()>(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(jobs::run(
+        consumer().await.expect("consumer"),
+        config.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        move |_job| {
+            let started = started.clone();
+            async move {
+                let _ = started.send(()).await;
+                std::future::pending::<()>().await;
+            }
+        },
+    ));
+    tokio::time::timeout(Duration::from_secs(10), handling.recv())
+        .await
+        .expect("the first worker took the job");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the drain is bounded")
+        .expect("no panic")
+        .expect("no error");
+
+    // Another worker gets it at once, not after the 60 s ack_wait.
+    let (delivered, mut deliveries) = tokio::sync::mpsc::channel::<i64>(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(jobs::run(
+        consumer().await.expect("consumer"),
+        config.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        move |job| {
+            let delivered = delivered.clone();
+            async move {
+                job.ack().await;
+                let _ = delivered.send(job.delivered()).await;
+            }
+        },
+    ));
+    let again = tokio::time::timeout(Duration::from_secs(5), deliveries.recv())
+        .await
+        .expect("redelivered within 5 s")
+        .expect("a delivery");
+    assert_eq!(again, 2);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+}
