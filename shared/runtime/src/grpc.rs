@@ -74,13 +74,25 @@ pub fn health_and_reflection(
     Ok((reporter, routes))
 }
 
-/// Marks `services` SERVING now and NOT_SERVING once `shutdown` resolves, then returns:
-/// pass the result to `serve_with_incoming_shutdown` so load balancers stop routing here
-/// before in-flight calls drain.
+/// Marks `services` SERVING now and NOT_SERVING once `shutdown` resolves, keeps serving
+/// for the drain grace ([`crate::shutdown::drain_grace`]), then returns: pass the result
+/// to `serve_with_incoming_shutdown`, so load balancers and probes see NOT_SERVING (rather
+/// than a refused connection) and stop routing here before the port closes and in-flight
+/// calls drain.
 pub async fn serve_until(
     reporter: HealthReporter,
     services: Vec<&'static str>,
     shutdown: impl Future<Output = ()>,
+) {
+    serve_until_with_grace(reporter, services, shutdown, crate::shutdown::drain_grace()).await;
+}
+
+/// [`serve_until`] with an explicit drain grace.
+pub async fn serve_until_with_grace(
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    shutdown: impl Future<Output = ()>,
+    grace: std::time::Duration,
 ) {
     for name in &services {
         reporter
@@ -92,6 +104,13 @@ pub async fn serve_until(
         reporter
             .set_service_status(name, ServingStatus::NotServing)
             .await;
+    }
+    if !grace.is_zero() {
+        tracing::info!(
+            grace_ms = grace.as_millis(),
+            "NOT_SERVING; draining after the grace"
+        );
+        tokio::time::sleep(grace).await;
     }
 }
 
@@ -204,6 +223,61 @@ mod tests {
             ClassifiedResponse::Ready(outcome) => outcome.is_err(),
             ClassifiedResponse::RequiresEos(_) => panic!("a trailers-only answer is ready"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_server_answers_not_serving_during_the_grace() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (health, routes) =
+            health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &["test.Api"])
+                .expect("health");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    incoming(listener),
+                    serve_until_with_grace(
+                        health,
+                        vec!["test.Api"],
+                        async {
+                            let _ = stopped.await;
+                        },
+                        std::time::Duration::from_secs(1),
+                    ),
+                ),
+        );
+        let status = async || {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("url")
+                .connect()
+                .await
+                .expect("a new connection is still accepted");
+            let mut client = HealthClient::new(channel);
+            client
+                .check(HealthCheckRequest {
+                    service: "test.Api".to_owned(),
+                })
+                .await
+                .expect("answered")
+                .into_inner()
+                .status()
+        };
+        assert_eq!(status().await, ServingStatus::Serving.into());
+        let _ = stop.send(());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(status().await, ServingStatus::NotServing.into());
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("stops after the grace")
+            .expect("joined")
+            .expect("served");
     }
 
     #[test]

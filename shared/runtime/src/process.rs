@@ -34,8 +34,13 @@ where
     Run: FnOnce(C, tokio::net::TcpListener, ShutdownSignal) -> Served,
     Served: Future<Output = anyhow::Result<()>>,
 {
-    let (config, addr) = match load().and_then(|config| Ok((config, listen_addr(default_listen)?)))
-    {
+    let (config, addr) = match load().and_then(|config| {
+        crate::shutdown::set_drain_grace(std::time::Duration::from_secs(config::var_or(
+            "ATELIER_DRAIN_GRACE_SECS",
+            0,
+        )?));
+        Ok((config, listen_addr(default_listen)?))
+    }) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("atelier-{name}: bad configuration: {err:#}");
