@@ -1,7 +1,9 @@
 //! The `ConversationService` gRPC trait, each method a caller check and one call into the
-//! module of its RPC group. Every user-facing call names its user in metadata (set by the
+//! module of its RPC group; the calls that write run to their end whatever the caller
+//! does ([`to_completion`]). Every user-facing call names its user in metadata (set by the
 //! edge after verifying the JWT); the service credential was checked by the interceptor.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use atelier_proto::conversation::v1 as internal;
@@ -9,7 +11,9 @@ use atelier_proto::conversation::v1::conversation_service_server::ConversationSe
 use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::caller_user_id;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
+use crate::error::ServiceError;
 use crate::{State, conversations, credits, favorites, messages, models, pipeline};
 
 pub struct ConversationApi {
@@ -25,9 +29,8 @@ impl ConversationService for ConversationApi {
         request: Request<proto::CreateConversationRequest>,
     ) -> Reply<proto::CreateConversationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            conversations::create(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { conversations::create(&state, &user, request).await }).await
     }
 
     async fn list_conversations(
@@ -55,9 +58,8 @@ impl ConversationService for ConversationApi {
         request: Request<proto::RenameConversationRequest>,
     ) -> Reply<proto::RenameConversationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            conversations::rename(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { conversations::rename(&state, &user, request).await }).await
     }
 
     async fn archive_conversation(
@@ -65,9 +67,8 @@ impl ConversationService for ConversationApi {
         request: Request<proto::ArchiveConversationRequest>,
     ) -> Reply<proto::ArchiveConversationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            conversations::archive(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { conversations::archive(&state, &user, request).await }).await
     }
 
     async fn send_message(
@@ -75,9 +76,8 @@ impl ConversationService for ConversationApi {
         request: Request<proto::SendMessageRequest>,
     ) -> Reply<proto::SendMessageResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            messages::send(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { messages::send(&state, &user, request).await }).await
     }
 
     async fn list_messages(
@@ -105,9 +105,8 @@ impl ConversationService for ConversationApi {
         request: Request<proto::CancelGenerationRequest>,
     ) -> Reply<proto::CancelGenerationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            pipeline::cancel(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { pipeline::cancel(&state, &user, request).await }).await
     }
 
     async fn set_favorite(
@@ -115,9 +114,8 @@ impl ConversationService for ConversationApi {
         request: Request<proto::SetFavoriteRequest>,
     ) -> Reply<proto::SetFavoriteResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            favorites::set(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { favorites::set(&state, &user, request).await }).await
     }
 
     async fn list_favorites(
@@ -135,7 +133,9 @@ impl ConversationService for ConversationApi {
         request: Request<proto::GetBalanceRequest>,
     ) -> Reply<proto::GetBalanceResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(credits::balance(&self.state, &user).await?))
+        // A first call opens the account (a write).
+        let state = Arc::clone(&self.state);
+        to_completion(async move { credits::balance(&state, &user).await }).await
     }
 
     async fn list_models(
@@ -151,9 +151,8 @@ impl ConversationService for ConversationApi {
         &self,
         request: Request<internal::GrantCreditsRequest>,
     ) -> Reply<internal::GrantCreditsResponse> {
-        Ok(Response::new(
-            credits::grant(&self.state, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { credits::grant(&state, request).await }).await
     }
 
     async fn get_generation_context(
@@ -171,9 +170,8 @@ impl ConversationService for ConversationApi {
         request: Request<internal::StartGenerationRequest>,
     ) -> Reply<internal::StartGenerationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            pipeline::start(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { pipeline::start(&state, &user, request).await }).await
     }
 
     async fn record_intent(
@@ -181,9 +179,8 @@ impl ConversationService for ConversationApi {
         request: Request<internal::RecordIntentRequest>,
     ) -> Reply<internal::RecordIntentResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            pipeline::record_intent(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { pipeline::record_intent(&state, &user, request).await }).await
     }
 
     async fn complete_generation(
@@ -191,9 +188,8 @@ impl ConversationService for ConversationApi {
         request: Request<internal::CompleteGenerationRequest>,
     ) -> Reply<internal::CompleteGenerationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            pipeline::complete(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { pipeline::complete(&state, &user, request).await }).await
     }
 
     async fn fail_generation(
@@ -201,9 +197,8 @@ impl ConversationService for ConversationApi {
         request: Request<internal::FailGenerationRequest>,
     ) -> Reply<internal::FailGenerationResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            pipeline::fail(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { pipeline::fail(&state, &user, request).await }).await
     }
 
     async fn apply_title(
@@ -211,8 +206,26 @@ impl ConversationService for ConversationApi {
         request: Request<internal::ApplyTitleRequest>,
     ) -> Reply<internal::ApplyTitleResponse> {
         let user = caller_user_id(&request)?;
-        Ok(Response::new(
-            pipeline::apply_title(&self.state, &user, request.into_inner()).await?,
-        ))
+        let (state, request) = (Arc::clone(&self.state), request.into_inner());
+        to_completion(async move { pipeline::apply_title(&state, &user, request).await }).await
+    }
+}
+
+/// Runs a call that writes to its end even if its caller goes away. A deadline, a cancel
+/// or a dropped connection drops the handler's future; dropped inside a transaction, the
+/// transaction would only be rolled back when the pool next touches its connection,
+/// holding its row locks until then (and PostgreSQL would warn "there is already a
+/// transaction in progress"). Detached, it commits or rolls back on its own terms, and
+/// only the answer is lost: a retry with the same client_request_id gets it. Reads need
+/// none of this and run in place.
+async fn to_completion<T: Send + 'static>(
+    call: impl Future<Output = Result<T, ServiceError>> + Send + 'static,
+) -> Reply<T> {
+    match tokio::spawn(call.in_current_span()).await {
+        Ok(answer) => answer.map(Response::new).map_err(Status::from),
+        Err(err) => {
+            tracing::error!(error = %err, "a call's task failed");
+            Err(Status::internal("internal error; it has been logged"))
+        }
     }
 }

@@ -1155,3 +1155,71 @@ async fn connections_ended_by_a_database_restart_are_unavailable_then_replaced()
         "{codes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_send_its_caller_abandons_mid_transaction_still_ends_whole_and_a_retry_gets_it() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    assert_eq!(balance(&mut alice).await, 100);
+
+    // Hold the conversation's row, so SendMessage's transaction waits inside its
+    // statement, and let the caller's deadline pass meanwhile.
+    let pool = app.db.pool().await.expect("pool");
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1::uuid FOR UPDATE")
+        .bind(&conversation.id)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let request = proto::SendMessageRequest {
+        client_request_id: "abandoned-1".into(),
+        ..send_request(&conversation.id, "a red fox")
+    };
+    let mut impatient = tonic::Request::new(request.clone());
+    impatient.set_timeout(std::time::Duration::from_millis(300));
+    let status = alice
+        .send_message(impatient)
+        .await
+        .expect_err("the caller gave up");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    holder.rollback().await.expect("release");
+
+    // The call went on without its caller and committed whole.
+    let mut stored = 0;
+    for _ in 0..50 {
+        stored = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM messages WHERE client_request_id = 'abandoned-1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        if stored == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, 1, "committed once the lock was free");
+    let idle_in_transaction: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("activity");
+    assert_eq!(idle_in_transaction, 0, "no transaction left open");
+
+    // The client's retry with its key gets that message, charged once.
+    let message = alice
+        .send_message(request)
+        .await
+        .expect("the retry")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(message.client_request_id, "abandoned-1");
+    assert_eq!(balance(&mut alice).await, 100 - message.cost);
+}
