@@ -90,6 +90,9 @@ pub struct ModelSettings {
     pub quality: String,
     #[serde(default)]
     pub background: String,
+    /// The API takes no image: an edit is drawn from scratch.
+    #[serde(default)]
+    pub text_to_image_only: bool,
 }
 
 impl ModelSettings {
@@ -106,6 +109,7 @@ impl ModelSettings {
             response_format: self.response_format.clone(),
             quality: self.quality.clone(),
             background: self.background.clone(),
+            text_to_image_only: self.text_to_image_only,
         }
     }
 }

@@ -50,6 +50,7 @@ fn public(model: &ModelSpec, is_default: bool) -> proto::Model {
                 Provider::Automatic1111 => model.settings.max_batch.max(1),
                 _ => 1,
             },
+            edits_from_image: !model.settings.text_to_image_only,
         }),
     }
 }
@@ -100,6 +101,14 @@ mod tests {
         let features = gpt.features.expect("features");
         assert!(!features.seed && !features.negative_prompt);
         assert_eq!(features.max_batch, 1);
+        assert!(features.edits_from_image);
+        assert!(
+            !model("dall-e-3")
+                .features
+                .expect("features")
+                .edits_from_image,
+            "OpenAI has no edits for dall-e-3"
+        );
     }
 
     #[test]

@@ -192,6 +192,13 @@ pub async fn record_intent(
             }
         }
     }
+    // A model whose API takes no image draws an edit from scratch: no starting image is
+    // recorded for it (the message may have just inherited such a model).
+    let takes_images = state
+        .config
+        .catalog
+        .model(&settings.model)
+        .is_none_or(|model| !model.settings.text_to_image_only);
     let row = ResolvedRow {
         intent_kind: resolved.kind,
         resolved_prompt: &resolved.resolved_prompt,
@@ -199,7 +206,7 @@ pub async fn record_intent(
         strength: resolved.strength,
         enhanced_prompt: &resolved.enhanced_prompt,
         negative_prompt: &resolved.negative_prompt,
-        init_generation_id: resolved.init_generation_id,
+        init_generation_id: resolved.init_generation_id.filter(|_| takes_images),
     };
     let changed = db::pipeline::record_intent(&mut tx, message_id, &row, now).await?;
     let context = EventContext {

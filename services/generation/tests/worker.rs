@@ -863,6 +863,61 @@ async fn a_provider_down_for_good_fails_and_refunds_within_the_deadline() {
     );
 }
 
+#[tokio::test]
+async fn an_edit_on_a_model_without_image_input_is_drawn_anew_from_its_prompt() {
+    // An OpenAI-compatible images API: dall-e-3 answers generations; it has no edits.
+    let openai = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/v1/images/generations"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "created": 1,
+            "data": [{ "b64_json": atelier_testkit::fakes::png_base64(1024, 1024, 90) }],
+        })))
+        .mount(&openai)
+        .await;
+    let pipeline = Pipeline::start(PipelineOptions {
+        openai_url: Some(format!("{}/v1", openai.uri())),
+        ..PipelineOptions::default()
+    })
+    .await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let picture = pipeline
+        .send(
+            &mut alice,
+            &conversation,
+            "a lighthouse at dusk",
+            Some("dall-e-3"),
+        )
+        .await;
+    let picture = pipeline.wait_until_settled(&mut alice, &picture.id).await;
+    assert_eq!(picture.status(), proto::MessageStatus::Completed);
+
+    // No model named: the edit stays on dall-e-3, which takes no image.
+    let edit = pipeline
+        .send(&mut alice, &conversation, "make it night-time", None)
+        .await;
+    let edit = pipeline.wait_until_settled(&mut alice, &edit.id).await;
+    assert_eq!(edit.status(), proto::MessageStatus::Completed, "{edit:?}");
+    assert_eq!(
+        edit.intent.as_ref().expect("intent").kind(),
+        proto::IntentKind::Edit
+    );
+    let made = &edit.generations[0];
+    assert_eq!(made.model, "dall-e-3");
+    assert_eq!(made.init_generation_id, "", "drawn from scratch");
+    let requests = openai.received_requests().await.expect("recorded");
+    let paths: Vec<&str> = requests.iter().map(|r| r.url.path()).collect();
+    assert_eq!(paths, ["/v1/images/generations", "/v1/images/generations"]);
+    let sent: serde_json::Value = serde_json::from_slice(&requests[1].body).expect("json");
+    assert!(
+        sent["prompt"]
+            .as_str()
+            .is_some_and(|prompt| prompt.contains("night")),
+        "the resolved prompt: {sent}"
+    );
+}
+
 /// Outside development the service refuses to start without its service credential, or with a built-in or
 /// short one; development mode warns, and listens on loopback only.
 #[test]

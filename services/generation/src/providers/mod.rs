@@ -89,6 +89,8 @@ pub struct ModelSettings {
     pub response_format: String,
     pub quality: String,
     pub background: String,
+    /// The API takes no image: an edit is drawn from scratch.
+    pub text_to_image_only: bool,
 }
 
 impl From<atelier_proto::conversation::v1::ModelSettings> for ModelSettings {
@@ -105,6 +107,7 @@ impl From<atelier_proto::conversation::v1::ModelSettings> for ModelSettings {
             response_format: settings.response_format,
             quality: settings.quality,
             background: settings.background,
+            text_to_image_only: settings.text_to_image_only,
         }
     }
 }

@@ -216,6 +216,11 @@ async fn run_job(
         init,
         inherits,
     } = prepared;
+    // A model whose API takes no image draws an edit from scratch (its resolved prompt).
+    let text_only = |settings: Option<&internal::ModelSettings>| {
+        settings.is_some_and(|settings| settings.text_to_image_only)
+    };
+    let init = init.filter(|_| !text_only(started.model_settings.as_ref()));
     let intent = as_user(
         internal::RecordIntentRequest {
             message_id: job.message_id.clone(),
@@ -261,6 +266,7 @@ async fn run_job(
             Some(intent),
         )
     };
+    let init = init.filter(|_| !text_only(work.model_settings.as_ref()));
     let message = work.message;
     let settings = providers::ModelSettings::from(work.model_settings.unwrap_or_default());
     let Some(provider) = worker.providers.get(&work.provider) else {

@@ -33,6 +33,8 @@ const SERVICE_TOKEN: &str = "pipeline-test-token";
 pub struct PipelineOptions {
     pub llm_url: Option<String>,
     pub automatic1111_url: Option<String>,
+    /// An OpenAI-compatible images API (`…/v1`) for the catalog's OpenAI models.
+    pub openai_url: Option<String>,
     pub ack_wait: Duration,
     pub breaker_open_for: Duration,
     pub max_deliver: i64,
@@ -45,6 +47,7 @@ impl Default for PipelineOptions {
         Self {
             llm_url: None,
             automatic1111_url: None,
+            openai_url: None,
             ack_wait: Duration::from_secs(10),
             breaker_open_for: Duration::from_secs(30),
             max_deliver: 6,
@@ -206,6 +209,7 @@ impl Pipeline {
             service_token: ServiceToken::new(SERVICE_TOKEN),
             providers: ProvidersConfig {
                 automatic1111_url: self.options.automatic1111_url.clone(),
+                openai_base_url: self.options.openai_url.clone(),
                 progress_interval: Duration::from_millis(50),
                 ..ProvidersConfig::default()
             },
