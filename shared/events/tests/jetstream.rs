@@ -96,7 +96,18 @@ async fn user_events_are_republished_live_with_their_sequence_and_predecessor() 
         .subscribe(streams.subjects.live_user_events("alice"))
         .await
         .expect("subscribe");
-    client.flush().await.expect("flush");
+    // A flush only empties the client's buffer: the server may not have the subscription
+    // yet when the first event is republished (on another connection), and would drop
+    // that copy. A message of our own through the subscription proves it is in place.
+    client
+        .publish(streams.subjects.live_user_events("alice"), "probe".into())
+        .await
+        .expect("probe");
+    let probe = tokio::time::timeout(Duration::from_secs(5), alice_live.next())
+        .await
+        .expect("the probe in time")
+        .expect("subscription open");
+    assert_eq!(&probe.payload[..], b"probe");
 
     let publisher = Publisher::new(streams.js.clone());
     for (user, id) in [("alice", "a0"), ("bob", "b0"), ("alice", "a1")] {
