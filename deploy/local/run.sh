@@ -201,11 +201,15 @@ wait_listening() {
 
 # Workers find each other by URL; images go under .data/objects (the builtin renderer
 # needs nothing else, so the mesh runs offline).
+# Every service serves /metrics on a port of its own: edge 9151, conversation 9152,
+# intent 9153, enhancement 9154, title 9155, generation 9156.
 start conversation ATELIER_METRICS_ADDR="${ATELIER_CONVERSATION_METRICS_ADDR:-127.0.0.1:9152}"
 start intent ATELIER_METRICS_ADDR="${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}"
 start enhancement ATELIER_METRICS_ADDR="${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}"
-start title ATELIER_CONVERSATION_URL="$conversation_url"
+start title ATELIER_CONVERSATION_URL="$conversation_url" \
+  ATELIER_METRICS_ADDR="${ATELIER_TITLE_METRICS_ADDR:-127.0.0.1:9155}"
 start generation ATELIER_CONVERSATION_URL="$conversation_url" \
+  ATELIER_METRICS_ADDR="${ATELIER_GENERATION_METRICS_ADDR:-127.0.0.1:9156}" \
   ATELIER_INTENT_URL="http://${listen[intent]}" \
   ATELIER_ENHANCEMENT_URL="http://${listen[enhancement]}" \
   ATELIER_STORAGE_DIR="$storage_dir"
@@ -214,6 +218,7 @@ start generation ATELIER_CONVERSATION_URL="$conversation_url" \
 # lets the page's own origin call it over grpc-web.
 wait_listening conversation
 start edge ATELIER_CONVERSATION_URL="$conversation_url" \
+  ATELIER_METRICS_ADDR="${ATELIER_EDGE_METRICS_ADDR:-127.0.0.1:9151}" \
   ATELIER_STORAGE_DIR="$storage_dir" \
   ATELIER_EDGE_HTTP_ADDR="$edge_http" \
   ATELIER_WEB_DIR="$web_dir"
@@ -233,7 +238,7 @@ Atelier mesh is up.
   try it:                  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/CreateConversation
   watch your events:       grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{}' ${listen[edge]} atelier.v1.ChatService/WatchEvents
   images:                  $storage_dir (served under signed URLs at http://$edge_http/images/...)
-  metrics:                 http://${ATELIER_CONVERSATION_METRICS_ADDR:-127.0.0.1:9152}/metrics (conversation), http://${ATELIER_INTENT_METRICS_ADDR:-127.0.0.1:9153}/metrics (intent), http://${ATELIER_ENHANCEMENT_METRICS_ADDR:-127.0.0.1:9154}/metrics (enhancement)
+  metrics:                 http://127.0.0.1:9151/metrics (edge) ... :9156 (generation); conversation 9152, intent 9153, enhancement 9154, title 9155 (each ATELIER_<SERVICE>_METRICS_ADDR overrides)
   logs:                    $log_dir/<service>.log
 Press Ctrl-C to stop all services.
 EOF

@@ -66,6 +66,8 @@ pub struct Mesh {
     jwt_secret: String,
     /// This mesh's own image URL key: a test signs with it to make a URL the edge would.
     pub image_url_secret: String,
+    /// Where each service serves `/metrics`, by service name.
+    pub metrics: Vec<(&'static str, std::net::SocketAddr)>,
 }
 
 /// The worker's image directory, removed with the mesh.
@@ -85,6 +87,23 @@ impl Mesh {
         let service_token = atelier_testkit::random_secret();
         let jwt_secret = atelier_testkit::random_secret();
         let image_url_secret = atelier_testkit::random_secret();
+        let metrics: Vec<(&'static str, std::net::SocketAddr)> = [
+            "edge",
+            "conversation",
+            "intent",
+            "enhancement",
+            "title",
+            "generation",
+        ]
+        .into_iter()
+        .map(|service| (service, atelier_testkit::free_local_addr()))
+        .collect();
+        let metrics_of = |service: &str| {
+            metrics
+                .iter()
+                .find(|(name, _)| *name == service)
+                .map(|(_, addr)| *addr)
+        };
         let conversation_config = atelier_conversation::Config {
             database: db.options(),
             max_connections: options.database_connections,
@@ -100,7 +119,7 @@ impl Mesh {
             queue_report_interval: Duration::from_secs(1),
             reaper_interval: Duration::from_secs(60),
             reaper_stale_after: Duration::from_secs(1800),
-            metrics_addr: None,
+            metrics_addr: metrics_of("conversation"),
         };
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
@@ -132,6 +151,7 @@ impl Mesh {
                 url_secret: atelier_runtime::config::Secret::new(&image_url_secret),
                 ..Default::default()
             },
+            metrics_addr: metrics_of("edge"),
         };
         let edge = spawn_server(|listener, shutdown| {
             atelier_edge::serve(edge_config, listener, edge_http_listener, shutdown)
@@ -142,6 +162,7 @@ impl Mesh {
         let intent_config = atelier_intent::Config {
             service_token: token(),
             llm: llm.clone(),
+            metrics_addr: metrics_of("intent"),
             ..atelier_intent::Config::default()
         };
         let intent = spawn_server(|listener, shutdown| {
@@ -151,6 +172,7 @@ impl Mesh {
         let enhancement_config = atelier_enhancement::Config {
             service_token: token(),
             llm,
+            metrics_addr: metrics_of("enhancement"),
             ..atelier_enhancement::Config::default()
         };
         let enhancement = spawn_server(|listener, shutdown| {
@@ -162,6 +184,7 @@ impl Mesh {
             subject_prefix: nats.prefix.clone(),
             conversation_url: conversation.url(),
             service_token: token(),
+            metrics_addr: metrics_of("title"),
             ..atelier_title::Config::default()
         };
         let title =
@@ -180,6 +203,7 @@ impl Mesh {
                 progress_interval: Duration::from_millis(100),
                 ..Default::default()
             },
+            metrics_addr: metrics_of("generation"),
             ..atelier_generation::Config::default()
         };
         let mut workers = vec![intent, enhancement, title];
@@ -201,6 +225,7 @@ impl Mesh {
             images,
             jwt_secret,
             image_url_secret,
+            metrics,
         })
     }
 
@@ -307,4 +332,19 @@ pub fn authorized<T>(message: T, bearer: &str) -> anyhow::Result<tonic::Request<
         .metadata_mut()
         .insert("authorization", bearer.parse()?);
     Ok(request)
+}
+
+/// Creates an untitled conversation for `bearer`'s user through the public API.
+pub async fn new_conversation(
+    chat: &mut atelier_proto::v1::chat_service_client::ChatServiceClient<Channel>,
+    bearer: &str,
+) -> anyhow::Result<atelier_proto::v1::Conversation> {
+    chat.create_conversation(authorized(
+        atelier_proto::v1::CreateConversationRequest::default(),
+        bearer,
+    )?)
+    .await?
+    .into_inner()
+    .conversation
+    .ok_or_else(|| anyhow::anyhow!("CreateConversation answered without a conversation"))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
-use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, kind};
+use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, kind, new_conversation};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -20,14 +20,8 @@ async fn a_conversation_from_first_prompt_to_listed_history() {
         .await
         .expect("watch");
 
-    let conversation = chat
-        .create_conversation(
-            authorized(proto::CreateConversationRequest::default(), &bearer).expect("request"),
-        )
+    let conversation = new_conversation(&mut chat, &bearer)
         .await
-        .expect("create")
-        .into_inner()
-        .conversation
         .expect("conversation");
 
     let mut sent = Vec::new();
@@ -352,14 +346,8 @@ async fn an_edit_after_an_sdxl_picture_stays_on_sdxl_at_its_size_from_its_seed()
     let mut watcher = Watcher::open(mesh.connect().await.expect("connect"), &bearer, None)
         .await
         .expect("watch");
-    let conversation = chat
-        .create_conversation(
-            authorized(proto::CreateConversationRequest::default(), &bearer).expect("request"),
-        )
+    let conversation = new_conversation(&mut chat, &bearer)
         .await
-        .expect("create")
-        .into_inner()
-        .conversation
         .expect("conversation");
     let mut send = async |prompt: &str, settings: proto::GenerationSettings| {
         let request = proto::SendMessageRequest {

@@ -81,10 +81,7 @@ impl Config {
             ))?;
         }
         let environment = atelier_runtime::config::Environment::from_env()?;
-        let metrics_addr = optional_var("ATELIER_METRICS_ADDR")?;
-        if let Some(addr) = metrics_addr {
-            environment.check_listen("ATELIER_METRICS_ADDR", addr)?;
-        }
+        let metrics_addr = environment.metrics_addr()?;
         Ok(Self {
             database,
             max_connections: var_or("ATELIER_DATABASE_MAX_CONNECTIONS", 16)?,

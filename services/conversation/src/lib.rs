@@ -14,6 +14,7 @@ mod error;
 mod favorites;
 mod inheritance;
 mod messages;
+pub mod metrics;
 mod models;
 pub mod outbox;
 mod pagination;
@@ -51,8 +52,8 @@ pub struct State {
     pub relay: Arc<relay::Relay>,
     /// Asks the queue reporter for a run: after a change to the queue.
     pub queue: queue::Nudge,
-    /// What the reaper did, for `/metrics`.
-    pub reaper: reaper::ReaperMetrics,
+    /// What `/metrics` shows.
+    pub metrics: metrics::ConversationMetrics,
 }
 
 /// Serves the conversation service on `listener` until `shutdown` resolves, then drains
@@ -76,7 +77,9 @@ pub async fn run(
     // Connects in the background: SendMessage answers while NATS is down.
     let nats = atelier_events::connect(&config.nats_url, "atelier-conversation").await?;
     let nudge = queue::Nudge::default();
-    let (relay, relay_tasks) = relay::Relay::new(pool.clone(), nats, subjects, nudge.clone());
+    let metrics = metrics::ConversationMetrics::default();
+    let (relay, relay_tasks) =
+        relay::Relay::new(pool.clone(), nats, subjects, nudge.clone(), metrics.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(
         Arc::clone(&relay).sweep_until(config.sweep_interval, until_stopped(stopped.clone())),
@@ -98,7 +101,7 @@ pub async fn run(
         config,
         relay,
         queue: nudge,
-        reaper: reaper::ReaperMetrics::default(),
+        metrics: metrics.clone(),
     });
     let reaper = tokio::spawn(reaper::run_until(
         Arc::clone(&state),
@@ -106,13 +109,10 @@ pub async fn run(
         stale_after,
         until_stopped(stopped.clone()),
     ));
-    let metrics_state = Arc::clone(&state);
-    atelier_runtime::metrics::serve_if_configured(
-        metrics_addr,
-        Arc::new(move || metrics_state.reaper.render()),
-        until_stopped(stopped),
-    )
-    .await?;
+    let mut registry = atelier_runtime::metrics::registry();
+    metrics.register(&mut registry);
+    atelier_runtime::metrics::serve_if_configured(metrics_addr, registry, until_stopped(stopped))
+        .await?;
 
     let (health, reflection_and_health) = grpc::health_and_reflection(
         atelier_proto::FILE_DESCRIPTOR_SET,
@@ -126,9 +126,11 @@ pub async fn run(
         token,
     );
     Server::builder()
+        // Every call's latency and status, refusals and timeouts included: outermost.
+        .layer(metrics.rpc.layer())
         // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
         // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
-        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        // REQUEST_TIMEOUT. Before the rest, so a refusal costs nothing.
         .timeout(load::REQUEST_TIMEOUT)
         .layer(load::ShedLoadLayer::default())
         // Then one span per RPC, joined to the caller's trace.

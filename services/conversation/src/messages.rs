@@ -9,6 +9,7 @@ use crate::db::messages::{NewMessageRows, SendOutcome};
 use crate::db::{self, GenerationRow, MessageRow};
 use crate::error::ServiceError;
 use crate::inheritance::Unset;
+use crate::metrics::Movement;
 use crate::outbox::{self, EventContext};
 use crate::pagination::{Cursor, PageRequest};
 use crate::requests::{self, NewMessage};
@@ -141,6 +142,9 @@ pub async fn send(
     let refusal = match outcome {
         Ok(SendOutcome::Accepted { titled }) => {
             tx.commit().await?;
+            state
+                .metrics
+                .credits_moved(Movement::Reserved, settings.cost());
             // After the commit, never before: a job must not reach a worker before its
             // message exists. The fast path does not wait for NATS.
             let mut announced = rows.outbox;

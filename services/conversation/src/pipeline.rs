@@ -17,6 +17,7 @@ use crate::db::{self, OutboxRow};
 use crate::error::ServiceError;
 use crate::inheritance::{self, Follow};
 use crate::messages::load_message;
+use crate::metrics::Movement;
 use crate::outbox::EventContext;
 use crate::requests;
 use crate::{State, wire};
@@ -243,6 +244,15 @@ pub async fn record_intent(
         )));
     }
     commit_and_announce(state, tx, events).await?;
+    if credits_moved < 0 {
+        state
+            .metrics
+            .credits_moved(Movement::Reserved, -credits_moved);
+    } else {
+        state
+            .metrics
+            .credits_moved(Movement::Released, credits_moved);
+    }
     if !request.inherit_settings {
         return Ok(internal::RecordIntentResponse::default());
     }
@@ -284,6 +294,7 @@ pub async fn complete(
             completed: false,
         });
     };
+    let captured = row.cost;
     let generation = wire::generation(row);
     let events =
         vec![
@@ -294,6 +305,7 @@ pub async fn complete(
             )),
         ];
     commit_and_announce(state, tx, events).await?;
+    state.metrics.credits_moved(Movement::Captured, captured);
     if locked.status == "queued" {
         // An image completed without a start (not the worker's way): the queue may have
         // changed.
@@ -424,6 +436,7 @@ pub(crate) async fn end(
         )));
     }
     commit_and_announce(state, tx, events).await?;
+    state.metrics.credits_moved(Movement::Released, refunded);
     if locked.status == "queued" {
         // The message left the queue, or its waiting images changed.
         state.queue.nudge();

@@ -23,8 +23,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use atelier_runtime::metrics::LabelledCounters;
-
 use crate::db::pipeline::{Ending, ReapedRow};
 use crate::error::ServiceError;
 use crate::{State, db, outbox, pipeline};
@@ -34,8 +32,6 @@ const MAX_PER_RUN: i64 = 100;
 
 /// What the user reads on a message the reaper failed.
 pub const REAPED_REASON: &str = "the image could not be made in time; your credits were refunded";
-
-const REAPED: &str = "atelier_conversation_reaped_total";
 
 /// What the reaper did, per message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,31 +48,6 @@ impl Action {
             Action::Republished => "republished",
             Action::Failed => "failed",
         }
-    }
-}
-
-/// What the reaper did, counted since the process started.
-#[derive(Debug)]
-pub struct ReaperMetrics(LabelledCounters);
-
-impl Default for ReaperMetrics {
-    fn default() -> Self {
-        Self(LabelledCounters::new(
-            REAPED,
-            "Messages the pipeline lost, by what the reaper did: their job published again, or their images failed and refunded.",
-            "action",
-            &Action::ALL.map(Action::as_str),
-        ))
-    }
-}
-
-impl ReaperMetrics {
-    pub fn count(&self, action: Action) -> u64 {
-        self.0.get(action.as_str())
-    }
-
-    pub fn render(&self) -> String {
-        self.0.render()
     }
 }
 
@@ -128,7 +99,7 @@ pub async fn run_once(
             action = action.as_str(),
             "reaped a message the pipeline lost"
         );
-        state.reaper.0.increment(action.as_str());
+        state.metrics.reaped(action);
         done.push((message.id, action));
     }
     Ok(done)

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::db::{self, OutboxRow};
+use crate::metrics::ConversationMetrics;
 use crate::queue::Nudge;
 
 /// Rows younger than this are left to their in-process hand-off.
@@ -59,6 +60,8 @@ pub struct Relay {
     marks: mpsc::Sender<Vec<Uuid>>,
     /// Nudged once rows are marked published.
     marked: Nudge,
+    /// Records each stored row's lag.
+    metrics: ConversationMetrics,
 }
 
 /// The relay's background tasks: they end once the relay is dropped, after finishing
@@ -81,6 +84,7 @@ impl Relay {
         client: async_nats::Client,
         subjects: Subjects,
         marked: Nudge,
+        metrics: ConversationMetrics,
     ) -> (Arc<Self>, Background) {
         let js = async_nats::jetstream::new(client);
         let (hand_offs, hand_off_queue) = mpsc::channel(HAND_OFF_QUEUE);
@@ -95,6 +99,7 @@ impl Relay {
             hand_offs,
             marks,
             marked,
+            metrics,
         });
         let publisher = tokio::spawn(publish_hand_offs(Arc::downgrade(&relay), hand_off_queue));
         (relay, Background(vec![publisher, marker]))
@@ -177,7 +182,10 @@ impl Relay {
         let mut stored = Vec::with_capacity(acks.len());
         for (id, ack) in acks {
             match ack.await {
-                Ok(_) => stored.push(id),
+                Ok(_) => {
+                    self.metrics.outbox_row_stored(id);
+                    stored.push(id);
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, %id, "publish not acknowledged; publishing later")
                 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub watch: WatchConfig,
     pub http: HttpConfig,
     pub images: ImagesConfig,
+    /// Where Prometheus scrapes `/metrics`; `None` serves no metrics.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How WatchEvents streams behave.
@@ -138,6 +140,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             http: HttpConfig::default(),
             images: ImagesConfig::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Config {
         environment.check_listen("ATELIER_EDGE_HTTP_ADDR", http_addr)?;
         let storage = atelier_images::Storage::from_env()?;
         Ok(Self {
+            metrics_addr: environment.metrics_addr()?,
             conversation_url: var_or(
                 "ATELIER_CONVERSATION_URL",
                 DEFAULT_CONVERSATION_URL.to_owned(),

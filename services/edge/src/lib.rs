@@ -34,6 +34,7 @@ use atelier_proto::conversation::v1::conversation_service_client::ConversationSe
 use atelier_proto::limits;
 use atelier_proto::v1::chat_service_server::ChatServiceServer;
 use atelier_runtime::internal_call::OutgoingCall;
+use atelier_runtime::metrics::RpcMetrics;
 use atelier_runtime::{grpc, load};
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -109,13 +110,24 @@ pub async fn serve(
     let nats = atelier_events::connect(&config.nats_url, "atelier-edge").await?;
     let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
     let draining = CancellationToken::new();
+    let watch_metrics = watch::WatchMetrics::default();
     let watch = Arc::new(watch::Watch::new(
         nats,
         subjects,
         links.clone(),
         config.watch.clone(),
         draining.clone(),
+        watch_metrics.clone(),
     ));
+    let rpc_metrics = RpcMetrics::default();
+    let mut registry = atelier_runtime::metrics::registry();
+    rpc_metrics.register(&mut registry);
+    watch_metrics.register(&mut registry);
+    let metrics_stopped = draining.clone();
+    atelier_runtime::metrics::serve_if_configured(config.metrics_addr, registry, async move {
+        metrics_stopped.cancelled().await;
+    })
+    .await?;
 
     let site = Arc::new(http::Site {
         urls,
@@ -164,9 +176,11 @@ pub async fn serve(
         // vanished without closing them, so their streams end and free their buffers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Every call's latency and status, refusals and timeouts included: outermost.
+        .layer(rpc_metrics.layer())
         // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
         // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
-        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        // REQUEST_TIMEOUT. Before the rest, so a refusal costs nothing.
         .timeout(load::REQUEST_TIMEOUT)
         .layer(load::ShedLoadLayer::default())
         // Then one span per call (preflights included), joined to the caller's trace.

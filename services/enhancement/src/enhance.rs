@@ -232,13 +232,13 @@ pub async fn enhance(state: &State, input: Input) -> Answer {
                         breaker = ?llm.breaker_state(),
                         "no usable LLM enhancement; answering with the fallback"
                     );
-                    state.metrics.record_fallback(unusable.reason);
+                    state.metrics.record_fallback(unusable.reason.as_str());
                     fallback_answer(&input)
                 }
             },
         },
     };
-    state.metrics.record(answer.source);
+    state.metrics.record(answer.source.as_str());
     tracing::debug!(source = answer.source.as_str(), "prompt enhanced");
     answer
 }

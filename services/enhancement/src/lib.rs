@@ -12,8 +12,8 @@
 //! - [`config`]: the environment variables; `Config::default()` is fallback-only mode.
 //! - [`enhance`]: validation, the LLM prompt and its schema, the fallback.
 //! - [`fallback`]: the template, also applied to every LLM answer.
-//! - [`metrics`]: answers counted by source, and fallbacks by reason, in the Prometheus
-//!   text format.
+//! - answers are counted by source and LLM fallbacks by reason
+//!   ([`atelier_llm::answers`]), served on `/metrics` with the RPCs and the LLM's calls.
 //! - `service`: the gRPC trait; `error`: the one mapping to `tonic::Status`.
 //!
 //! The API is internal: it sits behind the service credential, like the conversation
@@ -24,7 +24,6 @@ pub mod config;
 pub mod enhance;
 mod error;
 pub mod fallback;
-pub mod metrics;
 mod service;
 
 use std::future::Future;
@@ -32,16 +31,17 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use atelier_llm::LlmClient;
+use atelier_llm::answers::AnswerMetrics;
 use atelier_proto::ENHANCEMENT_SERVICE_NAME;
 use atelier_proto::enhancement::v1::enhancement_service_server::EnhancementServiceServer;
 use atelier_runtime::internal_call::{RequireServiceToken, ServiceToken};
+use atelier_runtime::metrics::{Registry, RpcMetrics};
 use atelier_runtime::{grpc, load};
 use moka::future::Cache;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 pub use crate::config::Config;
-pub use crate::metrics::EnhancementMetrics;
 
 /// What every EnhancePrompt call shares. Built once per process; hold an `Arc` of it to
 /// read the metrics while [`serve`] runs.
@@ -50,7 +50,9 @@ pub struct State {
     /// call.
     pub(crate) llm: Option<LlmClient>,
     pub(crate) cache: Cache<enhance::Input, fallback::Enhanced>,
-    pub(crate) metrics: EnhancementMetrics,
+    pub(crate) metrics: AnswerMetrics,
+    /// Every call's latency and status, recorded by the server stack.
+    rpc: RpcMetrics,
 }
 
 impl State {
@@ -68,22 +70,28 @@ impl State {
         Ok(Self {
             llm,
             cache,
-            metrics: EnhancementMetrics::default(),
+            metrics: AnswerMetrics::new(
+                "enhancement",
+                &enhance::Source::ALL.map(enhance::Source::as_str),
+                &enhance::FallbackReason::ALL.map(enhance::FallbackReason::as_str),
+            ),
+            rpc: RpcMetrics::default(),
         })
     }
 
     /// The answer counters, for a `/metrics` endpoint.
-    pub fn metrics(&self) -> &EnhancementMetrics {
+    pub fn metrics(&self) -> &AnswerMetrics {
         &self.metrics
     }
 
-    /// Everything `/metrics` shows: answers by source and the LLM breaker's state.
-    pub fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render();
+    /// Registers everything `/metrics` shows: the RPCs, the answers by source, and the
+    /// LLM's calls and breaker.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.rpc.register(registry);
+        self.metrics.register(registry);
         if let Some(llm) = &self.llm {
-            text.push_str(&llm.render_breaker("atelier_enhancement_llm_breaker"));
+            llm.register_metrics(registry);
         }
-        text
     }
 }
 
@@ -96,14 +104,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = Arc::new(State::new(&config)?);
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let metrics_state = Arc::clone(&state);
-    atelier_runtime::metrics::serve_if_configured(
-        config.metrics_addr,
-        Arc::new(move || metrics_state.render_metrics()),
-        async move {
-            let _ = stopped.wait_for(|stopped| *stopped).await;
-        },
-    )
+    let mut registry = atelier_runtime::metrics::registry();
+    state.register_metrics(&mut registry);
+    atelier_runtime::metrics::serve_if_configured(config.metrics_addr, registry, async move {
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    })
     .await?;
     serve(state, config.service_token, listener, async move {
         shutdown.await;
@@ -123,14 +128,17 @@ pub async fn serve(
         atelier_proto::FILE_DESCRIPTOR_SET,
         &[ENHANCEMENT_SERVICE_NAME],
     )?;
+    let rpc_metrics = state.rpc.layer();
     let api = EnhancementServiceServer::with_interceptor(
         service::EnhancementApi { state },
         RequireServiceToken(service_token),
     );
     Server::builder()
+        // Every call's latency and status, refusals and timeouts included: outermost.
+        .layer(rpc_metrics)
         // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
         // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
-        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        // REQUEST_TIMEOUT. Before the rest, so a refusal costs nothing.
         .timeout(load::REQUEST_TIMEOUT)
         .layer(load::ShedLoadLayer::default())
         // Then one span per RPC, joined to the caller's trace.

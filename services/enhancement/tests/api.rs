@@ -247,7 +247,7 @@ async fn rewrites_that_are_not_the_users_picture_get_the_fallback_counted_by_rea
         let app = TestEnhancement::spawn(Some(llm_config(&fake))).await;
         let response = app.enhance(PROMPT, "", "").await;
         assert_is_fallback(&response, PROMPT, "", "");
-        let text = app.state.metrics().render();
+        let text = app.state.metrics().encode();
         let line = format!("atelier_enhancement_llm_fallbacks_total{{reason=\"{reason}\"}} 1");
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
@@ -368,11 +368,11 @@ async fn the_metrics_count_every_answer_by_source() {
         ]
     );
     let metrics = app.state.metrics();
-    assert_eq!(metrics.count(Source::Llm), 1);
-    assert_eq!(metrics.count(Source::Cache), 2);
-    assert_eq!(metrics.count(Source::Fallback), 1);
-    let text = metrics.render();
-    assert!(text.contains("# TYPE atelier_enhancement_answers_total counter\n"));
+    assert_eq!(metrics.count(Source::Llm.as_str()), 1);
+    assert_eq!(metrics.count(Source::Cache.as_str()), 2);
+    assert_eq!(metrics.count(Source::Fallback.as_str()), 1);
+    let text = metrics.encode();
+    assert!(text.contains("# TYPE atelier_enhancement_answers counter\n"));
     for line in [
         "atelier_enhancement_answers_total{source=\"llm\"} 1",
         "atelier_enhancement_answers_total{source=\"cache\"} 2",

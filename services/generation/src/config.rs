@@ -30,6 +30,8 @@ pub struct Config {
     pub intent_deadline: Duration,
     pub enhancement_deadline: Duration,
     pub drain_timeout: Duration,
+    /// Where Prometheus scrapes `/metrics`; `None` serves no metrics.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             intent_deadline: Duration::from_secs(6),
             enhancement_deadline: Duration::from_secs(6),
             drain_timeout: Duration::from_secs(20),
+            metrics_addr: None,
         }
     }
 }
@@ -64,15 +67,15 @@ impl Config {
             let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
             Ok(Duration::from_millis(var_or(name, default)?))
         };
+        let environment = atelier_runtime::config::Environment::from_env()?;
         Ok(Self {
             nats_url: var_or("ATELIER_NATS_URL", defaults.nats_url)?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", defaults.subject_prefix)?,
             conversation_url: var_or("ATELIER_CONVERSATION_URL", defaults.conversation_url)?,
             intent_url: var_or("ATELIER_INTENT_URL", defaults.intent_url)?,
             enhancement_url: var_or("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,
-            service_token: ServiceToken::from_env(
-                atelier_runtime::config::Environment::from_env()?
-            )?,
+            service_token: ServiceToken::from_env(environment)?,
+            metrics_addr: environment.metrics_addr()?,
             providers: ProvidersConfig::from_env()?,
             provider_retries: RetryPolicy {
                 max_attempts: var_or("ATELIER_PROVIDER_ATTEMPTS", 3)?,

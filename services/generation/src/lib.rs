@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use atelier_events::jobs::{self, JobConsumerConfig};
+use atelier_events::jobs::{self, JobConsumerConfig, JobMetrics};
 use atelier_events::{Publisher, Subjects};
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::enhancement::v1::enhancement_service_client::EnhancementServiceClient;
 use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
 use atelier_runtime::internal_call::OutgoingCall;
+use atelier_runtime::metrics::RpcMetrics;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
@@ -39,11 +40,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Everything that can be wrong in the config fails here, before serving: a worker
     // that reports healthy must be able to work.
+    let metrics_addr = config.metrics_addr;
     let prepared = prepare(config).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let rpc_metrics = RpcMetrics::default();
+    let mut registry = atelier_runtime::metrics::registry();
+    rpc_metrics.register(&mut registry);
+    prepared.jobs.register(&mut registry);
+    prepared.worker.metrics.register(&mut registry);
+    atelier_runtime::metrics::serve_if_configured(
+        metrics_addr,
+        registry,
+        until_stopped(stopped.clone()),
+    )
+    .await?;
     // Both run inside this future (not spawned): dropping it, as a crash would, ends them
     // and their jobs at once, unacknowledged.
-    let frame = atelier_runtime::grpc::serve_frame(listener, until_stopped(stopped.clone()));
+    let frame =
+        atelier_runtime::grpc::serve_frame(listener, &rpc_metrics, until_stopped(stopped.clone()));
     let jobs = take_jobs(prepared, until_stopped(stopped));
     let signal = async move {
         shutdown.await;
@@ -59,6 +73,7 @@ struct Prepared {
     worker: Arc<Worker>,
     js: async_nats::jetstream::Context,
     consumer_config: JobConsumerConfig,
+    jobs: JobMetrics,
 }
 
 async fn prepare(config: Config) -> anyhow::Result<Prepared> {
@@ -91,11 +106,13 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
         nats,
         subjects,
         config,
+        metrics: worker::WorkerMetrics::default(),
     });
     Ok(Prepared {
         worker,
         js,
         consumer_config,
+        jobs: JobMetrics::default(),
     })
 }
 
@@ -105,6 +122,7 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
         worker,
         js,
         consumer_config,
+        jobs: job_metrics,
     } = prepared;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
@@ -127,9 +145,13 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
         backoff = (backoff * 2).min(Duration::from_secs(5));
     };
     tracing::info!("taking generation jobs");
-    jobs::run(consumer, consumer_config, shutdown, move |job| {
-        worker::handle(Arc::clone(&worker), job)
-    })
+    jobs::run(
+        consumer,
+        consumer_config,
+        job_metrics,
+        shutdown,
+        move |job| worker::handle(Arc::clone(&worker), job),
+    )
     .await
 }
 

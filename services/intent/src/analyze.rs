@@ -202,9 +202,9 @@ pub async fn analyze(state: &State, question: Question) -> Answer {
             answer
         }
     };
-    state.metrics.record(answer.source);
+    state.metrics.record(answer.source.as_str());
     if let Some(kind) = answer.llm_failure {
-        state.metrics.record_llm_failure(kind);
+        state.metrics.record_fallback(kind);
     }
     tracing::debug!(
         source = answer.source.as_str(),

@@ -41,12 +41,8 @@ impl Config {
     /// - `ATELIER_INTENT_CACHE_CAPACITY`, default 10000.
     pub fn from_env() -> anyhow::Result<Self> {
         let environment = atelier_runtime::config::Environment::from_env()?;
-        let metrics_addr = atelier_runtime::config::optional_var("ATELIER_METRICS_ADDR")?;
-        if let Some(addr) = metrics_addr {
-            environment.check_listen("ATELIER_METRICS_ADDR", addr)?;
-        }
         Ok(Self {
-            metrics_addr,
+            metrics_addr: environment.metrics_addr()?,
             llm: LlmConfig::from_env()?,
             service_token: ServiceToken::from_env(environment)?,
             cache_ttl: Duration::from_secs(positive_var(

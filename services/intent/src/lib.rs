@@ -12,7 +12,8 @@
 //! - [`config`]: the environment variables; `Config::default()` is heuristic mode.
 //! - [`analyze`]: validation, the decision path, the LLM prompt and the checks on its
 //!   answer.
-//! - [`metrics`]: answers counted by source, in the Prometheus text format.
+//! - answers are counted by source and LLM fallbacks by reason
+//!   ([`atelier_llm::answers`]), served on `/metrics` with the RPCs and the LLM's calls.
 //! - `service`: the gRPC trait; `error`: the one mapping to `tonic::Status`.
 //!
 //! The API is internal: it sits behind the service credential, like the conversation
@@ -23,24 +24,24 @@ pub mod analyze;
 pub mod config;
 mod error;
 pub mod heuristics;
-pub mod metrics;
 mod service;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use atelier_llm::LlmClient;
+use atelier_llm::answers::AnswerMetrics;
+use atelier_llm::{LlmClient, LlmError};
 use atelier_proto::INTENT_SERVICE_NAME;
 use atelier_proto::intent::v1::intent_service_server::IntentServiceServer;
 use atelier_runtime::internal_call::{RequireServiceToken, ServiceToken};
+use atelier_runtime::metrics::{Registry, RpcMetrics};
 use atelier_runtime::{grpc, load};
 use moka::future::Cache;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 pub use crate::config::Config;
-pub use crate::metrics::IntentMetrics;
 
 /// What every AnalyzeIntent call shares. Built once per process; hold an `Arc` of it to
 /// read the metrics while [`serve`] runs.
@@ -48,7 +49,9 @@ pub struct State {
     /// `None` in heuristic mode. One client per process, so its breaker sees every call.
     pub(crate) llm: Option<LlmClient>,
     pub(crate) cache: Cache<analyze::Question, heuristics::Intent>,
-    pub(crate) metrics: IntentMetrics,
+    pub(crate) metrics: AnswerMetrics,
+    /// Every call's latency and status, recorded by the server stack.
+    rpc: RpcMetrics,
 }
 
 impl State {
@@ -66,22 +69,28 @@ impl State {
         Ok(Self {
             llm,
             cache,
-            metrics: IntentMetrics::default(),
+            metrics: AnswerMetrics::new(
+                "intent",
+                &analyze::Source::ALL.map(analyze::Source::as_str),
+                &LlmError::KINDS,
+            ),
+            rpc: RpcMetrics::default(),
         })
     }
 
     /// The answer counters, for a `/metrics` endpoint.
-    pub fn metrics(&self) -> &IntentMetrics {
+    pub fn metrics(&self) -> &AnswerMetrics {
         &self.metrics
     }
 
-    /// Everything `/metrics` shows: answers by source and the LLM breaker's state.
-    pub fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render();
+    /// Registers everything `/metrics` shows: the RPCs, the answers by source, and the
+    /// LLM's calls and breaker.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.rpc.register(registry);
+        self.metrics.register(registry);
         if let Some(llm) = &self.llm {
-            text.push_str(&llm.render_breaker("atelier_intent_llm_breaker"));
+            llm.register_metrics(registry);
         }
-        text
     }
 }
 
@@ -94,14 +103,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = Arc::new(State::new(&config)?);
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let metrics_state = Arc::clone(&state);
-    atelier_runtime::metrics::serve_if_configured(
-        config.metrics_addr,
-        Arc::new(move || metrics_state.render_metrics()),
-        async move {
-            let _ = stopped.wait_for(|stopped| *stopped).await;
-        },
-    )
+    let mut registry = atelier_runtime::metrics::registry();
+    state.register_metrics(&mut registry);
+    atelier_runtime::metrics::serve_if_configured(config.metrics_addr, registry, async move {
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    })
     .await?;
     serve(state, config.service_token, listener, async move {
         shutdown.await;
@@ -119,14 +125,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, reflection_and_health) =
         grpc::health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &[INTENT_SERVICE_NAME])?;
+    let rpc_metrics = state.rpc.layer();
     let api = IntentServiceServer::with_interceptor(
         service::IntentApi { state },
         RequireServiceToken(service_token),
     );
     Server::builder()
+        // Every call's latency and status, refusals and timeouts included: outermost.
+        .layer(rpc_metrics)
         // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next
         // is refused at once with UNAVAILABLE, never queued; a stuck call ends after
-        // REQUEST_TIMEOUT. Outermost, so a refusal costs nothing.
+        // REQUEST_TIMEOUT. Before the rest, so a refusal costs nothing.
         .timeout(load::REQUEST_TIMEOUT)
         .layer(load::ShedLoadLayer::default())
         // Then one span per RPC, joined to the caller's trace.

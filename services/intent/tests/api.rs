@@ -246,11 +246,7 @@ async fn a_malformed_llm_answer_gives_the_best_guess() {
         assert_is_best_guess(&response, AMBIGUOUS, CAT);
         assert_eq!(requests_seen(&fake).await, 1);
         // Counted as the model's fault, not the provider's.
-        assert_eq!(
-            app.state.metrics().llm_fallbacks("wrong_shape"),
-            1,
-            "{content}"
-        );
+        assert_eq!(app.state.metrics().fallbacks("wrong_shape"), 1, "{content}");
     }
 }
 
@@ -298,7 +294,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         assert_eq!(details.field_violations[0].field, field);
     }
     // Nothing was answered: every counter (4 sources, 6 LLM failure kinds) is still 0.
-    assert_eq!(app.state.metrics().render().matches(" 0\n").count(), 10);
+    assert_eq!(app.state.metrics().encode().matches(" 0\n").count(), 10);
 }
 
 #[tokio::test]
@@ -375,13 +371,13 @@ async fn the_metrics_count_every_answer_by_source() {
     );
 
     let metrics = app.state.metrics();
-    assert_eq!(metrics.count(Source::Heuristic), 2);
-    assert_eq!(metrics.count(Source::Llm), 1);
-    assert_eq!(metrics.count(Source::Cache), 2);
-    assert_eq!(metrics.count(Source::Fallback), 1);
-    assert_eq!(metrics.llm_fallbacks("status"), 1, "the 503");
-    let text = metrics.render();
-    assert!(text.contains("# TYPE atelier_intent_answers_total counter\n"));
+    assert_eq!(metrics.count(Source::Heuristic.as_str()), 2);
+    assert_eq!(metrics.count(Source::Llm.as_str()), 1);
+    assert_eq!(metrics.count(Source::Cache.as_str()), 2);
+    assert_eq!(metrics.count(Source::Fallback.as_str()), 1);
+    assert_eq!(metrics.fallbacks("status"), 1, "the 503");
+    let text = metrics.encode();
+    assert!(text.contains("# TYPE atelier_intent_answers counter\n"));
     for line in [
         "atelier_intent_answers_total{source=\"heuristic\"} 2",
         "atelier_intent_answers_total{source=\"llm\"} 1",

@@ -1,5 +1,5 @@
 //! The answer counters reach Prometheus: `/metrics` on ATELIER_METRICS_ADDR counts each
-//! answer under the path that gave it.
+//! answer under the path that gave it, and the server stack records the call.
 
 use atelier_proto::intent::v1 as intent;
 use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
@@ -44,6 +44,11 @@ async fn answers_are_counted_by_source_on_the_metrics_endpoint() {
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
         page.contains("atelier_intent_answers_total{source=\"heuristic\"} 1"),
+        "{page}"
+    );
+    // The server stack's own series: the call, by method and status.
+    assert!(
+        page.contains("atelier_rpc_server_duration_seconds_count{method=\"/atelier.intent.v1.IntentService/AnalyzeIntent\",code=\"OK\"} 1"),
         "{page}"
     );
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub ack_wait: Duration,
     /// How long a shutdown waits for running jobs before leaving them to redelivery.
     pub drain_timeout: Duration,
+    /// Where Prometheus scrapes `/metrics`; `None` serves no metrics.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Heuristic mode (no LLM) against the local mesh's NATS and conversation service: what
@@ -59,6 +61,7 @@ impl Default for Config {
             max_deliver: 5,
             ack_wait: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            metrics_addr: None,
         }
     }
 }
@@ -90,8 +93,8 @@ impl Config {
                 err,
             ))?;
         }
-        let service_token =
-            ServiceToken::from_env(atelier_runtime::config::Environment::from_env()?)?;
+        let environment = atelier_runtime::config::Environment::from_env()?;
+        let service_token = ServiceToken::from_env(environment)?;
         if let Err(err) = OutgoingCall::new(&service_token) {
             Err(ConfigError::new("ATELIER_SERVICE_TOKEN", "<hidden>", err))?;
         }
@@ -119,6 +122,7 @@ impl Config {
             llm: LlmConfig::from_env()?,
             title_deadline: Duration::from_millis(deadline_ms),
             concurrency,
+            metrics_addr: environment.metrics_addr()?,
             ..defaults
         })
     }

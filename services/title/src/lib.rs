@@ -27,10 +27,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use atelier_events::Subjects;
-use atelier_events::jobs::JobConsumerConfig;
+use atelier_events::jobs::{JobConsumerConfig, JobMetrics};
 use atelier_llm::LlmClient;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_runtime::internal_call::OutgoingCall;
+use atelier_runtime::metrics::RpcMetrics;
 use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 
@@ -80,14 +81,29 @@ pub async fn run(
             concurrency: config.concurrency,
             drain_timeout: config.drain_timeout,
         },
+        metrics: JobMetrics::default(),
         subjects,
     };
+
+    let rpc_metrics = RpcMetrics::default();
+    let mut registry = atelier_runtime::metrics::registry();
+    rpc_metrics.register(&mut registry);
+    source.metrics.register(&mut registry);
+    if let Some(llm) = &worker.llm {
+        llm.register_metrics(&mut registry);
+    }
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    atelier_runtime::metrics::serve_if_configured(config.metrics_addr, registry, async move {
+        let _ = metrics_stopped.await;
+    })
+    .await?;
+    let _stop_metrics_on_return = metrics_stop;
 
     // One trigger for both halves. If the server fails, its future (and the sender with
     // it) is dropped, which stops the jobs as well.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consuming = tokio::spawn(worker::consume(worker, source, stopped));
-    let served = atelier_runtime::grpc::serve_frame(listener, async move {
+    let served = atelier_runtime::grpc::serve_frame(listener, &rpc_metrics, async move {
         shutdown.await;
         let _ = stop.send(true);
     })

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream;
 use atelier_events::Subjects;
-use atelier_events::jobs::{self, Job, JobConsumerConfig};
+use atelier_events::jobs::{self, Job, JobConsumer, JobConsumerConfig, JobMetrics};
 use atelier_llm::LlmClient;
 use atelier_proto::conversation::v1::ApplyTitleRequest;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
@@ -59,6 +59,8 @@ pub struct Source {
     pub nats_url: String,
     pub subjects: Subjects,
     pub jobs: JobConsumerConfig,
+    /// The job queue's state, for `/metrics`.
+    pub metrics: JobMetrics,
 }
 
 /// Consumes title jobs until `stopped` turns true (or its sender is dropped).
@@ -83,6 +85,7 @@ pub async fn consume(worker: Arc<Worker>, source: Source, stopped: watch::Receiv
                 let outcome = jobs::run(
                     consumer,
                     source.jobs.clone(),
+                    source.metrics.clone(),
                     until_stopped(stopped.clone()),
                     handle,
                 )
@@ -116,7 +119,7 @@ pub async fn consume(worker: Arc<Worker>, source: Source, stopped: watch::Receiv
 async fn set_up(
     js: &mut Option<jetstream::Context>,
     source: &Source,
-) -> anyhow::Result<PullConsumer> {
+) -> anyhow::Result<JobConsumer> {
     let js = match js {
         Some(js) => js,
         None => {

@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind};
+use atelier_runtime::metrics::{Counter, Gauge, Registry};
 use futures::StreamExt as _;
 use opentelemetry::propagation::Extractor;
+use std::sync::atomic::AtomicU64;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -49,14 +51,14 @@ pub async fn consumer(
     js: &jetstream::Context,
     stream: &str,
     config: &JobConsumerConfig,
-) -> anyhow::Result<PullConsumer> {
+) -> anyhow::Result<JobConsumer> {
     let stream = js
         .get_stream(stream)
         .await
         .map_err(|err| anyhow::anyhow!("jobs stream {stream}: {err}"))?;
     // Create or update: a consumer made by an older version, with a server-side
     // max_deliver, loses it here.
-    stream
+    let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(config.durable_name.clone()),
             filter_subject: config.filter_subject.clone(),
@@ -67,7 +69,105 @@ pub async fn consumer(
             ..Default::default()
         })
         .await
-        .map_err(|err| anyhow::anyhow!("consumer {}: {err}", config.durable_name))
+        .map_err(|err| anyhow::anyhow!("consumer {}: {err}", config.durable_name))?;
+    Ok(JobConsumer {
+        pull: consumer,
+        stream,
+    })
+}
+
+/// A durable consumer and its stream (where its oldest job is looked up).
+pub struct JobConsumer {
+    pub pull: PullConsumer,
+    stream: jetstream::stream::Stream,
+}
+
+/// How a job consumer is doing, for Prometheus: how many jobs wait and run, how old the
+/// oldest unfinished one is (sampled every [`SAMPLE_EVERY`]), and how many deliveries
+/// were redeliveries (a worker died, or a job asked to be retried). Clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct JobMetrics {
+    waiting: Gauge,
+    unacknowledged: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    redelivered: Counter,
+}
+
+/// How often [`JobMetrics`]' gauges are read from the server.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+impl JobMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "jobs_waiting",
+            "Jobs in the stream not yet delivered to any worker of this consumer.",
+            self.waiting.clone(),
+        );
+        registry.register(
+            "jobs_unacknowledged",
+            "Jobs delivered and not yet acknowledged (running, or lost with a dead worker until their ack_wait).",
+            self.unacknowledged.clone(),
+        );
+        registry.register(
+            "jobs_oldest_age_seconds",
+            "Age of the oldest job not yet acknowledged; 0 when there is none.",
+            self.oldest_age.clone(),
+        );
+        registry.register(
+            "jobs_redelivered",
+            "Deliveries of a job that had been delivered before.",
+            self.redelivered.clone(),
+        );
+    }
+
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered.get()
+    }
+
+    /// Reads the consumer's state and the oldest unacknowledged job from the server.
+    async fn sample(&self, consumer: &mut PullConsumer, stream: &jetstream::stream::Stream) {
+        let info = match consumer.info().await {
+            Ok(info) => info.clone(),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the job consumer's state");
+                return;
+            }
+        };
+        self.waiting
+            .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+        self.unacknowledged
+            .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+        // The stream is a work queue: an acknowledged job is deleted, so the first job of
+        // this subject past the ack floor is the oldest one not yet acknowledged.
+        let oldest = stream
+            .get_first_raw_message_by_subject(
+                &info.config.filter_subject,
+                info.ack_floor.stream_sequence + 1,
+            )
+            .await;
+        let age = match oldest {
+            Ok(job) => {
+                let stored = job.time.unix_timestamp_nanos();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |now| now.as_nanos().try_into().unwrap_or(i128::MAX));
+                // Nanoseconds to seconds; a clock behind the server's reads as 0.
+                (now - stored).max(0) as f64 / 1e9
+            }
+            Err(_) => 0.0,
+        };
+        self.oldest_age.set(age);
+    }
+
+    /// Samples every [`SAMPLE_EVERY`], forever.
+    async fn sample_forever(&self, mut consumer: PullConsumer, stream: jetstream::stream::Stream) {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.sample(&mut consumer, &stream).await;
+        }
+    }
 }
 
 /// A delivered job.
@@ -142,8 +242,9 @@ impl Drop for KeepAlive {
 /// running ones. A job still running after that is dropped unacknowledged: JetStream
 /// redelivers it. Returns only at shutdown (or when the permits are closed, never).
 pub async fn run<Handle, Handled>(
-    consumer: PullConsumer,
+    consumer: JobConsumer,
     config: JobConsumerConfig,
+    metrics: JobMetrics,
     shutdown: impl Future<Output = ()>,
     handle: Handle,
 ) -> anyhow::Result<()>
@@ -151,6 +252,15 @@ where
     Handle: Fn(Job) -> Handled,
     Handled: Future<Output = ()> + Send + 'static,
 {
+    let JobConsumer {
+        pull: consumer,
+        stream,
+    } = consumer;
+    let sampler = {
+        let (metrics, consumer) = (metrics.clone(), consumer.clone());
+        tokio::spawn(async move { metrics.sample_forever(consumer, stream).await })
+    };
+    let _stop_sampling = AbortOnDrop(sampler);
     let capacity = config.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(capacity));
     let mut running = JoinSet::new();
@@ -202,6 +312,9 @@ where
                 None => Arc::clone(&permits).acquire_owned().await?,
             };
             let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+            if delivered > 1 {
+                metrics.redelivered.inc();
+            }
             let span = tracing::info_span!(
                 "job",
                 subject = %message.subject,
@@ -263,6 +376,15 @@ where
         }
     }
     Ok(())
+}
+
+/// Aborts a background task when the job loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A running job's way back to the stream, kept beside its task.

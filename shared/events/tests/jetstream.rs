@@ -27,6 +27,36 @@ impl TestStreams {
         ensure_streams(&js, &subjects).await.expect("streams");
         Self { js, subjects }
     }
+
+    /// Publishes one job per id on the generation jobs subject.
+    async fn publish_jobs(&self, ids: &[&str]) {
+        let publisher = Publisher::new(self.js.clone());
+        for id in ids {
+            publisher
+                .publish(self.subjects.generate_jobs(), id, "job".into())
+                .await
+                .expect("publish");
+        }
+    }
+
+    /// A worker's consumer settings on the generation jobs subject; the tests vary only
+    /// these four.
+    fn worker(
+        &self,
+        max_attempts: i64,
+        ack_wait: Duration,
+        concurrency: usize,
+        drain_timeout: Duration,
+    ) -> atelier_events::jobs::JobConsumerConfig {
+        atelier_events::jobs::JobConsumerConfig {
+            durable_name: "test-worker".to_owned(),
+            filter_subject: self.subjects.generate_jobs(),
+            max_attempts,
+            ack_wait,
+            concurrency,
+            drain_timeout,
+        }
+    }
 }
 
 impl Drop for TestStreams {
@@ -145,28 +175,13 @@ async fn jobs_are_handled_at_most_n_at_once_and_the_loop_stops_cleanly() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use atelier_events::jobs::{self, JobConsumerConfig};
+    use atelier_events::jobs::{self, JobMetrics};
 
     let streams = TestStreams::create().await;
-    let publisher = Publisher::new(streams.js.clone());
-    for index in 0..6 {
-        publisher
-            .publish(
-                streams.subjects.generate_jobs(),
-                &format!("job-{index}"),
-                "job".into(),
-            )
-            .await
-            .expect("publish");
-    }
-    let config = JobConsumerConfig {
-        durable_name: "test-worker".to_owned(),
-        filter_subject: streams.subjects.generate_jobs(),
-        max_attempts: 3,
-        ack_wait: Duration::from_secs(10),
-        concurrency: 2,
-        drain_timeout: Duration::from_secs(5),
-    };
+    streams
+        .publish_jobs(&["job-0", "job-1", "job-2", "job-3", "job-4", "job-5"])
+        .await;
+    let config = streams.worker(3, Duration::from_secs(10), 2, Duration::from_secs(5));
     let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
         .await
         .expect("consumer");
@@ -184,6 +199,7 @@ async fn jobs_are_handled_at_most_n_at_once_and_the_loop_stops_cleanly() {
     let loop_task = tokio::spawn(jobs::run(
         consumer,
         config,
+        JobMetrics::default(),
         async {
             let _ = stopped.await;
         },
@@ -231,26 +247,16 @@ async fn jobs_are_handled_at_most_n_at_once_and_the_loop_stops_cleanly() {
 async fn a_job_whose_last_attempt_was_lost_comes_back_to_be_settled() {
     use std::sync::{Arc, Mutex};
 
-    use atelier_events::jobs::{self, JobConsumerConfig};
+    use atelier_events::jobs::{self, JobMetrics};
 
     let streams = TestStreams::create().await;
-    Publisher::new(streams.js.clone())
-        .publish(streams.subjects.generate_jobs(), "job-lost", "job".into())
-        .await
-        .expect("publish");
-    let config = JobConsumerConfig {
-        durable_name: "test-worker".to_owned(),
-        filter_subject: streams.subjects.generate_jobs(),
-        max_attempts: 2,
-        // Short, so the deliveries a dead worker never acknowledges come back quickly.
-        ack_wait: Duration::from_secs(1),
-        concurrency: 1,
-        drain_timeout: Duration::from_secs(5),
-    };
+    streams.publish_jobs(&["job-lost"]).await;
+    // Short, so the deliveries a dead worker never acknowledges come back quickly.
+    let config = streams.worker(2, Duration::from_secs(1), 1, Duration::from_secs(5));
     let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
         .await
         .expect("consumer");
-    let server_side = consumer.cached_info().config.max_deliver;
+    let server_side = consumer.pull.cached_info().config.max_deliver;
     assert_eq!(server_side, -1, "the server redelivers without limit");
 
     // Each delivery: (its number, whether it is the last attempt). The first three are
@@ -261,6 +267,7 @@ async fn a_job_whose_last_attempt_was_lost_comes_back_to_be_settled() {
     let loop_task = tokio::spawn(jobs::run(
         consumer,
         config,
+        JobMetrics::default(),
         async {
             let _ = stopped.await;
         },
@@ -293,7 +300,7 @@ async fn a_job_whose_last_attempt_was_lost_comes_back_to_be_settled() {
 #[tokio::test]
 async fn a_consumer_an_older_version_made_loses_its_server_side_limit() {
     use async_nats::jetstream::consumer::{AckPolicy, pull};
-    use atelier_events::jobs::{self, JobConsumerConfig};
+    use atelier_events::jobs;
 
     let streams = TestStreams::create().await;
     let stream = streams
@@ -313,38 +320,21 @@ async fn a_consumer_an_older_version_made_loses_its_server_side_limit() {
         })
         .await
         .expect("old consumer");
-    let config = JobConsumerConfig {
-        durable_name: "test-worker".to_owned(),
-        filter_subject: streams.subjects.generate_jobs(),
-        max_attempts: 6,
-        ack_wait: Duration::from_secs(60),
-        concurrency: 1,
-        drain_timeout: Duration::from_secs(5),
-    };
+    let config = streams.worker(6, Duration::from_secs(60), 1, Duration::from_secs(5));
     let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
         .await
         .expect("consumer");
-    assert_eq!(consumer.cached_info().config.max_deliver, -1);
+    assert_eq!(consumer.pull.cached_info().config.max_deliver, -1);
 }
 
 #[tokio::test]
 async fn a_job_a_shutdown_abandons_is_handed_back_at_once() {
-    use atelier_events::jobs::{self, JobConsumerConfig};
+    use atelier_events::jobs::{self, JobMetrics};
 
     let streams = TestStreams::create().await;
-    Publisher::new(streams.js.clone())
-        .publish(streams.subjects.generate_jobs(), "job-slow", "job".into())
-        .await
-        .expect("publish");
-    let config = JobConsumerConfig {
-        durable_name: "test-worker".to_owned(),
-        filter_subject: streams.subjects.generate_jobs(),
-        max_attempts: 6,
-        // Long: without the hand-back the job would wait this out.
-        ack_wait: Duration::from_secs(60),
-        concurrency: 1,
-        drain_timeout: Duration::from_millis(200),
-    };
+    streams.publish_jobs(&["job-slow"]).await;
+    // Long: without the hand-back the job would wait this out.
+    let config = streams.worker(6, Duration::from_secs(60), 1, Duration::from_millis(200));
     let jobs_stream = streams.subjects.jobs_stream();
     let consumer = || jobs::consumer(&streams.js, &jobs_stream, &config);
 
@@ -354,6 +344,7 @@ async fn a_job_a_shutdown_abandons_is_handed_back_at_once() {
     let first = tokio::spawn(jobs::run(
         consumer().await.expect("consumer"),
         config.clone(),
+        JobMetrics::default(),
         async {
             let _ = stopped.await;
         },
@@ -378,9 +369,11 @@ async fn a_job_a_shutdown_abandons_is_handed_back_at_once() {
     // Another worker gets it at once, not after the 60 s ack_wait.
     let (delivered, mut deliveries) = tokio::sync::mpsc::channel::<i64>(1);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = JobMetrics::default();
     let second = tokio::spawn(jobs::run(
         consumer().await.expect("consumer"),
         config.clone(),
+        metrics.clone(),
         async {
             let _ = stopped.await;
         },
@@ -397,6 +390,55 @@ async fn a_job_a_shutdown_abandons_is_handed_back_at_once() {
         .expect("redelivered within 5 s")
         .expect("a delivery");
     assert_eq!(again, 2);
+    assert_eq!(metrics.redelivered(), 1, "counted as a redelivery");
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+}
+
+/// The queue's depth and the age of its oldest unfinished job reach the metrics: with one
+/// job running and two waiting, that is what they say.
+#[tokio::test]
+async fn the_job_metrics_sample_the_queue() {
+    use atelier_events::jobs::{self, JobMetrics};
+
+    let streams = TestStreams::create().await;
+    streams.publish_jobs(&["job-0", "job-1", "job-2"]).await;
+    let config = streams.worker(3, Duration::from_secs(30), 1, Duration::from_millis(100));
+    let consumer = jobs::consumer(&streams.js, &streams.subjects.jobs_stream(), &config)
+        .await
+        .expect("consumer");
+    let metrics = JobMetrics::default();
+    let mut registry = atelier_runtime::metrics::registry();
+    metrics.register(&mut registry);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let loop_task = tokio::spawn(jobs::run(
+        consumer,
+        config,
+        metrics.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        // Holds its job: one running, the rest waiting.
+        |_job| std::future::pending::<()>(),
+    ));
+    // Sampled at once, then every 5 s: the first sample may precede the first fetch.
+    let mut text = String::new();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        text = atelier_runtime::metrics::encode(&registry);
+        if text.contains("atelier_jobs_unacknowledged 1\n") {
+            break;
+        }
+    }
+    assert!(text.contains("atelier_jobs_unacknowledged 1\n"), "{text}");
+    assert!(text.contains("atelier_jobs_waiting 2\n"), "{text}");
+    let age: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("atelier_jobs_oldest_age_seconds "))
+        .expect("the oldest job's age")
+        .parse()
+        .expect("a number");
+    assert!(age > 0.0 && age < 60.0, "{age}");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), loop_task).await;
 }

@@ -25,10 +25,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub const ALL: [BreakerState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+    /// Every state's [`as_str`](Self::as_str).
+    pub const NAMES: [&'static str; 3] = [
+        Self::Closed.as_str(),
+        Self::Open.as_str(),
+        Self::HalfOpen.as_str(),
+    ];
 
     /// The name in logs and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
             Self::Open => "open",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use atelier_runtime::http_retry::{is_retryable_status, retry_after};
+use atelier_runtime::metrics::{self, HistogramBy, Registry, StateGauge};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::redirect;
 use serde::de::DeserializeOwned;
@@ -77,7 +78,17 @@ struct Inner {
     /// Set once the server refused a `json_schema` request: it is asked with
     /// `json_object` from then on.
     schemas_refused: AtomicBool,
+    /// Every call's duration, by outcome (`ok` or an [`LlmError::kind`]).
+    calls: HistogramBy,
 }
+
+/// The outcomes a call is recorded under: `ok`, or why it failed.
+const OUTCOMES: [&str; 7] = {
+    let kinds = LlmError::KINDS;
+    [
+        "ok", kinds[0], kinds[1], kinds[2], kinds[3], kinds[4], kinds[5],
+    ]
+};
 
 impl LlmClient {
     pub fn new(config: LlmConfig) -> anyhow::Result<Self> {
@@ -105,6 +116,7 @@ impl LlmClient {
                 ),
                 config,
                 breaker,
+                calls: metrics::histogram_by("outcome", &OUTCOMES),
             }),
         })
     }
@@ -172,15 +184,23 @@ impl LlmClient {
         self.inner.breaker.state(Instant::now())
     }
 
-    /// The breaker's state as a Prometheus gauge set named `metric`.
-    pub fn render_breaker(&self, metric: &str) -> String {
-        let states = BreakerState::ALL.map(BreakerState::as_str);
-        atelier_runtime::metrics::state_gauge(
-            metric,
-            "State of the circuit breaker in front of the LLM.",
-            &states,
-            self.breaker_state().as_str(),
-        )
+    /// Registers this client's series: `atelier_llm_call_duration_seconds{outcome}` (a
+    /// call's whole time, retries included, by how it ended) and
+    /// `atelier_llm_breaker_state{state}`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "llm_call_duration_seconds",
+            "Time of each call to the LLM, retries included, by outcome (ok, or the kind of failure).",
+            self.inner.calls.clone(),
+        );
+        let client = self.clone();
+        StateGauge::register(
+            registry,
+            "llm_breaker_state",
+            "State of the circuit breaker in front of the LLM (1 for the current state).",
+            &BreakerState::NAMES,
+            move || client.breaker_state().as_str(),
+        );
     }
 
     async fn call<T>(
@@ -189,8 +209,10 @@ impl LlmClient {
         response_format: Option<ResponseFormat<'_>>,
         parse: impl FnOnce(String) -> Result<T, LlmError>,
     ) -> Result<T, LlmError> {
+        let started = Instant::now();
         let breaker = &self.inner.breaker;
-        if !breaker.allow(Instant::now()) {
+        if !breaker.allow(started) {
+            self.record(started, "circuit_open");
             return Err(LlmError::CircuitOpen);
         }
         let result = match self.encode(request, response_format) {
@@ -204,7 +226,18 @@ impl LlmClient {
             Ok(_) | Err(LlmError::WrongShape(_)) => breaker.record_success(),
             Err(_) => breaker.record_failure(Instant::now()),
         }
+        self.record(
+            started,
+            result.as_ref().map_or_else(LlmError::kind, |_| "ok"),
+        );
         result
+    }
+
+    fn record(&self, started: Instant, outcome: &'static str) {
+        self.inner
+            .calls
+            .get_or_create(&[("outcome", outcome)])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     // Encoded once per call, not once per attempt.

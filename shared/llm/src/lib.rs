@@ -26,6 +26,7 @@
 //! With no endpoint configured ([`LlmConfig::from_env`] returns `None`) the services run
 //! in heuristic mode and never build a client.
 
+pub mod answers;
 pub mod breaker;
 mod client;
 mod config;

@@ -119,7 +119,19 @@ impl Environment {
         }
         Ok(())
     }
+
+    /// `ATELIER_METRICS_ADDR`: where Prometheus scrapes this process's `/metrics`, if
+    /// anywhere (loopback only in development).
+    pub fn metrics_addr(self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let addr = optional_var(METRICS_ADDR)?;
+        if let Some(addr) = addr {
+            self.check_listen(METRICS_ADDR, addr)?;
+        }
+        Ok(addr)
+    }
 }
+
+const METRICS_ADDR: &str = "ATELIER_METRICS_ADDR";
 
 /// The shortest secret accepted outside development: HS256 and HMAC keys of fewer than
 /// 32 bytes (256 bits) are guessable offline.

@@ -193,11 +193,14 @@ impl Extractor for HeaderExtractor<'_> {
 /// already treat it like every other service.
 pub async fn serve_frame(
     listener: tokio::net::TcpListener,
+    rpc_metrics: &crate::metrics::RpcMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, reflection_and_health) =
         health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &[])?;
     tonic::transport::Server::builder()
+        // Latency and status of every call, as every server.
+        .layer(rpc_metrics.layer())
         // Bounded load, as every server (see `crate::load`).
         .timeout(crate::load::REQUEST_TIMEOUT)
         .layer(crate::load::ShedLoadLayer::default())

@@ -22,6 +22,7 @@ mod cursor;
 mod hub;
 mod log;
 
+use atelier_runtime::metrics::{Counter, Gauge, Registry};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub struct Watch {
     config: WatchConfig,
     /// Cancelled when the edge drains: every stream ends with UNAVAILABLE.
     draining: CancellationToken,
+    metrics: WatchMetrics,
 }
 
 /// A stream of WatchEvents responses.
@@ -66,6 +68,7 @@ impl Watch {
         links: ImageLinks,
         config: WatchConfig,
         draining: CancellationToken,
+        metrics: WatchMetrics,
     ) -> Self {
         let log = EventLog::new(async_nats::jetstream::new(nats.clone()), subjects.clone());
         Self {
@@ -80,6 +83,7 @@ impl Watch {
             subjects,
             config,
             draining,
+            metrics,
         }
     }
 
@@ -112,6 +116,7 @@ impl Watch {
             ready: None,
             heartbeat: Box::pin(tokio::time::sleep(self.config.heartbeat)),
             ended: false,
+            _open: OpenStream::new(&self.metrics),
         };
         match resume_after.map(|cursor| cursor::resume(cursor, bounds)) {
             // Live only: what is stored from now on. A heartbeat first, so the client
@@ -166,6 +171,47 @@ struct WatchStream {
     ready: Option<proto::WatchEventsResponse>,
     heartbeat: Pin<Box<Sleep>>,
     ended: bool,
+    /// Counts the stream open until it is dropped.
+    _open: OpenStream,
+}
+
+/// What Prometheus sees of the streams: how many are open, and how many were closed
+/// because their client fell behind. Clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct WatchMetrics {
+    open: Gauge,
+    slow_consumers: Counter,
+}
+
+impl WatchMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "watch_streams_open",
+            "WatchEvents streams open on this edge.",
+            self.open.clone(),
+        );
+        registry.register(
+            "watch_slow_consumers",
+            "WatchEvents streams closed (RESOURCE_EXHAUSTED) because their client fell behind.",
+            self.slow_consumers.clone(),
+        );
+    }
+}
+
+/// One open stream, counted in [`WatchMetrics`] from its creation to its drop.
+struct OpenStream(Gauge);
+
+impl OpenStream {
+    fn new(metrics: &WatchMetrics) -> Self {
+        metrics.open.inc();
+        Self(metrics.open.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl WatchStream {
@@ -233,14 +279,14 @@ impl WatchStream {
 
     async fn live_next(&mut self) -> Result<(), Status> {
         if self.membership.overflowed() {
-            return Err(slow_consumer(self.delivered));
+            return Err(self.slow_consumer());
         }
         tokio::select! {
             biased;
             () = self.watch.draining.cancelled() => Err(draining(self.delivered)),
             live = self.membership.recv() => match live {
                 Some(live) => self.on_live(&live).await,
-                None if self.membership.overflowed() => Err(slow_consumer(self.delivered)),
+                None if self.membership.overflowed() => Err(self.slow_consumer()),
                 None => Err(draining(self.delivered)),
             },
             () = &mut self.heartbeat => {
@@ -279,6 +325,12 @@ impl WatchStream {
             }
         }
         Ok(())
+    }
+
+    /// Ends the stream of a client that fell behind, counted.
+    fn slow_consumer(&self) -> Status {
+        self.watch.metrics.slow_consumers.inc();
+        slow_consumer(self.delivered)
     }
 
     fn wants(&self, event: &proto::Event) -> bool {

@@ -16,7 +16,7 @@ use super::batch::Batch;
 use super::cancellation::cancellation_of_all;
 use super::progress::{Step, publish_progress, publish_progress_of_each};
 use super::{JobError, Worker, as_user, transient};
-use crate::providers::{self, ImageProvider, ProviderError};
+use crate::providers::{self, ImageProvider, ProviderError, ProviderKind};
 
 /// What an image's calls wait for: a cancel aborts them; and none of their events may
 /// overtake the job's intent_resolved.
@@ -87,7 +87,7 @@ pub(super) fn image_deadline(
 pub(super) async fn make_images(
     worker: &Worker,
     job: &GenerateJob,
-    provider: Arc<dyn ImageProvider>,
+    (kind, provider): (ProviderKind, Arc<dyn ImageProvider>),
     batch: Batch,
     signals: ImageSignals,
     redelivery: Option<Duration>,
@@ -111,8 +111,9 @@ pub(super) async fn make_images(
     let on_retry = |retry| {
         retries.send_replace(Some(retry));
     };
+    let started = std::time::Instant::now();
     let rendering = async {
-        match u32::try_from(generation_ids.len()).unwrap_or(u32::MAX) {
+        let rendered = match u32::try_from(generation_ids.len()).unwrap_or(u32::MAX) {
             1 => providers::generate_until(
                 provider.as_ref(),
                 &request,
@@ -135,7 +136,9 @@ pub(super) async fn make_images(
                 )
                 .await
             }
-        }
+        };
+        worker.metrics.provider_call(kind, started, &rendered);
+        rendered
     };
     // Runs beside the provider call and never finishes on its own: the select below ends
     // it with the call. A batch's progress is each of its images' progress.

@@ -30,6 +30,7 @@
 mod batch;
 mod cancellation;
 mod images;
+mod metrics;
 mod prepare;
 mod progress;
 
@@ -57,6 +58,7 @@ use crate::providers::{self, ImageProvider, ImageRequest, ProviderKind};
 
 use self::cancellation::watch_cancellation;
 use self::images::{ImageSignals, IntentRecorded, fail, image_deadline, make_images};
+pub use self::metrics::WorkerMetrics;
 use self::prepare::{Prepared, prepare};
 
 pub type ConversationClient = ConversationServiceClient<InterceptedService<Channel, OutgoingCall>>;
@@ -74,6 +76,7 @@ pub struct Worker {
     pub publisher: Publisher,
     pub subjects: Subjects,
     pub config: Config,
+    pub metrics: WorkerMetrics,
 }
 
 /// The providers this process can reach, by kind.
@@ -100,13 +103,15 @@ impl Providers {
         })
     }
 
-    fn get(&self, name: &str) -> Option<Arc<dyn ImageProvider>> {
-        match name.parse::<ProviderKind>().ok()? {
+    fn get(&self, name: &str) -> Option<(ProviderKind, Arc<dyn ImageProvider>)> {
+        let kind = name.parse::<ProviderKind>().ok()?;
+        let provider = match kind {
             ProviderKind::Builtin => Some(Arc::clone(&self.builtin)),
             ProviderKind::Openai => self.openai.clone(),
             ProviderKind::Automatic1111 => self.automatic1111.clone(),
             ProviderKind::Comfyui => self.comfyui.clone(),
-        }
+        }?;
+        Some((kind, provider))
     }
 }
 
@@ -269,7 +274,7 @@ async fn run_job(
     let init = init.filter(|_| !text_only(work.model_settings.as_ref()));
     let message = work.message;
     let settings = providers::ModelSettings::from(work.model_settings.unwrap_or_default());
-    let Some(provider) = worker.providers.get(&work.provider) else {
+    let Some((kind, provider)) = worker.providers.get(&work.provider) else {
         fail(
             worker,
             job,
@@ -328,7 +333,7 @@ async fn run_job(
             make_images(
                 worker,
                 job,
-                Arc::clone(&provider),
+                (kind, Arc::clone(&provider)),
                 batch,
                 ImageSignals {
                     cancelled: cancelled.clone(),
