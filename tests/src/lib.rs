@@ -10,7 +10,8 @@ use atelier_conversation::catalog::Catalog;
 use atelier_edge::auth::{JwtVerifier, mint_hs256};
 use atelier_edge::rate_limit::RateLimit;
 use atelier_runtime::internal_call::ServiceToken;
-use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
+use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
+use atelier_testkit::{RunningServer, TcpProxy, TestDatabase, TestNats, spawn_server};
 use tonic::transport::{Channel, Endpoint};
 
 /// Knobs a mesh test or benchmark turns; everything else is the deployment default.
@@ -29,6 +30,10 @@ pub struct MeshOptions {
     pub watch: atelier_edge::config::WatchConfig,
     /// The built web client the edge serves on its HTTP port.
     pub web_dir: Option<PathBuf>,
+    /// Conversation service instances on the one database; every caller balances over
+    /// all of them. Each beyond the first is reached through a [`TcpProxy`] a test can
+    /// cut ([`Mesh::cut_off`]).
+    pub conversation_instances: usize,
 }
 
 impl Default for MeshOptions {
@@ -47,6 +52,7 @@ impl Default for MeshOptions {
             run_generation: true,
             watch: atelier_edge::config::WatchConfig::default(),
             web_dir: None,
+            conversation_instances: 1,
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct Mesh {
     /// The edge's HTTP port: images, the web client, `/config.json`.
     pub edge_http: std::net::SocketAddr,
     pub conversation: RunningServer,
+    /// The instances beyond the first ([`MeshOptions::conversation_instances`]), each
+    /// with the proxy its callers reach it through.
+    pub cut_off: Vec<(RunningServer, TcpProxy)>,
     pub workers: Vec<RunningServer>,
     pub db: TestDatabase,
     pub nats: TestNats,
@@ -109,11 +118,10 @@ impl Mesh {
             max_connections: options.database_connections,
             run_migrations: true,
             service_token: ServiceToken::new(&service_token),
+            nats: NatsConfig::local(&nats.url, &nats.prefix),
             starting_credits: options.starting_credits,
             max_generations_per_conversation: options.max_generations_per_conversation,
             catalog: Catalog::embedded(),
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
             sweep_interval: Duration::from_millis(500),
             // The deployment default: the load generator measures what production runs.
             queue_report_interval: Duration::from_secs(1),
@@ -121,10 +129,28 @@ impl Mesh {
             reaper_stale_after: Duration::from_secs(1800),
             metrics_addr: metrics_of("conversation"),
         };
+        let mut cut_off = Vec::new();
+        for _ in 1..options.conversation_instances {
+            let config = atelier_conversation::Config {
+                metrics_addr: None,
+                ..conversation_config.clone()
+            };
+            let instance = spawn_server(|listener, shutdown| {
+                atelier_conversation::run(config, listener, shutdown)
+            })
+            .await?;
+            let proxy = TcpProxy::start(instance.addr, true).await?;
+            cut_off.push((instance, proxy));
+        }
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
         })
         .await?;
+        let conversation_upstream = ConversationUpstream {
+            urls: std::iter::once(conversation.url())
+                .chain(cut_off.iter().map(|(_, proxy)| proxy.url("http")))
+                .collect(),
+        };
         let images = ImagesDir(
             std::env::temp_dir().join(format!("atelier-mesh-images-{}", uuid::Uuid::now_v7())),
         );
@@ -132,14 +158,15 @@ impl Mesh {
         let edge_http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let edge_http = edge_http_listener.local_addr()?;
         let edge_config = atelier_edge::Config {
-            conversation_url: conversation.url(),
-            service_token: ServiceToken::new(&service_token),
+            mesh: MeshConfig {
+                service_token: ServiceToken::new(&service_token),
+                nats: NatsConfig::local(&nats.url, &nats.prefix),
+                conversation: conversation_upstream.clone(),
+            },
             jwt: JwtVerifier::hs256(jwt_secret.as_bytes()),
             cors_origins: vec![],
             rate_limit: options.rate_limit,
             auth_failure_limit: atelier_edge::config::DEFAULT_AUTH_FAILURE_LIMIT,
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
             watch: options.watch.clone(),
             http: atelier_edge::config::HttpConfig {
                 addr: edge_http,
@@ -180,10 +207,11 @@ impl Mesh {
         })
         .await?;
         let title_config = atelier_title::Config {
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
-            conversation_url: conversation.url(),
-            service_token: token(),
+            mesh: MeshConfig {
+                service_token: token(),
+                nats: NatsConfig::local(&nats.url, &nats.prefix),
+                conversation: conversation_upstream.clone(),
+            },
             metrics_addr: metrics_of("title"),
             ..atelier_title::Config::default()
         };
@@ -191,12 +219,13 @@ impl Mesh {
             spawn_server(|listener, shutdown| atelier_title::run(title_config, listener, shutdown))
                 .await?;
         let generation_config = atelier_generation::Config {
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
-            conversation_url: conversation.url(),
+            mesh: MeshConfig {
+                service_token: token(),
+                nats: NatsConfig::local(&nats.url, &nats.prefix),
+                conversation: conversation_upstream.clone(),
+            },
             intent_url: intent.url(),
             enhancement_url: enhancement.url(),
-            service_token: token(),
             storage: atelier_images::Storage::Local(images.0.clone()),
             providers: atelier_generation::providers::ProvidersConfig {
                 automatic1111_url: options.automatic1111_url.clone(),
@@ -219,6 +248,7 @@ impl Mesh {
             edge,
             edge_http,
             conversation,
+            cut_off,
             workers,
             db,
             nats,

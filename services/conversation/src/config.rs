@@ -4,6 +4,7 @@ use std::str::FromStr;
 
 use atelier_runtime::config::{ConfigError, optional_var, positive_var, var_or};
 use atelier_runtime::internal_call::ServiceToken;
+use atelier_runtime::mesh::NatsConfig;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::catalog::Catalog;
@@ -23,9 +24,7 @@ pub struct Config {
     pub catalog: Catalog,
     /// NATS, for the outbox relay. Unreachable NATS delays jobs and events; it never fails
     /// a call.
-    pub nats_url: String,
-    /// The prefix of every subject and stream name.
-    pub subject_prefix: String,
+    pub nats: NatsConfig,
     /// How often the sweeper looks for rows a crash or an outage left unpublished.
     pub sweep_interval: std::time::Duration,
     /// How often the queue reporter looks at the queue while it is not empty, and the
@@ -90,8 +89,7 @@ impl Config {
             starting_credits,
             max_generations_per_conversation,
             catalog,
-            nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
-            subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
+            nats: NatsConfig::from_env()?,
             sweep_interval: std::time::Duration::from_millis(sweep_ms),
             queue_report_interval: std::time::Duration::from_millis(positive_var(
                 "ATELIER_QUEUE_REPORT_MS",

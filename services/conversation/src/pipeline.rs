@@ -43,7 +43,7 @@ async fn commit_and_announce(
 ) -> Result<(), ServiceError> {
     db::pipeline::insert_outbox(&mut tx, &events, db::now()).await?;
     tx.commit().await?;
-    state.relay.publish(&events).await;
+    state.relay.publish_after_earlier(&events).await;
     Ok(())
 }
 
@@ -473,7 +473,7 @@ pub async fn apply_title(
     )
     .await?;
     if applied {
-        state.relay.publish(&[event]).await;
+        state.relay.publish_after_earlier(&[event]).await;
     }
     Ok(internal::ApplyTitleResponse { applied })
 }

@@ -148,6 +148,66 @@ async fn sent_messages_reach_the_streams_in_order() {
 }
 
 #[tokio::test]
+async fn a_row_another_instance_left_unpublished_is_published_before_a_later_event() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.client("alice");
+    let conversation = create_conversation(&mut alice, None).await;
+    let message = send_images(&mut alice, &conversation.id, "a red fox", 1).await;
+    outbox_drained(&app).await;
+    let subjects = subjects(&app);
+    let published = read_stream(
+        &app,
+        &subjects.events_stream(),
+        subjects.user_events("alice"),
+        4,
+    )
+    .await
+    .len();
+
+    // An instance that committed this row and died before publishing it (the sweeper
+    // would publish it only SWEEP_GRACE later).
+    let pool = app.db.pool().await.expect("pool");
+    let orphan = uuid::Uuid::now_v7();
+    let payload: Vec<u8> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE subject = $1 ORDER BY id LIMIT 1")
+            .bind(atelier_events::subjects::user_events("alice"))
+            .fetch_one(&pool)
+            .await
+            .expect("an event row of alice's");
+    sqlx::query("INSERT INTO outbox (id, subject, payload, created_at) VALUES ($1, $2, $3, now())")
+        .bind(orphan)
+        .bind(atelier_events::subjects::user_events("alice"))
+        .bind(payload)
+        .execute(&pool)
+        .await
+        .expect("orphan row");
+
+    // The worker's retry reaches this instance, whose event comes after the orphan's.
+    start(&mut alice, &message.id).await;
+    let events = read_stream(
+        &app,
+        &subjects.events_stream(),
+        subjects.user_events("alice"),
+        published + 2,
+    )
+    .await;
+    let ids: Vec<String> = events[published..]
+        .iter()
+        .map(|event| {
+            event
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get("Nats-Msg-Id"))
+                .map(|value| value.as_str().to_owned())
+                .expect("dedup id")
+        })
+        .collect();
+    assert_eq!(ids[0], orphan.to_string(), "{ids:?}");
+    let started = proto::Event::decode(events[published + 1].payload.clone()).expect("event");
+    assert_eq!(common::kind(&started), "generation_started");
+}
+
+#[tokio::test]
 async fn messages_sent_while_nats_is_down_are_published_once_it_is_back() {
     let nats_addr = {
         let url = atelier_testkit::TestNats::new().url.clone();
@@ -160,7 +220,7 @@ async fn messages_sent_while_nats_is_down_are_published_once_it_is_back() {
     };
     let proxy = TcpProxy::start(nats_addr, false).await.expect("proxy");
     let nats_url = proxy.url("nats");
-    let app = TestApp::spawn_with(|config| config.nats_url = nats_url).await;
+    let app = TestApp::spawn_with(|config| config.nats.url = nats_url).await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
 

@@ -359,7 +359,7 @@ async fn a_message_is_reported_only_once_its_own_events_are_published() {
     };
     let proxy = TcpProxy::start(nats_addr, false).await.expect("proxy");
     let nats_url = proxy.url("nats");
-    let app = TestApp::spawn_with(|config| config.nats_url = nats_url).await;
+    let app = TestApp::spawn_with(|config| config.nats.url = nats_url).await;
     let mut alice = app.client("alice");
     let conversation = create_conversation(&mut alice, None).await;
 

@@ -6,6 +6,7 @@
 //! reaches an internal service but the request message itself. On the way back, every
 //! completed image gets a signed URL for the caller.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
@@ -14,7 +15,7 @@ use atelier_proto::v1::chat_service_server::ChatService;
 use atelier_runtime::internal_call::{OutgoingCall, on_behalf_of};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Extensions, Request, Response, Status};
 use tonic_types::FieldViolation;
 
 use crate::error::EdgeError;
@@ -60,6 +61,31 @@ fn relay<T>(result: Result<Response<T>, Status>) -> Reply<T> {
         .map_err(|status| EdgeError::Upstream(status).into())
 }
 
+/// A call that changes nothing, forwarded, and sent once more when the first attempt was
+/// cut in transport before the conversation service answered (its instance died or
+/// closed the connection): the balancer then picks another instance. Calls that change
+/// state are not repeated here; SendMessage is made safe to repeat by its idempotency
+/// key, which the client holds.
+async fn read<T, R, Answer>(
+    conversation: &ConversationClient,
+    request: Request<T>,
+    call: impl Fn(ConversationClient, Request<T>) -> Answer,
+) -> Reply<R>
+where
+    T: Clone,
+    Answer: Future<Output = Result<Response<R>, Status>>,
+{
+    let (metadata, _, message) = forward(request)?.into_parts();
+    let attempt = || Request::from_parts(metadata.clone(), Extensions::default(), message.clone());
+    match call(conversation.clone(), attempt()).await {
+        Err(status) if atelier_runtime::grpc::cut_by_transport(&status) => {
+            tracing::warn!(upstream = ?status, "a read was cut; trying another instance");
+            relay(call(conversation.clone(), attempt()).await)
+        }
+        result => relay(result),
+    }
+}
+
 #[tonic::async_trait]
 impl ChatService for ChatApi {
     async fn create_conversation(
@@ -78,24 +104,24 @@ impl ChatService for ChatApi {
         &self,
         request: Request<proto::ListConversationsRequest>,
     ) -> Reply<proto::ListConversationsResponse> {
-        relay(
-            self.conversation
-                .clone()
-                .list_conversations(forward(request)?)
-                .await,
+        read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.list_conversations(request).await },
         )
+        .await
     }
 
     async fn get_conversation(
         &self,
         request: Request<proto::GetConversationRequest>,
     ) -> Reply<proto::GetConversationResponse> {
-        relay(
-            self.conversation
-                .clone()
-                .get_conversation(forward(request)?)
-                .await,
+        read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.get_conversation(request).await },
         )
+        .await
     }
 
     async fn rename_conversation(
@@ -145,12 +171,12 @@ impl ChatService for ChatApi {
         request: Request<proto::ListMessagesRequest>,
     ) -> Reply<proto::ListMessagesResponse> {
         let user = caller(&request)?;
-        let mut answer = relay(
-            self.conversation
-                .clone()
-                .list_messages(forward(request)?)
-                .await,
-        )?
+        let mut answer = read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.list_messages(request).await },
+        )
+        .await?
         .into_inner();
         for message in &mut answer.messages {
             self.links.sign_message(&user, Some(message)).await;
@@ -163,12 +189,12 @@ impl ChatService for ChatApi {
         request: Request<proto::GetMessageRequest>,
     ) -> Reply<proto::GetMessageResponse> {
         let user = caller(&request)?;
-        let mut answer = relay(
-            self.conversation
-                .clone()
-                .get_message(forward(request)?)
-                .await,
-        )?
+        let mut answer = read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.get_message(request).await },
+        )
+        .await?
         .into_inner();
         self.links
             .sign_message(&user, answer.message.as_mut())
@@ -217,12 +243,12 @@ impl ChatService for ChatApi {
         request: Request<proto::ListFavoritesRequest>,
     ) -> Reply<proto::ListFavoritesResponse> {
         let user = caller(&request)?;
-        let mut answer = relay(
-            self.conversation
-                .clone()
-                .list_favorites(forward(request)?)
-                .await,
-        )?
+        let mut answer = read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.list_favorites(request).await },
+        )
+        .await?
         .into_inner();
         self.links.sign_all(&user, &mut answer.generations).await;
         Ok(Response::new(answer))
@@ -232,24 +258,24 @@ impl ChatService for ChatApi {
         &self,
         request: Request<proto::GetBalanceRequest>,
     ) -> Reply<proto::GetBalanceResponse> {
-        relay(
-            self.conversation
-                .clone()
-                .get_balance(forward(request)?)
-                .await,
+        read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.get_balance(request).await },
         )
+        .await
     }
 
     async fn list_models(
         &self,
         request: Request<proto::ListModelsRequest>,
     ) -> Reply<proto::ListModelsResponse> {
-        relay(
-            self.conversation
-                .clone()
-                .list_models(forward(request)?)
-                .await,
+        read(
+            &self.conversation,
+            request,
+            |mut client, request| async move { client.list_models(request).await },
         )
+        .await
     }
 
     type WatchEventsStream = EventStream;

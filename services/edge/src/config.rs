@@ -7,16 +7,16 @@ use std::time::Duration;
 use atelier_runtime::config::{
     ConfigError, Environment, Secret, list_or, optional_var, positive_var, secret, var_or,
 };
-use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, ServiceToken};
+use atelier_runtime::mesh::MeshConfig;
 
 use crate::auth::{JwksConfig, JwtVerifier};
 use crate::rate_limit::RateLimit;
 
 #[derive(Clone)]
 pub struct Config {
-    /// Where the conversation service listens, e.g. `http://127.0.0.1:50052`.
-    pub conversation_url: String,
-    pub service_token: ServiceToken,
+    /// The service credential, NATS (where WatchEvents reads the users' events) and the
+    /// conversation service's instances.
+    pub mesh: MeshConfig,
     pub jwt: JwtVerifier,
     /// Browser origins allowed to call over grpc-web; no other origin gets CORS headers
     /// (but the edge's own web origin, [`HttpConfig::public_url`], always does).
@@ -25,10 +25,6 @@ pub struct Config {
     /// Failed authentications allowed per peer address: past them, every call from the
     /// address is refused until its bucket refills (see `gatekeeper.rs`).
     pub auth_failure_limit: RateLimit,
-    /// NATS, where WatchEvents reads the users' events.
-    pub nats_url: String,
-    /// The prefix of every subject and stream name (the same for the whole mesh).
-    pub subject_prefix: String,
     pub watch: WatchConfig,
     pub http: HttpConfig,
     pub images: ImagesConfig,
@@ -105,8 +101,6 @@ impl Default for ImagesConfig {
 /// The HS256 secret of development mode (`ATELIER_ENV=development`): public, so refused
 /// anywhere else.
 pub const DEFAULT_JWT_SECRET: &str = "atelier-local-jwt-secret";
-/// The service credential of the local mesh (the conversation service has the same).
-pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_CORS_ORIGINS: &[&str] = &["http://localhost:5173", "http://127.0.0.1:5173"];
 /// The image URL signing key of development mode: public, so refused anywhere else. Every
 /// edge replica must share the real one.
@@ -122,8 +116,7 @@ impl Default for Config {
     /// The local mesh: every service on its default loopback port, the development secrets.
     fn default() -> Self {
         Self {
-            conversation_url: DEFAULT_CONVERSATION_URL.to_owned(),
-            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
+            mesh: MeshConfig::default(),
             jwt: JwtVerifier::hs256(DEFAULT_JWT_SECRET.as_bytes()),
             cors_origins: DEFAULT_CORS_ORIGINS
                 .iter()
@@ -135,8 +128,6 @@ impl Default for Config {
                 idle_eviction: Duration::from_secs(600),
             },
             auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            subject_prefix: "atelier".to_owned(),
             watch: WatchConfig::default(),
             http: HttpConfig::default(),
             images: ImagesConfig::default(),
@@ -186,11 +177,7 @@ impl Config {
         let storage = atelier_images::Storage::from_env()?;
         Ok(Self {
             metrics_addr: environment.metrics_addr()?,
-            conversation_url: var_or(
-                "ATELIER_CONVERSATION_URL",
-                DEFAULT_CONVERSATION_URL.to_owned(),
-            )?,
-            service_token: ServiceToken::from_env(environment)?,
+            mesh: MeshConfig::from_env(environment)?,
             jwt,
             cors_origins: list_or("ATELIER_CORS_ORIGINS", DEFAULT_CORS_ORIGINS)?,
             rate_limit: RateLimit {
@@ -199,8 +186,6 @@ impl Config {
                 idle_eviction: Duration::from_secs(600),
             },
             auth_failure_limit: auth_failure_limit_from_env()?,
-            nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
-            subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
             watch: WatchConfig {
                 heartbeat: Duration::from_millis(positive_var(
                     "ATELIER_WATCH_HEARTBEAT_MS",

@@ -84,6 +84,12 @@ fn retry_later(reason: &str, message: String, wait: Duration) -> Status {
 }
 
 fn relay(status: Status) -> Status {
+    // An instance died or closed the connection mid-call: whether it committed is unknown
+    // here, so the caller retries (SendMessage with its idempotency key replays).
+    if atelier_runtime::grpc::cut_by_transport(&status) {
+        tracing::warn!(upstream = ?status, "a call to the conversation service was cut");
+        return Status::unavailable("the service is temporarily unavailable; retry shortly");
+    }
     match status.code() {
         // The edge and the conversation service disagree on the service credential, or
         // the edge forgot the user: a deployment bug, not the caller's.
@@ -156,6 +162,25 @@ mod tests {
             "invalid service credential",
         )));
         assert_eq!(credential.code(), Code::Internal);
+    }
+
+    #[test]
+    fn calls_cut_in_transport_are_unavailable_but_the_upstreams_own_internal_is_not() {
+        // What tonic makes of a connection reset mid-call: INTERNAL or UNKNOWN, with the
+        // transport error as its source.
+        let cut = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        assert!(matches!(
+            cut.code(),
+            Code::Unknown | Code::Internal | Code::Unavailable
+        ));
+        let relayed = Status::from(EdgeError::Upstream(cut));
+        assert_eq!(relayed.code(), Code::Unavailable);
+        // An INTERNAL the conversation service sent itself stays INTERNAL.
+        let sent = Status::from(EdgeError::Upstream(Status::internal("a bug")));
+        assert_eq!(sent.code(), Code::Internal);
     }
 
     #[test]

@@ -29,17 +29,18 @@ use std::time::Duration;
 use ::http::{HeaderName, HeaderValue, Method};
 use anyhow::Context as _;
 use atelier_images::ImageUrls;
-use atelier_proto::CHAT_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::limits;
 use atelier_proto::v1::chat_service_server::ChatServiceServer;
+use atelier_proto::{CHAT_SERVICE_NAME, CONVERSATION_SERVICE_NAME};
 use atelier_runtime::internal_call::OutgoingCall;
 use atelier_runtime::metrics::RpcMetrics;
+use atelier_runtime::upstream::{ChannelSettings, Upstream};
 use atelier_runtime::{grpc, load};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tonic_web::GrpcWebLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -74,20 +75,24 @@ pub async fn serve(
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => format!("http://{}", grpc.local_addr()?),
     };
-    // Lazy: the edge starts (and reports health) while the conversation service is still
-    // coming up; calls meanwhile answer UNAVAILABLE.
-    let channel = Endpoint::from_shared(config.conversation_url.clone())
-        .with_context(|| format!("bad ATELIER_CONVERSATION_URL {:?}", config.conversation_url))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        // Every call the edge forwards is unary: one stuck upstream must not hold a
-        // client's call (and its slot here) past the server's own bound.
-        .timeout(load::REQUEST_TIMEOUT)
-        .connect_lazy();
+    // Balanced over every conversation instance that answers (atelier_runtime::upstream);
+    // the edge starts (and reports health) while they are still coming up, and calls
+    // meanwhile answer UNAVAILABLE.
+    let channel = Upstream::new(
+        &config.mesh.conversation.urls,
+        CONVERSATION_SERVICE_NAME,
+        ChannelSettings {
+            // Every call the edge forwards is unary: one stuck upstream must not hold a
+            // client's call (and its slot here) past the server's own bound.
+            request_timeout: Some(load::REQUEST_TIMEOUT),
+            ..ChannelSettings::default()
+        },
+    )?
+    .channel();
     // Message size limits: atelier_proto::limits, which has the table of every hop.
     let conversation = ConversationServiceClient::with_interceptor(
         channel,
-        OutgoingCall::new(&config.service_token)?,
+        OutgoingCall::new(&config.mesh.service_token)?,
     )
     .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
@@ -107,8 +112,8 @@ pub async fn serve(
     let links = links::ImageLinks::new(Arc::clone(&urls));
     // Connects in the background: the API answers while NATS is down; WatchEvents then
     // answers UNAVAILABLE until it is back.
-    let nats = atelier_events::connect(&config.nats_url, "atelier-edge").await?;
-    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
+    let nats = atelier_events::connect(&config.mesh.nats, "atelier-edge").await?;
+    let subjects = atelier_events::Subjects::new(&config.mesh.nats.subject_prefix)?;
     let draining = CancellationToken::new();
     let watch_metrics = watch::WatchMetrics::default();
     let watch = Arc::new(watch::Watch::new(

@@ -12,6 +12,7 @@ use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_runtime::internal_call::ServiceToken;
+use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use prost::Message as _;
 use tokio_stream::StreamExt as _;
@@ -52,11 +53,10 @@ impl Mesh {
             max_connections: 8,
             run_migrations: true,
             service_token: ServiceToken::new(SERVICE_TOKEN),
+            nats: NatsConfig::local(&nats.url, &nats.prefix),
             starting_credits: 100,
             max_generations_per_conversation: 100,
             catalog: Catalog::embedded(),
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
             sweep_interval: Duration::from_millis(500),
             queue_report_interval: Duration::from_millis(100),
             reaper_interval: Duration::from_secs(3600),
@@ -69,13 +69,14 @@ impl Mesh {
         .await
         .expect("conversation");
         let mut edge_config = atelier_edge::Config {
-            conversation_url: conversation.url(),
-            service_token: ServiceToken::new(SERVICE_TOKEN),
+            mesh: MeshConfig {
+                service_token: ServiceToken::new(SERVICE_TOKEN),
+                nats: NatsConfig::local(&nats.url, &nats.prefix),
+                conversation: ConversationUpstream::at(&conversation.url()),
+            },
             jwt: JwtVerifier::hs256(JWT_SECRET),
             cors_origins: vec![ALLOWED_ORIGIN.to_owned()],
             rate_limit,
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
             http: any_port(),
             images: images_in(&images),
             ..atelier_edge::Config::default()
@@ -866,8 +867,11 @@ async fn an_unreachable_conversation_service_is_unavailable_not_internal() {
     drop(closed);
     let images = ImagesDir::new();
     let edge_config = atelier_edge::Config {
-        conversation_url: url,
-        service_token: ServiceToken::new(SERVICE_TOKEN),
+        mesh: MeshConfig {
+            service_token: ServiceToken::new(SERVICE_TOKEN),
+            conversation: ConversationUpstream::at(&url),
+            ..MeshConfig::default()
+        },
         jwt: JwtVerifier::hs256(JWT_SECRET),
         cors_origins: vec![],
         rate_limit: generous(),

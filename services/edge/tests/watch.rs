@@ -13,6 +13,7 @@ use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_runtime::internal_call::ServiceToken;
+use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
 use atelier_testkit::{RunningServer, TcpProxy, TestNats, spawn_server};
 use prost::Message as _;
 use tonic::Code;
@@ -68,11 +69,12 @@ impl Events {
         watch: WatchConfig,
     ) -> RunningServer {
         let config = atelier_edge::Config {
-            conversation_url: conversation_url.to_owned(),
-            service_token: ServiceToken::new("watch-test-service-token"),
+            mesh: MeshConfig {
+                service_token: ServiceToken::new("watch-test-service-token"),
+                nats: NatsConfig::local(nats_url, &self.nats.prefix),
+                conversation: ConversationUpstream::at(conversation_url),
+            },
             jwt: JwtVerifier::hs256(JWT_SECRET),
-            nats_url: nats_url.to_owned(),
-            subject_prefix: self.nats.prefix.clone(),
             watch,
             http: HttpConfig {
                 addr: "127.0.0.1:0".parse().expect("an address"),
@@ -638,11 +640,10 @@ async fn a_filtered_stream_shows_one_conversation_and_still_moves_its_cursor() {
                 max_connections: 4,
                 run_migrations: true,
                 service_token: ServiceToken::new("watch-test-service-token"),
+                nats: NatsConfig::local(&events.nats.url, &events.nats.prefix),
                 starting_credits: 100,
                 max_generations_per_conversation: 100,
                 catalog: atelier_conversation::catalog::Catalog::embedded(),
-                nats_url: events.nats.url.clone(),
-                subject_prefix: events.nats.prefix.clone(),
                 sweep_interval: Duration::from_millis(500),
                 queue_report_interval: Duration::from_secs(1),
                 reaper_interval: Duration::from_secs(3600),

@@ -2,19 +2,18 @@
 
 use std::time::Duration;
 
-use atelier_runtime::config::var_or;
-use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, ServiceToken};
+use atelier_runtime::config::{ConfigError, var_or};
+use atelier_runtime::mesh::MeshConfig;
 
 use crate::providers::{ProvidersConfig, RetryPolicy};
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub nats_url: String,
-    pub subject_prefix: String,
-    pub conversation_url: String,
+    /// The service credential, NATS (where the jobs wait) and the conversation service's
+    /// instances.
+    pub mesh: MeshConfig,
     pub intent_url: String,
     pub enhancement_url: String,
-    pub service_token: ServiceToken,
     pub providers: ProvidersConfig,
     pub provider_retries: RetryPolicy,
     /// Where images go: `ATELIER_S3_BUCKET` for S3, else `ATELIER_STORAGE_DIR`.
@@ -38,12 +37,9 @@ impl Default for Config {
     /// The local mesh: every service on its default loopback port, the builtin renderer.
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_owned(),
-            subject_prefix: "atelier".to_owned(),
-            conversation_url: "http://127.0.0.1:50052".to_owned(),
+            mesh: MeshConfig::default(),
             intent_url: "http://127.0.0.1:50053".to_owned(),
             enhancement_url: "http://127.0.0.1:50054".to_owned(),
-            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             providers: ProvidersConfig::default(),
             provider_retries: RetryPolicy::default(),
             storage: atelier_images::Storage::default(),
@@ -69,12 +65,9 @@ impl Config {
         };
         let environment = atelier_runtime::config::Environment::from_env()?;
         Ok(Self {
-            nats_url: var_or("ATELIER_NATS_URL", defaults.nats_url)?,
-            subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", defaults.subject_prefix)?,
-            conversation_url: var_or("ATELIER_CONVERSATION_URL", defaults.conversation_url)?,
-            intent_url: var_or("ATELIER_INTENT_URL", defaults.intent_url)?,
-            enhancement_url: var_or("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,
-            service_token: ServiceToken::from_env(environment)?,
+            mesh: MeshConfig::from_env(environment)?,
+            intent_url: service_url("ATELIER_INTENT_URL", defaults.intent_url)?,
+            enhancement_url: service_url("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,
             metrics_addr: environment.metrics_addr()?,
             providers: ProvidersConfig::from_env()?,
             provider_retries: RetryPolicy {
@@ -97,4 +90,12 @@ impl Config {
             drain_timeout: defaults.drain_timeout,
         })
     }
+}
+
+/// An `http(s)://host:port` URL from `name`, checked before the worker binds.
+fn service_url(name: &str, default: String) -> Result<String, ConfigError> {
+    let url: String = var_or(name, default)?;
+    atelier_runtime::mesh::ConversationUpstream::parse(&url)
+        .map_err(|reason| ConfigError::new(name, &url, reason))?;
+    Ok(url)
 }

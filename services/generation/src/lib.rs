@@ -20,11 +20,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use atelier_events::jobs::{self, JobConsumerConfig, JobMetrics};
 use atelier_events::{Publisher, Subjects};
+use atelier_proto::CONVERSATION_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::enhancement::v1::enhancement_service_client::EnhancementServiceClient;
 use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
 use atelier_runtime::internal_call::OutgoingCall;
 use atelier_runtime::metrics::RpcMetrics;
+use atelier_runtime::upstream::{ChannelSettings, Upstream};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
@@ -77,8 +79,18 @@ struct Prepared {
 }
 
 async fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let subjects = Subjects::new(&config.subject_prefix)?;
-    let nats = atelier_events::connect(&config.nats_url, "atelier-generation").await?;
+    let subjects = Subjects::new(&config.mesh.nats.subject_prefix)?;
+    let nats = atelier_events::connect(&config.mesh.nats, "atelier-generation").await?;
+    // Balanced over every conversation instance that answers; while none does, the worker
+    // takes no jobs (it could neither record nor finish them).
+    let conversation = Upstream::new(
+        &config.mesh.conversation.urls,
+        CONVERSATION_SERVICE_NAME,
+        ChannelSettings {
+            request_timeout: Some(CALL_TIMEOUT),
+            ..ChannelSettings::default()
+        },
+    )?;
     let js = async_nats::jetstream::new(nats.clone());
     let consumer_config = JobConsumerConfig {
         durable_name: "generation".to_owned(),
@@ -87,12 +99,13 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
         ack_wait: config.ack_wait,
         concurrency: config.concurrency,
         drain_timeout: config.drain_timeout,
+        upstream_reachable: Some(conversation.reachable()),
     };
     let store = config.storage.open()?;
-    let token = OutgoingCall::new(&config.service_token)?;
+    let token = OutgoingCall::new(&config.mesh.service_token)?;
     let worker = Arc::new(Worker {
         conversation: ConversationServiceClient::with_interceptor(
-            lazy(&config.conversation_url)?,
+            conversation.channel(),
             token.clone(),
         ),
         intent: IntentServiceClient::with_interceptor(lazy(&config.intent_url)?, token.clone()),
@@ -155,13 +168,15 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
     .await
 }
 
+/// A hung call must not hold a job (and its keep-alives) forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn lazy(url: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("bad service URL {url:?}"))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        // A hung call must not hold a job (and its keep-alives) forever.
-        .timeout(Duration::from_secs(30))
+        .connect_timeout(ChannelSettings::default().connect_timeout)
+        .timeout(CALL_TIMEOUT)
         .connect_lazy())
 }
 

@@ -8,25 +8,17 @@ use std::time::Duration;
 
 use atelier_llm::LlmConfig;
 use atelier_runtime::config::{ConfigError, var_or};
-use atelier_runtime::internal_call::{DEVELOPMENT_SERVICE_TOKEN, OutgoingCall, ServiceToken};
+use atelier_runtime::mesh::MeshConfig;
 
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
-pub const DEFAULT_SUBJECT_PREFIX: &str = "atelier";
-pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_TITLE_DEADLINE_MS: u64 = 5000;
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// NATS, where the title jobs wait. Unreachable NATS delays titles; it never stops the
-    /// process from starting or answering health checks.
-    pub nats_url: String,
-    /// The prefix of every subject and stream name (one per test, `atelier` in production).
-    pub subject_prefix: String,
-    /// The conversation service, which applies the titles.
-    pub conversation_url: String,
-    /// The credential internal calls carry.
-    pub service_token: ServiceToken,
+    /// The service credential, NATS (where the title jobs wait: unreachable NATS delays
+    /// titles, it never stops the process from starting or answering health checks) and
+    /// the conversation service's instances, which apply the titles.
+    pub mesh: MeshConfig,
     /// The OpenAI-compatible endpoint; `None` is heuristic mode: conversations keep the
     /// automatic title SendMessage gave them, and title jobs are simply acknowledged.
     pub llm: Option<LlmConfig>,
@@ -51,10 +43,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            nats_url: DEFAULT_NATS_URL.to_owned(),
-            subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
-            conversation_url: DEFAULT_CONVERSATION_URL.to_owned(),
-            service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
+            mesh: MeshConfig::default(),
             llm: None,
             title_deadline: Duration::from_millis(DEFAULT_TITLE_DEADLINE_MS),
             concurrency: DEFAULT_CONCURRENCY,
@@ -67,37 +56,13 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads `ATELIER_NATS_URL`, `ATELIER_SUBJECT_PREFIX`, `ATELIER_CONVERSATION_URL`,
-    /// `ATELIER_SERVICE_TOKEN`, `ATELIER_TITLE_DEADLINE_MS`, `ATELIER_TITLE_CONCURRENCY`
-    /// and the `ATELIER_LLM_*` variables (see [`LlmConfig::from_env`]).
+    /// Reads the mesh's shared settings ([`MeshConfig::from_env`]),
+    /// `ATELIER_TITLE_DEADLINE_MS`, `ATELIER_TITLE_CONCURRENCY` and the `ATELIER_LLM_*`
+    /// variables (see [`LlmConfig::from_env`]).
     pub fn from_env() -> anyhow::Result<Self> {
         let defaults = Self::default();
-        let nats_url: String = var_or("ATELIER_NATS_URL", defaults.nats_url)?;
-        if let Err(err) = nats_url.parse::<async_nats::ServerAddr>() {
-            Err(ConfigError::new("ATELIER_NATS_URL", &nats_url, err))?;
-        }
-        let subject_prefix: String = var_or("ATELIER_SUBJECT_PREFIX", defaults.subject_prefix)?;
-        if let Err(err) = atelier_events::Subjects::new(&subject_prefix) {
-            Err(ConfigError::new(
-                "ATELIER_SUBJECT_PREFIX",
-                &subject_prefix,
-                err,
-            ))?;
-        }
-        let conversation_url: String =
-            var_or("ATELIER_CONVERSATION_URL", defaults.conversation_url)?;
-        if let Err(err) = tonic::transport::Endpoint::from_shared(conversation_url.clone()) {
-            Err(ConfigError::new(
-                "ATELIER_CONVERSATION_URL",
-                &conversation_url,
-                err,
-            ))?;
-        }
         let environment = atelier_runtime::config::Environment::from_env()?;
-        let service_token = ServiceToken::from_env(environment)?;
-        if let Err(err) = OutgoingCall::new(&service_token) {
-            Err(ConfigError::new("ATELIER_SERVICE_TOKEN", "<hidden>", err))?;
-        }
+        let mesh = MeshConfig::from_env(environment)?;
         let deadline_ms: u64 = var_or("ATELIER_TITLE_DEADLINE_MS", DEFAULT_TITLE_DEADLINE_MS)?;
         if deadline_ms == 0 {
             Err(ConfigError::new(
@@ -115,10 +80,7 @@ impl Config {
             ))?;
         }
         Ok(Self {
-            nats_url,
-            subject_prefix,
-            conversation_url,
-            service_token,
+            mesh,
             llm: LlmConfig::from_env()?,
             title_deadline: Duration::from_millis(deadline_ms),
             concurrency,

@@ -29,11 +29,12 @@ use anyhow::Context as _;
 use atelier_events::Subjects;
 use atelier_events::jobs::{JobConsumerConfig, JobMetrics};
 use atelier_llm::LlmClient;
+use atelier_proto::CONVERSATION_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_runtime::internal_call::OutgoingCall;
 use atelier_runtime::metrics::RpcMetrics;
+use atelier_runtime::upstream::{ChannelSettings, Upstream};
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
 
 pub use crate::config::Config;
 
@@ -47,24 +48,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let subjects = Subjects::new(&config.subject_prefix)?;
+    let subjects = Subjects::new(&config.mesh.nats.subject_prefix)?;
     let llm = config
         .llm
         .clone()
         .map(LlmClient::new)
         .transpose()
         .context("bad LLM settings")?;
-    // Lazy: the worker starts while the conversation service is still coming up; calls
-    // meanwhile fail UNAVAILABLE and their jobs are retried.
-    let channel = Endpoint::from_shared(config.conversation_url.clone())
-        .with_context(|| format!("bad conversation URL {:?}", config.conversation_url))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(APPLY_TIMEOUT)
-        .connect_lazy();
+    // Balanced over every conversation instance that answers; the worker starts while
+    // they are still coming up, and takes no jobs while none answers.
+    let upstream = Upstream::new(
+        &config.mesh.conversation.urls,
+        CONVERSATION_SERVICE_NAME,
+        ChannelSettings {
+            request_timeout: Some(APPLY_TIMEOUT),
+            ..ChannelSettings::default()
+        },
+    )?;
     let conversation = ConversationServiceClient::with_interceptor(
-        channel,
-        OutgoingCall::new(&config.service_token)?,
+        upstream.channel(),
+        OutgoingCall::new(&config.mesh.service_token)?,
     );
     let worker = Arc::new(worker::Worker {
         llm,
@@ -72,7 +75,7 @@ pub async fn run(
         title_deadline: config.title_deadline,
     });
     let source = worker::Source {
-        nats_url: config.nats_url.clone(),
+        nats: config.mesh.nats.clone(),
         jobs: JobConsumerConfig {
             durable_name: worker::DURABLE_NAME.to_owned(),
             filter_subject: subjects.title_jobs(),
@@ -80,6 +83,7 @@ pub async fn run(
             ack_wait: config.ack_wait,
             concurrency: config.concurrency,
             drain_timeout: config.drain_timeout,
+            upstream_reachable: Some(upstream.reachable()),
         },
         metrics: JobMetrics::default(),
         subjects,

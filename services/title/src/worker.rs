@@ -56,7 +56,7 @@ pub struct Worker {
 
 /// Where the jobs come from.
 pub struct Source {
-    pub nats_url: String,
+    pub nats: atelier_runtime::mesh::NatsConfig,
     pub subjects: Subjects,
     pub jobs: JobConsumerConfig,
     /// The job queue's state, for `/metrics`.
@@ -124,9 +124,9 @@ async fn set_up(
         Some(js) => js,
         None => {
             // Returns at once and connects in the background; requests fail until then.
-            let client = atelier_events::connect(&source.nats_url, "atelier-title")
+            let client = atelier_events::connect(&source.nats, "atelier-title")
                 .await
-                .with_context(|| format!("cannot connect to NATS at {}", source.nats_url))?;
+                .with_context(|| format!("cannot connect to NATS at {}", source.nats.url))?;
             js.insert(jetstream::new(client))
         }
     };

@@ -44,6 +44,10 @@ pub struct JobConsumerConfig {
     pub concurrency: usize,
     /// How long a shutdown waits for running jobs before abandoning them to redelivery.
     pub drain_timeout: Duration,
+    /// Whether the service the jobs need answers (see `atelier_runtime::upstream`): while
+    /// it is `false` no job is fetched, so none is started that could only fail and come
+    /// back. `None` always fetches.
+    pub upstream_reachable: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Creates (or finds) the durable consumer on the jobs stream.
@@ -268,7 +272,24 @@ where
     let mut shutdown = std::pin::pin!(shutdown);
     // Set once `shutdown` has resolved: a finished future must not be polled again.
     let mut stopping = false;
+    let mut upstream_reachable = config.upstream_reachable.clone();
     while !stopping {
+        if let Some(reachable) = &mut upstream_reachable
+            && !*reachable.borrow_and_update()
+        {
+            tracing::warn!("the upstream service is unreachable: taking no jobs until it is back");
+            let back = tokio::select! {
+                () = &mut shutdown => break,
+                back = reachable.wait_for(|reachable| *reachable) => back.is_ok(),
+            };
+            if back {
+                tracing::info!("the upstream service is back: taking jobs again");
+            } else {
+                // Its prober is gone (the process is stopping): stop gating.
+                upstream_reachable = None;
+            }
+            continue;
+        }
         // Wait for room, then fetch only as many jobs as there is room for: a job is
         // delivered (and its ack_wait runs) only when it can start at once.
         let first = tokio::select! {

@@ -24,16 +24,28 @@ pub use publish::{PublishError, Publisher, current_traceparent};
 pub use subjects::Subjects;
 pub use topology::ensure_streams;
 
-/// Connects to NATS in the background: the caller gets a client at once, and publishes
+use atelier_runtime::mesh::{NatsAuth, NatsConfig};
+
+/// Connects to NATS (with the configured credentials) in the background: the caller gets a client at once, and publishes
 /// fail (to be retried) until the server is reachable. A service must start, and its
 /// fast path must answer, while NATS is down.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = config.servers().map_err(anyhow::Error::msg)?;
+    let options = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
-        .connection_timeout(std::time::Duration::from_secs(2))
-        .connect(url)
-        .await?;
+        .connection_timeout(std::time::Duration::from_secs(2));
+    let options = match &config.auth {
+        NatsAuth::None => options,
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.expose().to_owned())
+        }
+        NatsAuth::CredsFile(path) => options
+            .credentials_file(path)
+            .await
+            .map_err(|err| anyhow::anyhow!("NATS credentials {}: {err}", path.display()))?,
+    };
+    let client = options.connect(servers.as_slice()).await?;
     tokio::spawn(warn_if_unsafe_server(client.clone()));
     Ok(client)
 }

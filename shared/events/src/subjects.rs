@@ -10,16 +10,7 @@ pub struct Subjects {
 impl Subjects {
     /// `prefix` must be one or more NATS tokens of letters, digits, `-` and `_`.
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            !prefix.is_empty()
-                && prefix.split('.').all(|token| {
-                    !token.is_empty()
-                        && token
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                }),
-            "subject prefix {prefix:?} must be dot-separated tokens of letters, digits, - and _"
-        );
+        atelier_runtime::mesh::check_subject_prefix(prefix).map_err(anyhow::Error::msg)?;
         Ok(Self {
             prefix: prefix.to_owned(),
         })

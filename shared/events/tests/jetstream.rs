@@ -55,6 +55,7 @@ impl TestStreams {
             ack_wait,
             concurrency,
             drain_timeout,
+            upstream_reachable: None,
         }
     }
 }

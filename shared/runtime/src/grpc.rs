@@ -37,6 +37,15 @@ pub fn invalid_argument(violations: Vec<tonic_types::FieldViolation>) -> tonic::
     )
 }
 
+/// Whether `status` was made on this side by the transport (the connection was refused,
+/// reset or closed before the server answered) rather than sent by the server. tonic
+/// keeps the transport error as the source of such a status, and never sets a source on
+/// one read from a response. A caller maps these to UNAVAILABLE (the server may have died
+/// mid-call: retry, on another instance if there is one), never to INTERNAL.
+pub fn cut_by_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
 /// Health and reflection for a server that serves `services` (fully qualified names),
 /// describing the types of `descriptors` (an encoded `FileDescriptorSet`).
 ///

@@ -31,17 +31,18 @@ impl ServiceToken {
         Self(Arc::from(secret.into()))
     }
 
-    /// `ATELIER_SERVICE_TOKEN`, checked like every secret
-    /// ([`crate::config::secret`]).
+    /// `ATELIER_SERVICE_TOKEN`, checked like every secret ([`crate::config::secret`])
+    /// and for what a header can carry.
     pub fn from_env(
         environment: crate::config::Environment,
     ) -> Result<Self, crate::config::ConfigError> {
-        let secret = crate::config::secret(
-            "ATELIER_SERVICE_TOKEN",
-            DEVELOPMENT_SERVICE_TOKEN,
-            environment,
-        )?;
-        Ok(Self::new(secret.expose()))
+        const NAME: &str = "ATELIER_SERVICE_TOKEN";
+        let secret = crate::config::secret(NAME, DEVELOPMENT_SERVICE_TOKEN, environment)?;
+        let token = Self::new(secret.expose());
+        if let Err(err) = OutgoingCall::new(&token) {
+            return Err(crate::config::ConfigError::new(NAME, "<hidden>", err));
+        }
+        Ok(token)
     }
 
     fn matches(&self, presented: &[u8]) -> bool {

@@ -6,6 +6,18 @@ use uuid::Uuid;
 
 use super::OutboxRow;
 
+/// `id, subject, payload, traceparent`, as the relay's reads select them.
+type RowColumns = (Uuid, String, Vec<u8>, Option<String>);
+
+fn outbox_row((id, subject, payload, traceparent): RowColumns) -> OutboxRow {
+    OutboxRow {
+        id,
+        subject,
+        payload,
+        traceparent,
+    }
+}
+
 /// Marks rows as published.
 #[tracing::instrument(skip_all, fields(rows = ids.len()))]
 pub async fn mark_published<'c>(
@@ -24,6 +36,29 @@ pub async fn mark_published<'c>(
     Ok(())
 }
 
+/// Unpublished rows on `subjects` older than `before`, oldest first (at most a sweep's
+/// worth): the rows an instance committed and did not live to publish. Reads the small
+/// partial index of unpublished rows; locks nothing (a row published twice is dropped by
+/// JetStream as a duplicate).
+#[tracing::instrument(skip_all)]
+pub async fn unpublished_before<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    subjects: &[&str],
+    before: Uuid,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    let rows: Vec<RowColumns> = sqlx::query_as(
+        "SELECT id, subject, payload, traceparent FROM outbox \
+         WHERE published_at IS NULL AND id < $2 AND subject = ANY($1) \
+         ORDER BY id \
+         LIMIT 200",
+    )
+    .bind(subjects)
+    .bind(before)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(outbox_row).collect())
+}
+
 /// Locks up to `limit` unpublished rows older than `grace`, oldest first, skipping rows
 /// another sweeper holds.
 #[tracing::instrument(skip(tx))]
@@ -32,7 +67,7 @@ pub async fn lock_unpublished(
     grace: Duration,
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    let rows: Vec<(Uuid, String, Vec<u8>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<RowColumns> = sqlx::query_as(
         "SELECT id, subject, payload, traceparent FROM outbox \
          WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1) \
          ORDER BY id \
@@ -43,15 +78,7 @@ pub async fn lock_unpublished(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, subject, payload, traceparent)| OutboxRow {
-            id,
-            subject,
-            payload,
-            traceparent,
-        })
-        .collect())
+    Ok(rows.into_iter().map(outbox_row).collect())
 }
 
 /// Deletes rows published longer ago than `age`.

@@ -13,6 +13,7 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
+use atelier_runtime::mesh::NatsConfig;
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -118,11 +119,10 @@ fn config(db: &TestDatabase, nats: &TestNats) -> Config {
         max_connections: 16,
         run_migrations: true,
         service_token: ServiceToken::new(SERVICE_TOKEN),
+        nats: NatsConfig::local(&nats.url, &nats.prefix),
         starting_credits: 100,
         max_generations_per_conversation: 1000,
         catalog: Catalog::embedded(),
-        nats_url: nats.url.clone(),
-        subject_prefix: nats.prefix.clone(),
         sweep_interval: Duration::from_millis(200),
         queue_report_interval: Duration::from_millis(100),
         // Tests run the reaper themselves (reaper::run_once), with their own bound.

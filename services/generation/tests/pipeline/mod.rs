@@ -18,6 +18,7 @@ use atelier_llm::LlmConfig;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
+use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -138,11 +139,10 @@ impl Pipeline {
             max_connections: 8,
             run_migrations: true,
             service_token: ServiceToken::new(SERVICE_TOKEN),
+            nats: NatsConfig::local(&nats.url, &nats.prefix),
             starting_credits: 100,
             max_generations_per_conversation: 100,
             catalog: Catalog::embedded(),
-            nats_url: nats.url.clone(),
-            subject_prefix: nats.prefix.clone(),
             sweep_interval: Duration::from_millis(300),
             queue_report_interval: Duration::from_millis(100),
             reaper_interval: Duration::from_secs(3600),
@@ -201,12 +201,13 @@ impl Pipeline {
     /// Starts a generation worker (another replica, if one runs).
     pub async fn start_worker(&mut self) {
         let config = atelier_generation::Config {
-            nats_url: self.nats.url.clone(),
-            subject_prefix: self.nats.prefix.clone(),
-            conversation_url: self.conversation.url(),
+            mesh: MeshConfig {
+                service_token: ServiceToken::new(SERVICE_TOKEN),
+                nats: NatsConfig::local(&self.nats.url, &self.nats.prefix),
+                conversation: ConversationUpstream::at(&self.conversation.url()),
+            },
             intent_url: self.intent.url(),
             enhancement_url: self.enhancement.url(),
-            service_token: ServiceToken::new(SERVICE_TOKEN),
             providers: ProvidersConfig {
                 automatic1111_url: self.options.automatic1111_url.clone(),
                 openai_base_url: self.options.openai_url.clone(),
