@@ -114,6 +114,7 @@ impl Mesh {
             catalog: Catalog::embedded(),
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             sweep_interval: Duration::from_millis(500),
             // The deployment default: the load generator measures what production runs.
             queue_report_interval: Duration::from_secs(1),
@@ -140,6 +141,7 @@ impl Mesh {
             auth_failure_limit: atelier_edge::config::DEFAULT_AUTH_FAILURE_LIMIT,
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             watch: options.watch.clone(),
             http: atelier_edge::config::HttpConfig {
                 addr: edge_http,

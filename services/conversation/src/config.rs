@@ -26,6 +26,8 @@ pub struct Config {
     pub nats_url: String,
     /// The prefix of every subject and stream name.
     pub subject_prefix: String,
+    /// Servers of the JetStream cluster that keep each stream (`ATELIER_NATS_STREAM_REPLICAS`).
+    pub stream_replicas: usize,
     /// How often the sweeper looks for rows a crash or an outage left unpublished.
     pub sweep_interval: std::time::Duration,
     /// How often the queue reporter looks at the queue while it is not empty, and the
@@ -92,6 +94,7 @@ impl Config {
             catalog,
             nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
+            stream_replicas: atelier_events::stream_replicas_from_env()?,
             sweep_interval: std::time::Duration::from_millis(sweep_ms),
             queue_report_interval: std::time::Duration::from_millis(positive_var(
                 "ATELIER_QUEUE_REPORT_MS",

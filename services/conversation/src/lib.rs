@@ -73,7 +73,8 @@ pub async fn run(
             .context("cannot apply the database migrations")?;
     }
     let token = RequireServiceToken(config.service_token.clone());
-    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
+    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?
+        .with_stream_replicas(config.stream_replicas);
     // Connects in the background: SendMessage answers while NATS is down.
     let nats = atelier_events::connect(&config.nats_url, "atelier-conversation").await?;
     let nudge = queue::Nudge::default();

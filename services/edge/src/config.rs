@@ -29,6 +29,8 @@ pub struct Config {
     pub nats_url: String,
     /// The prefix of every subject and stream name (the same for the whole mesh).
     pub subject_prefix: String,
+    /// Servers of the JetStream cluster that keep each stream (`ATELIER_NATS_STREAM_REPLICAS`).
+    pub stream_replicas: usize,
     pub watch: WatchConfig,
     pub http: HttpConfig,
     pub images: ImagesConfig,
@@ -137,6 +139,7 @@ impl Default for Config {
             auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             subject_prefix: "atelier".to_owned(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             watch: WatchConfig::default(),
             http: HttpConfig::default(),
             images: ImagesConfig::default(),
@@ -201,6 +204,7 @@ impl Config {
             auth_failure_limit: auth_failure_limit_from_env()?,
             nats_url: var_or("ATELIER_NATS_URL", "nats://127.0.0.1:4222".to_owned())?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", "atelier".to_owned())?,
+            stream_replicas: atelier_events::stream_replicas_from_env()?,
             watch: WatchConfig {
                 heartbeat: Duration::from_millis(positive_var(
                     "ATELIER_WATCH_HEARTBEAT_MS",

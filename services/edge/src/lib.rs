@@ -108,7 +108,8 @@ pub async fn serve(
     // Connects in the background: the API answers while NATS is down; WatchEvents then
     // answers UNAVAILABLE until it is back.
     let nats = atelier_events::connect(&config.nats_url, "atelier-edge").await?;
-    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?;
+    let subjects = atelier_events::Subjects::new(&config.subject_prefix)?
+        .with_stream_replicas(config.stream_replicas);
     let draining = CancellationToken::new();
     let watch_metrics = watch::WatchMetrics::default();
     let watch = Arc::new(watch::Watch::new(

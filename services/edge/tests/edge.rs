@@ -57,6 +57,7 @@ impl Mesh {
             catalog: Catalog::embedded(),
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             sweep_interval: Duration::from_millis(500),
             queue_report_interval: Duration::from_millis(100),
             reaper_interval: Duration::from_secs(3600),
@@ -76,6 +77,7 @@ impl Mesh {
             rate_limit,
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             http: any_port(),
             images: images_in(&images),
             ..atelier_edge::Config::default()

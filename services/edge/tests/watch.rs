@@ -73,6 +73,7 @@ impl Events {
             jwt: JwtVerifier::hs256(JWT_SECRET),
             nats_url: nats_url.to_owned(),
             subject_prefix: self.nats.prefix.clone(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             watch,
             http: HttpConfig {
                 addr: "127.0.0.1:0".parse().expect("an address"),
@@ -643,6 +644,7 @@ async fn a_filtered_stream_shows_one_conversation_and_still_moves_its_cursor() {
                 catalog: atelier_conversation::catalog::Catalog::embedded(),
                 nats_url: events.nats.url.clone(),
                 subject_prefix: events.nats.prefix.clone(),
+                stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
                 sweep_interval: Duration::from_millis(500),
                 queue_report_interval: Duration::from_secs(1),
                 reaper_interval: Duration::from_secs(3600),

@@ -11,6 +11,8 @@ use crate::providers::{ProvidersConfig, RetryPolicy};
 pub struct Config {
     pub nats_url: String,
     pub subject_prefix: String,
+    /// Servers of the JetStream cluster that keep each stream (`ATELIER_NATS_STREAM_REPLICAS`).
+    pub stream_replicas: usize,
     pub conversation_url: String,
     pub intent_url: String,
     pub enhancement_url: String,
@@ -40,6 +42,7 @@ impl Default for Config {
         Self {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             subject_prefix: "atelier".to_owned(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             conversation_url: "http://127.0.0.1:50052".to_owned(),
             intent_url: "http://127.0.0.1:50053".to_owned(),
             enhancement_url: "http://127.0.0.1:50054".to_owned(),
@@ -71,6 +74,7 @@ impl Config {
         Ok(Self {
             nats_url: var_or("ATELIER_NATS_URL", defaults.nats_url)?,
             subject_prefix: var_or("ATELIER_SUBJECT_PREFIX", defaults.subject_prefix)?,
+            stream_replicas: atelier_events::stream_replicas_from_env()?,
             conversation_url: var_or("ATELIER_CONVERSATION_URL", defaults.conversation_url)?,
             intent_url: var_or("ATELIER_INTENT_URL", defaults.intent_url)?,
             enhancement_url: var_or("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,

@@ -77,7 +77,8 @@ struct Prepared {
 }
 
 async fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let subjects = Subjects::new(&config.subject_prefix)?;
+    let subjects =
+        Subjects::new(&config.subject_prefix)?.with_stream_replicas(config.stream_replicas);
     let nats = atelier_events::connect(&config.nats_url, "atelier-generation").await?;
     let js = async_nats::jetstream::new(nats.clone());
     let consumer_config = JobConsumerConfig {

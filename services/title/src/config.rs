@@ -23,6 +23,8 @@ pub struct Config {
     pub nats_url: String,
     /// The prefix of every subject and stream name (one per test, `atelier` in production).
     pub subject_prefix: String,
+    /// Servers of the JetStream cluster that keep each stream (`ATELIER_NATS_STREAM_REPLICAS`).
+    pub stream_replicas: usize,
     /// The conversation service, which applies the titles.
     pub conversation_url: String,
     /// The credential internal calls carry.
@@ -53,6 +55,7 @@ impl Default for Config {
         Self {
             nats_url: DEFAULT_NATS_URL.to_owned(),
             subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             conversation_url: DEFAULT_CONVERSATION_URL.to_owned(),
             service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             llm: None,
@@ -67,9 +70,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads `ATELIER_NATS_URL`, `ATELIER_SUBJECT_PREFIX`, `ATELIER_CONVERSATION_URL`,
-    /// `ATELIER_SERVICE_TOKEN`, `ATELIER_TITLE_DEADLINE_MS`, `ATELIER_TITLE_CONCURRENCY`
-    /// and the `ATELIER_LLM_*` variables (see [`LlmConfig::from_env`]).
+    /// Reads `ATELIER_NATS_URL`, `ATELIER_SUBJECT_PREFIX`, `ATELIER_NATS_STREAM_REPLICAS`,
+    /// `ATELIER_CONVERSATION_URL`, `ATELIER_SERVICE_TOKEN`, `ATELIER_TITLE_DEADLINE_MS`,
+    /// `ATELIER_TITLE_CONCURRENCY` and the `ATELIER_LLM_*` variables (see [`LlmConfig::from_env`]).
     pub fn from_env() -> anyhow::Result<Self> {
         let defaults = Self::default();
         let nats_url: String = var_or("ATELIER_NATS_URL", defaults.nats_url)?;
@@ -117,6 +120,7 @@ impl Config {
         Ok(Self {
             nats_url,
             subject_prefix,
+            stream_replicas: atelier_events::stream_replicas_from_env()?,
             conversation_url,
             service_token,
             llm: LlmConfig::from_env()?,

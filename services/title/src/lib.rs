@@ -47,7 +47,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let subjects = Subjects::new(&config.subject_prefix)?;
+    let subjects =
+        Subjects::new(&config.subject_prefix)?.with_stream_replicas(config.stream_replicas);
     let llm = config
         .llm
         .clone()

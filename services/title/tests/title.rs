@@ -98,6 +98,7 @@ impl Mesh {
             catalog: Catalog::embedded(),
             nats_url: nats.url.clone(),
             subject_prefix: nats.prefix.clone(),
+            stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
             sweep_interval: Duration::from_millis(100),
             queue_report_interval: Duration::from_millis(100),
             reaper_interval: Duration::from_secs(3600),

@@ -22,7 +22,9 @@ mod topology;
 
 pub use publish::{PublishError, Publisher, current_traceparent};
 pub use subjects::Subjects;
-pub use topology::ensure_streams;
+pub use topology::{
+    DEFAULT_STREAM_REPLICAS, MAX_STREAM_REPLICAS, ensure_streams, stream_replicas_from_env,
+};
 
 /// Connects to NATS in the background: the caller gets a client at once, and publishes
 /// fail (to be retried) until the server is reachable. A service must start, and its

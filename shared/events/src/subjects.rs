@@ -1,10 +1,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Subject and stream names under one prefix (`atelier` in production).
+/// Subject and stream names under one prefix (`atelier` in production), and how many
+/// servers keep those streams.
 #[derive(Clone, Debug)]
 pub struct Subjects {
     prefix: String,
+    stream_replicas: usize,
 }
 
 impl Subjects {
@@ -22,7 +24,21 @@ impl Subjects {
         );
         Ok(Self {
             prefix: prefix.to_owned(),
+            stream_replicas: crate::DEFAULT_STREAM_REPLICAS,
         })
+    }
+
+    /// The same names, with streams kept by `replicas` servers of a JetStream cluster
+    /// (`ATELIER_NATS_STREAM_REPLICAS`, checked by [`crate::stream_replicas_from_env`]).
+    #[must_use]
+    pub fn with_stream_replicas(mut self, replicas: usize) -> Self {
+        self.stream_replicas = replicas;
+        self
+    }
+
+    /// Servers that keep each stream ([`crate::ensure_streams`] creates them so).
+    pub fn stream_replicas(&self) -> usize {
+        self.stream_replicas
     }
 
     /// A subject relative to the prefix (as the outbox stores them) made absolute.

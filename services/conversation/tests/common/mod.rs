@@ -123,6 +123,7 @@ fn config(db: &TestDatabase, nats: &TestNats) -> Config {
         catalog: Catalog::embedded(),
         nats_url: nats.url.clone(),
         subject_prefix: nats.prefix.clone(),
+        stream_replicas: atelier_events::DEFAULT_STREAM_REPLICAS,
         sweep_interval: Duration::from_millis(200),
         queue_report_interval: Duration::from_millis(100),
         // Tests run the reaper themselves (reaper::run_once), with their own bound.
