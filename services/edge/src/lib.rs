@@ -87,7 +87,8 @@ pub async fn serve(
             request_timeout: Some(load::REQUEST_TIMEOUT),
             ..ChannelSettings::default()
         },
-    )?
+    )
+    .await?
     .channel();
     // Message size limits: atelier_proto::limits, which has the table of every hop.
     let conversation = ConversationServiceClient::with_interceptor(
@@ -113,7 +114,7 @@ pub async fn serve(
     // Connects in the background: the API answers while NATS is down; WatchEvents then
     // answers UNAVAILABLE until it is back.
     let nats = atelier_events::connect(&config.mesh.nats, "atelier-edge").await?;
-    let subjects = atelier_events::Subjects::new(&config.mesh.nats.subject_prefix)?;
+    let subjects = atelier_events::Subjects::of(&config.mesh.nats)?;
     let draining = CancellationToken::new();
     let watch_metrics = watch::WatchMetrics::default();
     let watch = Arc::new(watch::Watch::new(

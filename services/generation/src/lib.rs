@@ -79,7 +79,7 @@ struct Prepared {
 }
 
 async fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let subjects = Subjects::new(&config.mesh.nats.subject_prefix)?;
+    let subjects = Subjects::of(&config.mesh.nats)?;
     let nats = atelier_events::connect(&config.mesh.nats, "atelier-generation").await?;
     // Balanced over every conversation instance that answers; while none does, the worker
     // takes no jobs (it could neither record nor finish them).
@@ -90,7 +90,8 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
             request_timeout: Some(CALL_TIMEOUT),
             ..ChannelSettings::default()
         },
-    )?;
+    )
+    .await?;
     let js = async_nats::jetstream::new(nats.clone());
     let consumer_config = JobConsumerConfig {
         durable_name: "generation".to_owned(),

@@ -48,7 +48,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let subjects = Subjects::new(&config.mesh.nats.subject_prefix)?;
+    let subjects = Subjects::of(&config.mesh.nats)?;
     let llm = config
         .llm
         .clone()
@@ -64,7 +64,8 @@ pub async fn run(
             request_timeout: Some(APPLY_TIMEOUT),
             ..ChannelSettings::default()
         },
-    )?;
+    )
+    .await?;
     let conversation = ConversationServiceClient::with_interceptor(
         upstream.channel(),
         OutgoingCall::new(&config.mesh.service_token)?,

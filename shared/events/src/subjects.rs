@@ -1,10 +1,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Subject and stream names under one prefix (`atelier` in production).
+/// Subject and stream names under one prefix (`atelier` in production), and how many
+/// servers keep those streams.
 #[derive(Clone, Debug)]
 pub struct Subjects {
     prefix: String,
+    stream_replicas: usize,
 }
 
 impl Subjects {
@@ -13,7 +15,26 @@ impl Subjects {
         atelier_runtime::mesh::check_subject_prefix(prefix).map_err(anyhow::Error::msg)?;
         Ok(Self {
             prefix: prefix.to_owned(),
+            stream_replicas: atelier_runtime::mesh::DEFAULT_STREAM_REPLICAS,
         })
+    }
+
+    /// The names and stream replicas of a mesh's NATS settings.
+    pub fn of(nats: &atelier_runtime::mesh::NatsConfig) -> anyhow::Result<Self> {
+        Ok(Self::new(&nats.subject_prefix)?.with_stream_replicas(nats.stream_replicas))
+    }
+
+    /// The same names, with streams kept by `replicas` servers of a JetStream cluster
+    /// (`ATELIER_NATS_STREAM_REPLICAS`, checked by `atelier_runtime::mesh::NatsConfig`).
+    #[must_use]
+    pub fn with_stream_replicas(mut self, replicas: usize) -> Self {
+        self.stream_replicas = replicas;
+        self
+    }
+
+    /// Servers that keep each stream ([`crate::ensure_streams`] creates them so).
+    pub fn stream_replicas(&self) -> usize {
+        self.stream_replicas
     }
 
     /// A subject relative to the prefix (as the outbox stores them) made absolute.

@@ -43,6 +43,7 @@ fn config(port: u16, password: &str) -> NatsConfig {
     NatsConfig {
         url: format!("nats://127.0.0.1:{port}"),
         subject_prefix: "auth-test".to_owned(),
+        stream_replicas: 1,
         auth: NatsAuth::UserPassword {
             user: "atelier".to_owned(),
             password: Secret::new(password),

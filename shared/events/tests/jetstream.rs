@@ -120,6 +120,32 @@ async fn streams_are_created_idempotently_and_duplicates_are_dropped() {
 }
 
 #[tokio::test]
+async fn streams_are_kept_by_the_configured_replicas() {
+    let streams = TestStreams::create().await;
+    for name in [
+        streams.subjects.jobs_stream(),
+        streams.subjects.events_stream(),
+    ] {
+        let mut stream = streams.js.get_stream(&name).await.expect("stream");
+        let info = stream.info().await.expect("info");
+        assert_eq!(info.config.num_replicas, 1, "{name}");
+    }
+    // The test server is a single one: it refuses three copies, and the error names the
+    // stream (a deployment that asks a lone server for a cluster's replicas is told why).
+    let clustered = streams.subjects.clone().with_stream_replicas(3);
+    assert_eq!(clustered.stream_replicas(), 3);
+    let refused = ensure_streams(&streams.js, &clustered)
+        .await
+        .expect_err("a single server keeps one copy");
+    assert!(
+        refused
+            .to_string()
+            .contains(&streams.subjects.jobs_stream()),
+        "{refused:#}"
+    );
+}
+
+#[tokio::test]
 async fn user_events_are_republished_live_with_their_sequence_and_predecessor() {
     let streams = TestStreams::create().await;
     let client = async_nats::connect(nats_url()).await.expect("NATS");

@@ -16,11 +16,16 @@ pub const NATS_USER: &str = "ATELIER_NATS_USER";
 pub const NATS_PASSWORD: &str = "ATELIER_NATS_PASSWORD";
 pub const NATS_CREDS_FILE: &str = "ATELIER_NATS_CREDS_FILE";
 pub const SUBJECT_PREFIX: &str = "ATELIER_SUBJECT_PREFIX";
+pub const NATS_STREAM_REPLICAS: &str = "ATELIER_NATS_STREAM_REPLICAS";
 pub const CONVERSATION_URL: &str = "ATELIER_CONVERSATION_URL";
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_SUBJECT_PREFIX: &str = "atelier";
 pub const DEFAULT_CONVERSATION_URL: &str = "http://127.0.0.1:50052";
+/// Copies of each stream's data the JetStream cluster keeps, by default: one server.
+pub const DEFAULT_STREAM_REPLICAS: usize = 1;
+/// The most replicas JetStream allows a stream.
+pub const MAX_STREAM_REPLICAS: usize = 5;
 
 /// What a service that calls the conversation service and uses NATS needs to know about
 /// the rest of the mesh (the edge and the workers).
@@ -66,6 +71,9 @@ pub struct NatsConfig {
     pub url: String,
     /// `atelier` in production; one per test, so tests share a server.
     pub subject_prefix: String,
+    /// How many servers of a JetStream cluster keep each stream (1 to 5). On a single
+    /// server only 1 works: it refuses more when the streams are created.
+    pub stream_replicas: usize,
     pub auth: NatsAuth,
 }
 
@@ -89,9 +97,12 @@ impl NatsConfig {
         let subject_prefix: String = var_or(SUBJECT_PREFIX, DEFAULT_SUBJECT_PREFIX.to_owned())?;
         check_subject_prefix(&subject_prefix)
             .map_err(|reason| ConfigError::new(SUBJECT_PREFIX, &subject_prefix, reason))?;
+        let stream_replicas =
+            checked_replicas(var_or(NATS_STREAM_REPLICAS, DEFAULT_STREAM_REPLICAS)?)?;
         Ok(Self {
             url,
             subject_prefix,
+            stream_replicas,
             auth: NatsAuth::from_env()?,
         })
     }
@@ -100,6 +111,7 @@ impl NatsConfig {
         Self {
             url: url.to_owned(),
             subject_prefix: subject_prefix.to_owned(),
+            stream_replicas: DEFAULT_STREAM_REPLICAS,
             auth: NatsAuth::None,
         }
     }
@@ -108,6 +120,17 @@ impl NatsConfig {
     pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
         servers(&self.url)
     }
+}
+
+fn checked_replicas(replicas: usize) -> Result<usize, ConfigError> {
+    if !(1..=MAX_STREAM_REPLICAS).contains(&replicas) {
+        return Err(ConfigError::new(
+            NATS_STREAM_REPLICAS,
+            replicas.to_string(),
+            format!("must be 1 to {MAX_STREAM_REPLICAS}"),
+        ));
+    }
+    Ok(replicas)
 }
 
 fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
@@ -253,6 +276,17 @@ mod tests {
         }
         for bad in ["", "a..b", "a.*", "a b", ">", "a."] {
             assert!(check_subject_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stream_replicas_are_one_to_five() {
+        for ok in 1..=5 {
+            assert_eq!(checked_replicas(ok).expect("allowed"), ok);
+        }
+        for refused in [0, 6, 7] {
+            let err = checked_replicas(refused).expect_err("refused");
+            assert_eq!(err.name, NATS_STREAM_REPLICAS);
         }
     }
 

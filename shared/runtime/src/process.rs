@@ -22,8 +22,16 @@ pub fn listen_addr(default: &str) -> Result<SocketAddr, ConfigError> {
     Ok(addr)
 }
 
+/// The argument that turns a service binary into its own health probe (see
+/// [`health_check`]).
+pub const HEALTH_CHECK_ARG: &str = "--health-check";
+
 /// Runs a service process: `load` reads its config, `run` serves on the bound listener
 /// until a signal. Returns the process exit code.
+///
+/// With the single argument `--health-check` the binary does not serve: it asks the
+/// server of the same configuration whether it is serving ([`health_check`]), for
+/// container health checks in images that hold no other probe.
 pub fn service_main<C, Run, Served>(
     name: &'static str,
     default_listen: &str,
@@ -34,6 +42,9 @@ where
     Run: FnOnce(C, tokio::net::TcpListener, ShutdownSignal) -> Served,
     Served: Future<Output = anyhow::Result<()>>,
 {
+    if std::env::args().nth(1).as_deref() == Some(HEALTH_CHECK_ARG) {
+        return health_check(name, default_listen);
+    }
     let (config, addr) = match load().and_then(|config| {
         crate::shutdown::set_drain_grace(std::time::Duration::from_secs(config::var_or(
             "ATELIER_DRAIN_GRACE_SECS",
@@ -82,5 +93,93 @@ where
             eprintln!("atelier-{name}: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Asks the server at `ATELIER_LISTEN_ADDR` (or `default_listen`; an unspecified address
+/// such as `0.0.0.0` is asked on loopback) for `grpc.health.v1.Health/Check` of the whole
+/// server, within 3 seconds. Exit code 0 when it answers SERVING, 1 otherwise (down,
+/// draining, or no answer), with the reason on stderr. Reads no other setting, so it needs
+/// no secret.
+pub fn health_check(name: &str, default_listen: &str) -> ExitCode {
+    let addr = match listen_addr_unchecked(default_listen) {
+        Ok(addr) => addr,
+        Err(err) => {
+            eprintln!("atelier-{name}: bad configuration: {err}");
+            return ExitCode::from(config::EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let target = probe_target(addr);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("atelier-{name}: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let asked = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+                .connect()
+                .await?;
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+            anyhow::Ok(answer.into_inner().status())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 3 s"))?
+    });
+    match asked {
+        Ok(tonic_health::pb::health_check_response::ServingStatus::Serving) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("atelier-{name} at {target}: {}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("atelier-{name} at {target}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ATELIER_LISTEN_ADDR` without the development-mode loopback rule: the probe only
+/// connects.
+fn listen_addr_unchecked(default: &str) -> Result<SocketAddr, ConfigError> {
+    let fallback = default
+        .parse()
+        .map_err(|err| ConfigError::new("ATELIER_LISTEN_ADDR", default, err))?;
+    config::var_or("ATELIER_LISTEN_ADDR", fallback)
+}
+
+/// Where a probe reaches a server listening on `addr`: its loopback when it listens on
+/// every address.
+fn probe_target(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_asks_a_server_on_every_address_on_loopback() {
+        let target = |addr: &str| probe_target(addr.parse().expect("addr")).to_string();
+        assert_eq!(target("0.0.0.0:50051"), "127.0.0.1:50051");
+        assert_eq!(target("[::]:50052"), "[::1]:50052");
+        assert_eq!(target("10.1.2.3:50053"), "10.1.2.3:50053");
     }
 }

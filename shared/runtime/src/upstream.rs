@@ -56,10 +56,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts balancing over the instances behind `urls` (`http://host:port`), judged by
-    /// the health of `service` (its fully qualified gRPC name). Returns at once: the
-    /// first probe runs in the background, and calls wait for it (at most one connect
-    /// timeout) rather than fail.
-    pub fn new(
+    /// the health of `service` (its fully qualified gRPC name). Every address the URLs
+    /// resolve to now is in the rotation at once, as a plain channel would be; the
+    /// prober then keeps only those that answer, from its first probe on.
+    pub async fn new(
         urls: &[String],
         service: &'static str,
         settings: ChannelSettings,
@@ -71,7 +71,7 @@ impl Upstream {
         anyhow::ensure!(!targets.is_empty(), "no upstream instance configured");
         let (channel, changes) = Channel::balance_channel(16);
         let (reachable_tx, reachable) = watch::channel(false);
-        let prober = Prober {
+        let mut prober = Prober {
             targets,
             service,
             settings,
@@ -80,6 +80,12 @@ impl Upstream {
             probes: BTreeMap::new(),
             in_rotation: BTreeSet::new(),
         };
+        let resolved = prober.resolve().await;
+        let everything: BTreeSet<SocketAddr> = resolved.keys().copied().collect();
+        prober
+            .rotate(&resolved, everything)
+            .await
+            .map_err(|()| anyhow::anyhow!("the balanced channel closed at once"))?;
         tokio::spawn(prober.run());
         Ok(Self { channel, reachable })
     }
@@ -172,20 +178,7 @@ impl Prober {
 
     /// Resolves, probes and updates the rotation; `Err` when the channel was dropped.
     async fn probe_once(&mut self) -> Result<(), ()> {
-        let mut resolved: BTreeMap<SocketAddr, usize> = BTreeMap::new();
-        for (index, target) in self.targets.iter_mut().enumerate() {
-            match tokio::net::lookup_host(&target.authority).await {
-                Ok(addrs) => target.last_resolved = addrs.collect(),
-                Err(err) => tracing::warn!(
-                    upstream = %target.authority,
-                    error = %err,
-                    "cannot resolve an upstream; keeping its last addresses"
-                ),
-            }
-            for addr in &target.last_resolved {
-                resolved.entry(*addr).or_insert(index);
-            }
-        }
+        let resolved = self.resolve().await;
         self.probes.retain(|addr, _| resolved.contains_key(addr));
         let mut serving = BTreeSet::new();
         let mut checks = tokio::task::JoinSet::new();
@@ -211,6 +204,40 @@ impl Prober {
         } else {
             serving.clone()
         };
+        self.rotate(&resolved, wanted).await?;
+        self.reachable.send_if_modified(|reachable| {
+            let now = !serving.is_empty();
+            std::mem::replace(reachable, now) != now
+        });
+        Ok(())
+    }
+
+    /// Every address the URLs resolve to now, with the index of its URL. A failed
+    /// lookup keeps that URL's last addresses.
+    async fn resolve(&mut self) -> BTreeMap<SocketAddr, usize> {
+        let mut resolved = BTreeMap::new();
+        for (index, target) in self.targets.iter_mut().enumerate() {
+            match tokio::net::lookup_host(&target.authority).await {
+                Ok(addrs) => target.last_resolved = addrs.collect(),
+                Err(err) => tracing::warn!(
+                    upstream = %target.authority,
+                    error = %err,
+                    "cannot resolve an upstream; keeping its last addresses"
+                ),
+            }
+            for addr in &target.last_resolved {
+                resolved.entry(*addr).or_insert(index);
+            }
+        }
+        resolved
+    }
+
+    /// Makes `wanted` the rotation; `Err` when the channel was dropped.
+    async fn rotate(
+        &mut self,
+        resolved: &BTreeMap<SocketAddr, usize>,
+        wanted: BTreeSet<SocketAddr>,
+    ) -> Result<(), ()> {
         for gone in self.in_rotation.difference(&wanted) {
             tracing::warn!(upstream = %gone, "upstream instance left the rotation");
             self.changes
@@ -227,10 +254,6 @@ impl Prober {
                 .map_err(drop)?;
         }
         self.in_rotation = wanted;
-        self.reachable.send_if_modified(|reachable| {
-            let now = !serving.is_empty();
-            std::mem::replace(reachable, now) != now
-        });
         Ok(())
     }
 }

@@ -129,7 +129,9 @@ async fn eventually(
 async fn calls_spread_over_instances_and_skip_a_dead_one() {
     let a = Instance::start("a", "127.0.0.1:0".parse().expect("addr")).await;
     let b = Instance::start("b", "127.0.0.1:0".parse().expect("addr")).await;
-    let upstream = Upstream::new(&[a.url(), b.url()], SERVICE, settings()).expect("upstream");
+    let upstream = Upstream::new(&[a.url(), b.url()], SERVICE, settings())
+        .await
+        .expect("upstream");
     let channel = upstream.channel();
 
     let seen = eventually(&channel, 40, |seen| {
@@ -156,7 +158,9 @@ async fn calls_spread_over_instances_and_skip_a_dead_one() {
 async fn a_draining_instance_leaves_the_rotation_and_comes_back() {
     let a = Instance::start("a", "127.0.0.1:0".parse().expect("addr")).await;
     let b = Instance::start("b", "127.0.0.1:0".parse().expect("addr")).await;
-    let upstream = Upstream::new(&[a.url(), b.url()], SERVICE, settings()).expect("upstream");
+    let upstream = Upstream::new(&[a.url(), b.url()], SERVICE, settings())
+        .await
+        .expect("upstream");
     let channel = upstream.channel();
     eventually(&channel, 40, |seen| {
         seen.contains_key("a") && seen.contains_key("b")
@@ -180,7 +184,9 @@ async fn a_draining_instance_leaves_the_rotation_and_comes_back() {
 async fn with_no_instance_left_calls_fail_fast_and_recover() {
     let a = Instance::start("a", "127.0.0.1:0".parse().expect("addr")).await;
     let addr = a.addr;
-    let upstream = Upstream::new(&[a.url()], SERVICE, settings()).expect("upstream");
+    let upstream = Upstream::new(&[a.url()], SERVICE, settings())
+        .await
+        .expect("upstream");
     let channel = upstream.channel();
     let mut reachable = upstream.reachable();
     tokio::time::timeout(Duration::from_secs(5), reachable.wait_for(|up| *up))
@@ -217,7 +223,9 @@ async fn with_no_instance_left_calls_fail_fast_and_recover() {
 async fn a_dns_name_stands_for_its_addresses() {
     let a = Instance::start("a", "127.0.0.1:0".parse().expect("addr")).await;
     let url = format!("http://localhost:{}", a.addr.port());
-    let upstream = Upstream::new(&[url], SERVICE, settings()).expect("upstream");
+    let upstream = Upstream::new(&[url], SERVICE, settings())
+        .await
+        .expect("upstream");
     eventually(&upstream.channel(), 5, |seen| seen.get("a") == Some(&5)).await;
     a.kill().await;
 }
