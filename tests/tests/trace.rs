@@ -180,6 +180,23 @@ fn any(_: &SpanData) -> bool {
     true
 }
 
+fn is_title_job(span: &SpanData) -> bool {
+    Spans::attribute(span, "subject").is_some_and(|subject| subject.ends_with("jobs.title"))
+}
+
+/// The trace of a message, named by the delivery of its `message_created`.
+fn first_trace(spans: &Spans, message_id: &str) -> Option<TraceId> {
+    spans
+        .0
+        .iter()
+        .find(|span| {
+            span.name == "watch.deliver"
+                && attribute_is("message_id", message_id)(span)
+                && attribute_is("event", "message_created")(span)
+        })
+        .map(|span| span.span_context.trace_id())
+}
+
 #[tokio::test]
 async fn one_message_is_one_trace_across_grpc_and_nats() {
     let collected = Collected::default();
@@ -258,7 +275,9 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
             .iter()
             .all(|name| !spans.named(trace, name, any).is_empty())
         });
-        if complete || tokio::time::Instant::now() > deadline {
+        let titled = first_trace(&spans, &message_ids[0])
+            .is_some_and(|first| !spans.named(first, "title_job", any).is_empty());
+        if (complete && titled) || tokio::time::Instant::now() > deadline {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -349,6 +368,17 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
     assert!(spans.descends_from(render, job));
     assert!(render.end_time <= completion.start_time);
 
+    // Progress is published by the worker itself, in an `events.publish` span of the job.
+    for progress in spans.named(
+        trace,
+        "watch.deliver",
+        attribute_is("event", "generation_progress"),
+    ) {
+        let received = spans.parent_is(progress, "events.receive", SpanKind::Consumer);
+        let published = spans.parent_is(received, "events.publish", SpanKind::Producer);
+        assert!(spans.descends_from(published, job));
+    }
+
     // Every event of the message the client received is in this trace, but the queue
     // reporter's generation_queued: one report covers many messages, so it has a trace of
     // its own (see ARCHITECTURE.md, Telemetry).
@@ -375,13 +405,13 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
             "{expected} in {kinds:?}"
         );
     }
-    // And the first message is a trace of its own.
-    let first = spans
-        .0
-        .iter()
-        .find(|span| {
-            span.name == "watch.deliver" && attribute_is("message_id", &message_ids[0])(span)
-        })
-        .expect("the first message's deliveries");
-    assert_ne!(first.span_context.trace_id(), trace);
+    // And the first message is a trace of its own, where the title worker's job (the
+    // first message of a conversation names it) is a child of the relay's publish.
+    let first = first_trace(&spans, &message_ids[0]).expect("the first message's deliveries");
+    assert_ne!(first, trace);
+    let title_job = spans.one(first, "job", is_title_job);
+    spans.parent_is(title_job, "outbox.publish", SpanKind::Producer);
+    spans.one(first, "title_job", |span| {
+        span.parent_span_id == title_job.span_context.span_id()
+    });
 }

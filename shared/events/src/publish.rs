@@ -2,6 +2,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 
+use tracing::Instrument as _;
+
 use crate::trace::TraceContext;
 
 /// A publish that did not reach the stream; the caller keeps the message to try again.
@@ -22,17 +24,25 @@ impl Publisher {
         Self { js }
     }
 
-    /// Publishes `payload` on `subject` with `message_id` as `Nats-Msg-Id` and the current
-    /// span's trace context (its consumer's span is that span's child), and returns the stream sequence once stored (or the sequence
-    /// of the earlier copy, for a duplicate).
+    /// Publishes `payload` on `subject` with `message_id` as `Nats-Msg-Id`, in an
+    /// `events.publish` span of the current trace (its consumer's span is that span's
+    /// child), and returns the stream sequence once stored (or the sequence of the
+    /// earlier copy, for a duplicate).
     pub async fn publish(
         &self,
         subject: String,
         message_id: &str,
         payload: Bytes,
     ) -> Result<u64, PublishError> {
-        let trace = TraceContext::of(&tracing::Span::current());
-        self.send(subject, message_id, payload, &trace).await?.await
+        let span = tracing::info_span!(
+            "events.publish",
+            otel.kind = "producer",
+            subject = %subject,
+        );
+        let trace = TraceContext::of(&span);
+        async { self.send(subject, message_id, payload, &trace).await?.await }
+            .instrument(span)
+            .await
     }
 
     /// Sends like [`Publisher::publish`] but returns before the stream's acknowledgement:
