@@ -99,39 +99,64 @@ impl Extractor for HeaderExtractor<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
 
-    /// A publisher's span and a consumer's span in one trace, the consumer's parent being
-    /// the publisher's span, through headers alone.
+    /// Keeps the finished spans.
+    #[derive(Clone, Debug, Default)]
+    struct Finished(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Finished {
+        fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+            self.0.lock().expect("unpoisoned").extend(batch);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// A consumer span joined to the headers a publisher's span wrote is that span's
+    /// child, in its trace; a stored `traceparent` names the same span.
     #[test]
     fn a_consumer_span_is_the_child_of_the_publishers() {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let finished = Finished::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(finished.clone())
+            .build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, || {
+        let sent = tracing::subscriber::with_default(subscriber, || {
             let publisher = tracing::info_span!("publish");
             let mut headers = HeaderMap::new();
             TraceContext::of(&publisher).inject(&mut headers);
             let sent = publisher.context().span().span_context().clone();
-
-            let consumer = tracing::info_span!("consume", trace_id = tracing::field::Empty);
-            TraceContext::from_headers(Some(&headers)).adopt(&consumer);
-            let received = TraceContext::of(&consumer);
-            assert_eq!(received.0.span().span_context().trace_id(), sent.trace_id());
-            // The consumer's own id differs; its parent is the publisher's span.
-            assert_ne!(received.0.span().span_context().span_id(), sent.span_id());
             let stored = from_traceparent(
                 headers
                     .get("traceparent")
                     .map(async_nats::HeaderValue::as_str),
             );
-            assert_eq!(stored.0.span().span_context(), &sent);
+            assert!(stored.is_valid());
+            assert_eq!(stored.0.span().span_context().span_id(), sent.span_id());
+
+            let consumer = tracing::info_span!("consume", trace_id = tracing::field::Empty);
+            TraceContext::from_headers(Some(&headers)).adopt(&consumer);
+            sent
         });
+        let spans = finished.0.lock().expect("unpoisoned").clone();
+        let consumer = spans
+            .iter()
+            .find(|span| span.name == "consume")
+            .expect("the consumer span ended");
+        assert_eq!(consumer.span_context.trace_id(), sent.trace_id());
+        assert_eq!(consumer.parent_span_id, sent.span_id());
+        assert!(consumer.parent_span_is_remote);
+        assert!(!TraceContext::from_headers(None).is_valid());
     }
 }
