@@ -185,7 +185,7 @@ impl Hub {
                     let Some(mut live) = LiveEvent::parse(&message, TraceContext::of(&span)) else {
                         return;
                     };
-                    tracing::Span::current().record("sequence", live.sequence);
+                    span.record("sequence", live.sequence);
                     links.sign_event(&user, &mut live.event).await;
                     fan_out(&fed, &Arc::new(live));
                 };
