@@ -216,7 +216,12 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
     // A first picture, then an edit of it: only an edit (a message with a previous one)
     // asks the intent service, so the second message is the one whose trace is read.
     let mut message_ids = Vec::new();
+    // Where a client that resumes replays the second message from.
+    let mut before_the_second = None;
     for prompt in ["a red fox in the snow", "make it night-time"] {
+        if !message_ids.is_empty() {
+            before_the_second = watcher.cursor;
+        }
         // No traceparent: the edge starts the trace.
         let message = chat
             .send_message(
@@ -252,6 +257,30 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
         message_ids.push(message.id);
     }
     let message_id = message_ids[1].as_str();
+
+    // A second client resumes from before the second message: its events are replayed
+    // from the log, each delivery in the message's trace too.
+    let mut resumed = Watcher::open(
+        mesh.connect().await.expect("connect"),
+        &bearer,
+        before_the_second,
+    )
+    .await
+    .expect("resume");
+    loop {
+        let event = resumed
+            .next(Duration::from_secs(10))
+            .await
+            .expect("a replayed event");
+        if event.message_id == message_id
+            && matches!(
+                event.payload,
+                Some(proto::event::Payload::GenerationCompleted(_))
+            )
+        {
+            break;
+        }
+    }
     let of_the_message = attribute_is("message_id", message_id);
 
     // Spans end a little after the event the client saw (the job's after its ack): wait
@@ -263,6 +292,7 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
             span.name == "watch.deliver"
                 && of_the_message(span)
                 && Spans::attribute(span, "event").as_deref() == Some("generation_completed")
+                && attribute_is("replayed", "false")(span)
         });
         let complete = delivered.is_some_and(|delivered| {
             let trace = delivered.span_context.trace_id();
@@ -291,6 +321,7 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
             span.name == "watch.deliver"
                 && of_the_message(span)
                 && Spans::attribute(span, "event").as_deref() == Some("generation_completed")
+                && attribute_is("replayed", "false")(span)
         })
         .expect("a watch.deliver span for the message's generation_completed");
     let trace = delivered.span_context.trace_id();
@@ -368,12 +399,25 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
     assert!(spans.descends_from(render, job));
     assert!(render.end_time <= completion.start_time);
 
+    // The replayed completion: no `events.receive` on that path, its delivery is the
+    // child of the relay's publish (it was read from the stream, with its headers).
+    let replayed = spans.one(trace, "watch.deliver", |span| {
+        attribute_is("replayed", "true")(span)
+            && attribute_is("event", "generation_completed")(span)
+    });
+    assert_eq!(
+        spans
+            .parent_is(replayed, "outbox.publish", SpanKind::Producer)
+            .span_context
+            .span_id(),
+        published.span_context.span_id()
+    );
+
     // Progress is published by the worker itself, in an `events.publish` span of the job.
-    for progress in spans.named(
-        trace,
-        "watch.deliver",
-        attribute_is("event", "generation_progress"),
-    ) {
+    for progress in spans.named(trace, "watch.deliver", |span| {
+        attribute_is("event", "generation_progress")(span)
+            && attribute_is("replayed", "false")(span)
+    }) {
         let received = spans.parent_is(progress, "events.receive", SpanKind::Consumer);
         let published = spans.parent_is(received, "events.publish", SpanKind::Producer);
         assert!(spans.descends_from(published, job));
