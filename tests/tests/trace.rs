@@ -8,38 +8,14 @@
 //!
 //! The subscriber is global to the process, so this file holds one test: its own binary.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
+use atelier_testkit::SpanCollector;
 use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, new_conversation};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-
-/// The exporter double: keeps every finished span.
-#[derive(Clone, Debug, Default)]
-struct Collected(Arc<Mutex<Vec<SpanData>>>);
-
-impl SpanExporter for Collected {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(batch);
-        std::future::ready(Ok(()))
-    }
-}
-
-impl Collected {
-    fn spans(&self) -> Vec<SpanData> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
+use opentelemetry_sdk::trace::SpanData;
 
 /// The finished spans, read as a trace viewer reads them.
 struct Spans(Vec<SpanData>);
@@ -199,7 +175,7 @@ fn first_trace(spans: &Spans, message_id: &str) -> Option<TraceId> {
 
 #[tokio::test]
 async fn one_message_is_one_trace_across_grpc_and_nats() {
-    let collected = Collected::default();
+    let collected = SpanCollector::default();
     let _telemetry =
         atelier_runtime::telemetry::init_with_exporter("atelier-mesh", collected.clone())
             .expect("the only subscriber of this process");

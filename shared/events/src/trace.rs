@@ -99,25 +99,11 @@ impl Extractor for HeaderExtractor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
+    use atelier_testkit::SpanCollector;
     use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-    use opentelemetry_sdk::error::OTelSdkResult;
-    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
-
-    /// Keeps the finished spans.
-    #[derive(Clone, Debug, Default)]
-    struct Finished(Arc<Mutex<Vec<SpanData>>>);
-
-    impl SpanExporter for Finished {
-        fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-            self.0.lock().expect("unpoisoned").extend(batch);
-            std::future::ready(Ok(()))
-        }
-    }
 
     /// A consumer span joined to the headers a publisher's span wrote is that span's
     /// child, in its trace; a stored `traceparent` names the same span.
@@ -126,7 +112,7 @@ mod tests {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
-        let finished = Finished::default();
+        let finished = SpanCollector::default();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_simple_exporter(finished.clone())
             .build();
@@ -149,7 +135,7 @@ mod tests {
             TraceContext::from_headers(Some(&headers)).adopt(&consumer);
             sent
         });
-        let spans = finished.0.lock().expect("unpoisoned").clone();
+        let spans = finished.spans();
         let consumer = spans
             .iter()
             .find(|span| span.name == "consume")

@@ -119,6 +119,32 @@ where
     }
 }
 
+/// The W3C trace context of the current span as HTTP headers (`traceparent`), for calls
+/// to servers outside the mesh (an LLM, an image provider): one that traces joins the
+/// message's trace. Empty outside a traced span.
+pub fn trace_headers() -> http::HeaderMap {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let mut headers = http::HeaderMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HttpInjector(&mut headers));
+    });
+    headers
+}
+
+struct HttpInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HttpInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
 /// Records `span`'s OpenTelemetry trace id in its `trace_id` field (which the span must
 /// declare, `Empty`), once its parent is set: log lines within it then carry the id.
 pub fn record_trace_id(span: &tracing::Span) {
@@ -182,6 +208,32 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "no colour codes in JSON: {text:?}");
+    }
+
+    #[test]
+    fn http_calls_carry_the_current_spans_traceparent() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        assert!(trace_headers().is_empty(), "no span, no context");
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let span = tracing::info_span!("call");
+            let _inside = span.enter();
+            let context = span.context();
+            let ids = context.span().span_context().clone();
+            let headers = trace_headers();
+            let traceparent = headers
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .expect("a traceparent");
+            assert_eq!(
+                traceparent,
+                format!("00-{}-{}-01", ids.trace_id(), ids.span_id())
+            );
+        });
     }
 
     #[test]
