@@ -1,10 +1,11 @@
-//! One SendMessage is one trace: the mesh runs with every span handed to an in-memory
-//! exporter (through `atelier_runtime::telemetry`, as a service installs it), one message
-//! is sent without a `traceparent` and watched to its completion, and the spans it made
-//! must form one tree, from the edge's call through the conversation service, the outbox
-//! relay, the generation worker, intent and enhancement, the provider and the completion,
-//! back to the event delivered on WatchEvents, with every parent link across gRPC and
-//! NATS in place.
+//! One SendMessage is one trace: the mesh runs with every span handed to an exporter
+//! double (through `atelier_runtime::telemetry`, as a service installs its exporter), a
+//! picture and then an edit of it are sent without a `traceparent` and watched to their
+//! completion, and the spans of the edit must form one tree, from the edge's call through
+//! the conversation service, the outbox relay, the generation worker, intent and
+//! enhancement, the provider and the completion, back to the event delivered on
+//! WatchEvents (live, and replayed to a client that resumes), with every parent link
+//! across gRPC and NATS in place.
 //!
 //! The subscriber is global to the process, so this file holds one test: its own binary.
 
