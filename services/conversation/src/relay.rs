@@ -25,10 +25,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use atelier_events::{Publisher, Subjects};
+use atelier_events::{Publisher, Subjects, TraceContext};
 use sqlx::PgPool;
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::db::{self, OutboxRow};
@@ -193,26 +194,49 @@ impl Relay {
         }
         let mut acks = Vec::with_capacity(rows.len());
         for row in rows {
+            // The row's publish, from send to the stream's ack, in the trace of the request
+            // that wrote the row (possibly in another process, before a restart): the
+            // message's consumer joins the trace as this span's child.
+            let span = tracing::info_span!(
+                "outbox.publish",
+                otel.kind = "producer",
+                subject = %row.subject,
+                id = %row.id,
+                trace_id = tracing::field::Empty,
+            );
+            let stored = atelier_events::trace::from_traceparent(row.traceparent.as_deref());
+            stored.adopt(&span);
+            let publishing = TraceContext::of(&span);
+            // Without an OpenTelemetry layer (some tests) the span has no context: the
+            // stored one still keeps the message in its request's trace.
+            let trace = if publishing.is_valid() {
+                publishing
+            } else {
+                stored
+            };
             let sent = self
                 .publisher
                 .send(
                     self.subjects.absolute(&row.subject),
                     &row.id.to_string(),
                     row.payload.clone().into(),
-                    row.traceparent.as_deref(),
+                    &trace,
                 )
+                .instrument(span.clone())
                 .await;
             match sent {
-                Ok(ack) => acks.push((row.id, ack)),
+                Ok(ack) => acks.push((row.id, ack, span)),
                 Err(err) => {
-                    tracing::warn!(error = %err, id = %row.id, "publish failed; publishing later");
+                    span.in_scope(|| {
+                        tracing::warn!(error = %err, id = %row.id, "publish failed; publishing later");
+                    });
                     break;
                 }
             }
         }
         let mut stored = Vec::with_capacity(acks.len());
-        for (id, ack) in acks {
-            match ack.await {
+        for (id, ack, span) in acks {
+            match ack.instrument(span).await {
                 Ok(_) => {
                     self.metrics.outbox_row_stored(id);
                     stored.push(id);

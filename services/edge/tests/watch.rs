@@ -118,7 +118,7 @@ impl Events {
                     self.subjects.user_events(user),
                     &event.id,
                     event.encode_to_vec().into(),
-                    None,
+                    &atelier_events::TraceContext::default(),
                 )
                 .await
                 .expect("sent");

@@ -21,12 +21,10 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind};
 use atelier_runtime::metrics::{Counter, Gauge, Registry};
 use futures::StreamExt as _;
-use opentelemetry::propagation::Extractor;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// One durable consumer of one job subject.
 #[derive(Clone, Debug)]
@@ -336,19 +334,15 @@ where
             if delivered > 1 {
                 metrics.redelivered.inc();
             }
+            // The consumer's side of the publish: a child of the publisher's span.
             let span = tracing::info_span!(
                 "job",
+                otel.kind = "consumer",
                 subject = %message.subject,
                 delivered,
                 trace_id = tracing::field::Empty,
             );
-            if let Some(headers) = &message.headers {
-                let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-                    propagator.extract(&HeaderExtractor(headers))
-                });
-                let _ = span.set_parent(parent);
-            }
-            atelier_runtime::telemetry::record_trace_id(&span);
+            crate::TraceContext::from_headers(message.headers.as_ref()).adopt(&span);
             // Where to hand the job back if a shutdown abandons it (see below).
             let unfinished = Unfinished {
                 client: message.context.client(),
@@ -435,15 +429,3 @@ impl Unfinished {
 
 /// How long one fetch waits for jobs before asking again.
 const FETCH_WAIT: Duration = Duration::from_secs(5);
-
-struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|value| value.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name.as_ref()).collect()
-    }
-}

@@ -11,7 +11,8 @@
 //!   the edges' core subscriptions.
 //!
 //! Every publish carries `Nats-Msg-Id` (the outbox row id: a republish inside the
-//! duplicate window is dropped by the server) and the W3C trace context, and awaits the
+//! duplicate window is dropped by the server) and the W3C trace context ([`trace`]: the
+//! consumer's span is the publisher's span's child), and awaits the
 //! stream's acknowledgement before the next, so one producer's messages enter the stream
 //! in order.
 
@@ -19,10 +20,12 @@ pub mod jobs;
 mod publish;
 pub mod subjects;
 mod topology;
+pub mod trace;
 
-pub use publish::{PublishError, Publisher, current_traceparent};
+pub use publish::{PublishError, Publisher};
 pub use subjects::Subjects;
 pub use topology::ensure_streams;
+pub use trace::{TraceContext, current_traceparent};
 
 use atelier_runtime::mesh::{NatsAuth, NatsConfig};
 

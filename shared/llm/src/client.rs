@@ -11,6 +11,7 @@ use atelier_runtime::metrics::{self, HistogramBy, Registry, StateGauge};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::redirect;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::config::{LlmConfig, StructuredOutput};
@@ -276,7 +277,12 @@ impl LlmClient {
             attempt = attempt.saturating_add(1);
             let remaining = config.deadline.saturating_sub(started.elapsed());
             let budget = config.call_timeout.min(remaining);
-            let failure = match tokio::time::timeout(budget, self.attempt(body)).await {
+            // One client span per HTTP attempt; the request carries its `traceparent`.
+            let call = tracing::info_span!("llm.chat", otel.kind = "client", attempt);
+            let failure = match tokio::time::timeout(budget, self.attempt(body))
+                .instrument(call)
+                .await
+            {
                 Ok(Ok(content)) => return Ok(content),
                 Ok(Err(failure)) => failure,
                 Err(_elapsed) => Failure::retry(LlmError::Timeout),
@@ -322,6 +328,7 @@ impl LlmClient {
         let mut request = inner
             .http
             .post(&inner.endpoint)
+            .headers(atelier_runtime::telemetry::trace_headers())
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_vec());
         if let Some(key) = &inner.config.api_key {

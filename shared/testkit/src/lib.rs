@@ -11,6 +11,8 @@
 //! - [`fakes`]: HTTP fakes of the image providers' public APIs.
 //! - [`startup`]: what a service binary refuses before it listens (secrets, addresses).
 //! - [`init_logging`]: test output stays quiet unless `TEST_LOG` is set.
+//! - [`SpanCollector`]: an exporter double that keeps the finished spans, to assert on a
+//!   trace.
 
 mod database;
 mod env;
@@ -18,6 +20,7 @@ pub mod fakes;
 mod nats;
 mod proxy;
 mod server;
+mod spans;
 pub mod startup;
 mod statements;
 
@@ -26,6 +29,7 @@ pub use env::rerun_with_env;
 pub use nats::TestNats;
 pub use proxy::TcpProxy;
 pub use server::{RunningServer, free_local_addr, scrape_metrics, spawn_server};
+pub use spans::SpanCollector;
 pub use statements::StatementCounter;
 
 /// A random secret of 64 characters (about 150 random bits), as a test run's service

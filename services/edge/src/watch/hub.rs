@@ -5,7 +5,7 @@
 //! NATS sends an edge only the events of the users connected to it. The first stream of a
 //! user subscribes; the others join the same [`Feed`]; the last one to leave unsubscribes.
 //! Each event is decoded and its image URLs signed once per user, then handed to every
-//! stream as an `Arc`.
+//! stream as an `Arc`, in an `events.receive` span joined to the publisher's trace.
 //!
 //! A stream's queue is bounded. The feed never waits for a stream: a full queue marks the
 //! stream overflowed and drops it from the feed, so a client that cannot keep up loses its
@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use atelier_events::Subjects;
+use atelier_events::{Subjects, TraceContext};
 use atelier_proto::v1 as proto;
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use crate::links::ImageLinks;
 
@@ -37,6 +38,9 @@ pub struct LiveEvent {
     /// The sequence of the user's previous event (`Nats-Last-Sequence`).
     pub previous: Option<u64>,
     pub event: proto::Event,
+    /// Where it was received (`events.receive`): the parent of its delivery to each
+    /// stream.
+    pub trace: TraceContext,
 }
 
 /// Every user's feed on this edge.
@@ -167,11 +171,25 @@ impl Hub {
                 }
             };
             while let Some(message) = subscriber.next().await {
-                let Some(mut live) = LiveEvent::parse(&message) else {
-                    continue;
+                // The edge's side of the publish: a child of the publisher's span (the
+                // RePublished message keeps the stored one's headers), around the decode,
+                // the signing and the hand-off to every stream of the user.
+                let span = tracing::info_span!(
+                    "events.receive",
+                    otel.kind = "consumer",
+                    sequence = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
+                );
+                TraceContext::from_headers(message.headers.as_ref()).adopt(&span);
+                let received = async {
+                    let Some(mut live) = LiveEvent::parse(&message, TraceContext::of(&span)) else {
+                        return;
+                    };
+                    span.record("sequence", live.sequence);
+                    links.sign_event(&user, &mut live.event).await;
+                    fan_out(&fed, &Arc::new(live));
                 };
-                Box::pin(links.sign_event(&user, &mut live.event)).await;
-                fan_out(&fed, &Arc::new(live));
+                Box::pin(received.instrument(span.clone())).await;
             }
             // The subscription is gone for good (the client closed): end every stream, so
             // clients reconnect (here, after a new subscription, or elsewhere).
@@ -218,7 +236,7 @@ fn fan_out(members: &Members, event: &Arc<LiveEvent>) {
 
 impl LiveEvent {
     /// Reads a republished message; `None` (logged) for one that is not an event.
-    fn parse(message: &async_nats::Message) -> Option<Self> {
+    fn parse(message: &async_nats::Message, trace: TraceContext) -> Option<Self> {
         let header = |name: &str| {
             message
                 .headers
@@ -235,6 +253,7 @@ impl LiveEvent {
                 sequence,
                 previous: header("Nats-Last-Sequence"),
                 event,
+                trace,
             }),
             Err(err) => {
                 tracing::warn!(error = %err, sequence, "undecodable live event skipped");

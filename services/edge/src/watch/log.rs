@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::{self, stream};
-use atelier_events::Subjects;
+use atelier_events::{Subjects, TraceContext};
 use atelier_proto::v1 as proto;
 use futures::{Stream, StreamExt as _};
 use prost::Message as _;
@@ -112,6 +112,8 @@ impl EventLog {
 pub struct Stored {
     pub sequence: u64,
     pub event: proto::Event,
+    /// Its publisher's trace context, from the stored message's headers.
+    pub trace: TraceContext,
 }
 
 type Messages = Pin<Box<dyn Stream<Item = Result<jetstream::Message, String>> + Send>>;
@@ -152,7 +154,13 @@ impl Replay {
                 self.messages = None;
             }
             match proto::Event::decode(message.payload.clone()) {
-                Ok(event) => return Ok(Some(Stored { sequence, event })),
+                Ok(event) => {
+                    return Ok(Some(Stored {
+                        sequence,
+                        event,
+                        trace: TraceContext::from_headers(message.headers.as_ref()),
+                    }));
+                }
                 // Not an event of any Atelier version: skip it (its sequence is then
                 // simply never delivered).
                 Err(err) => tracing::warn!(error = %err, sequence, "undecodable event skipped"),

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use atelier_events::Subjects;
+use atelier_events::{Subjects, TraceContext};
 use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use futures::Stream;
@@ -114,6 +114,7 @@ impl Watch {
             delivered: resume_after,
             phase: Phase::Live,
             ready: None,
+            delivering: None,
             heartbeat: Box::pin(tokio::time::sleep(self.config.heartbeat)),
             ended: false,
             _open: OpenStream::new(&self.metrics),
@@ -137,6 +138,47 @@ impl Watch {
             stream,
             |mut stream| async move { stream.next().await.map(|item| (item, stream)) },
         )))
+    }
+}
+
+/// The span of one published event's delivery to one stream, in the event's trace: a
+/// child of its `events.receive` span (live), or of its publisher's span (replayed from
+/// the log).
+fn deliver_span(
+    cursor: u64,
+    event: &proto::Event,
+    parent: &TraceContext,
+    replayed: bool,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "watch.deliver",
+        cursor,
+        event = event_kind(event),
+        message_id = %event.message_id,
+        replayed,
+        trace_id = tracing::field::Empty,
+    );
+    parent.adopt(&span);
+    span
+}
+
+/// The name of an event's payload, for the delivery span.
+fn event_kind(event: &proto::Event) -> &'static str {
+    use proto::event::Payload;
+    match &event.payload {
+        Some(Payload::MessageCreated(_)) => "message_created",
+        Some(Payload::GenerationQueued(_)) => "generation_queued",
+        Some(Payload::GenerationStarted(_)) => "generation_started",
+        Some(Payload::IntentResolved(_)) => "intent_resolved",
+        Some(Payload::GenerationProgress(_)) => "generation_progress",
+        Some(Payload::GenerationCompleted(_)) => "generation_completed",
+        Some(Payload::GenerationFailed(_)) => "generation_failed",
+        Some(Payload::GenerationCancelled(_)) => "generation_cancelled",
+        Some(Payload::TitleUpdated(_)) => "title_updated",
+        Some(Payload::CreditsChanged(_)) => "credits_changed",
+        Some(Payload::ResyncRequired(_)) => "resync_required",
+        Some(Payload::Heartbeat(_)) => "heartbeat",
+        None => "unknown",
     }
 }
 
@@ -169,6 +211,9 @@ struct WatchStream {
     phase: Phase,
     /// The next response, once decided: at most one is held.
     ready: Option<proto::WatchEventsResponse>,
+    /// The `watch.deliver` span of `ready`, when it is a published event: it ends when
+    /// the response is handed to the stream.
+    delivering: Option<tracing::Span>,
     heartbeat: Pin<Box<Sleep>>,
     ended: bool,
     /// Counts the stream open until it is dropped.
@@ -224,6 +269,8 @@ impl WatchStream {
                 self.delivered = Some(response.cursor);
                 let next_heartbeat = Instant::now() + self.watch.config.heartbeat;
                 self.heartbeat.as_mut().reset(next_heartbeat);
+                // Handed to the stream: the delivery span ends here.
+                self.delivering = None;
                 return Some(Ok(response));
             }
             let step = match &mut self.phase {
@@ -259,6 +306,12 @@ impl WatchStream {
                 if stored.sequence > self.position.sequence() {
                     self.position.advance(stored.sequence);
                     if self.wants(&stored.event) {
+                        self.delivering = Some(deliver_span(
+                            stored.sequence,
+                            &stored.event,
+                            &stored.trace,
+                            true,
+                        ));
                         Box::pin(
                             self.watch
                                 .links
@@ -317,6 +370,8 @@ impl WatchStream {
             Live::Next => {
                 self.position.advance(live.sequence);
                 if self.wants(&live.event) {
+                    self.delivering =
+                        Some(deliver_span(live.sequence, &live.event, &live.trace, false));
                     self.ready = Some(proto::WatchEventsResponse {
                         cursor: live.sequence,
                         event: Some(live.event.clone()),

@@ -100,9 +100,13 @@ impl Automatic1111Provider {
         format!("{}/sdapi/v1/{path}", self.base_url)
     }
 
-    /// A request with the credentials, when the server wants them.
+    /// A request with the credentials, when the server wants them, and the trace
+    /// context of the current span.
     fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, self.url(path));
+        let request = self
+            .http
+            .request(method, self.url(path))
+            .headers(atelier_runtime::telemetry::trace_headers());
         match &self.auth {
             Some((user, password)) => request.basic_auth(user, Some(password)),
             None => request,

@@ -283,9 +283,11 @@ impl ComfyUiProvider {
         Ok(workflow)
     }
 
-    /// Sends and turns an error status into its class.
+    /// Sends, with the current span's trace context, and turns an error status into its
+    /// class.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Bytes, ProviderError> {
         let response = request
+            .headers(atelier_runtime::telemetry::trace_headers())
             .send()
             .await
             .map_err(|err| http::from_reqwest(NAME, &err))?;

@@ -137,11 +137,13 @@ impl OpenAiProvider {
         .await
     }
 
-    /// Sends with the key and turns an error status into its class.
+    /// Sends with the key and the current span's trace context, and turns an error
+    /// status into its class.
     async fn send(
         &self,
         mut request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ProviderError> {
+        request = request.headers(atelier_runtime::telemetry::trace_headers());
         if let Some(key) = &self.api_key {
             request = if self.is_azure() {
                 let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {

@@ -11,6 +11,7 @@ use atelier_proto::conversation::v1 as internal;
 use atelier_proto::jobs::v1::GenerateJob;
 use bytes::Bytes;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::batch::Batch;
 use super::cancellation::cancellation_of_all;
@@ -112,6 +113,13 @@ pub(super) async fn make_images(
         retries.send_replace(Some(retry));
     };
     let started = std::time::Instant::now();
+    // The provider call, retries included, as one span of the job's trace. Its progress
+    // and retry events are published by `reporting`, beside it, in the job's span.
+    let render = tracing::info_span!(
+        "provider.render",
+        provider = %kind,
+        images = generation_ids.len(),
+    );
     let rendering = async {
         let rendered = match u32::try_from(generation_ids.len()).unwrap_or(u32::MAX) {
             1 => providers::generate_until(
@@ -139,7 +147,8 @@ pub(super) async fn make_images(
         };
         worker.metrics.provider_call(kind, started, &rendered);
         rendered
-    };
+    }
+    .instrument(render);
     // Runs beside the provider call and never finishes on its own: the select below ends
     // it with the call. A batch's progress is each of its images' progress.
     let mut reporting_order = intent_recorded.clone();

@@ -9,6 +9,7 @@ use atelier_proto::intent::v1 as intent;
 use atelier_proto::jobs::v1::GenerateJob;
 use atelier_proto::v1 as proto;
 use bytes::Bytes;
+use tracing::Instrument as _;
 
 use super::{Worker, as_user};
 
@@ -116,10 +117,18 @@ async fn analyze_intent(
         return new;
     };
     let mut client = worker.intent.clone();
+    // The client's side of the call, beside enhancement's: the intent service's `rpc`
+    // span is its child (the interceptor sends this span's `traceparent`).
+    let call = tracing::info_span!(
+        "intent.analyze",
+        otel.kind = "client",
+        rpc.method = "/atelier.intent.v1.IntentService/AnalyzeIntent",
+    );
     match tokio::time::timeout(
         worker.config.intent_deadline,
         client.analyze_intent(request),
     )
+    .instrument(call)
     .await
     {
         Ok(Ok(answer)) => answer.into_inner().intent.unwrap_or(new),
@@ -160,10 +169,17 @@ async fn enhance(
         return plain;
     };
     let mut client = worker.enhancement.clone();
+    // The client's side of the call (see `analyze_intent`).
+    let call = tracing::info_span!(
+        "enhancement.enhance",
+        otel.kind = "client",
+        rpc.method = "/atelier.enhancement.v1.EnhancementService/EnhancePrompt",
+    );
     match tokio::time::timeout(
         worker.config.enhancement_deadline,
         client.enhance_prompt(request),
     )
+    .instrument(call)
     .await
     {
         Ok(Ok(answer)) => {
