@@ -125,7 +125,9 @@ pub async fn run(
             .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
         token,
     );
-    Server::builder()
+    // TLS, and mutual TLS with the mesh's CA, when configured (atelier_runtime::tls).
+    atelier_runtime::tls::current()
+        .serve(Server::builder(), atelier_runtime::tls::Port::Internal)?
         // Every call's latency and status, refusals and timeouts included: outermost.
         .layer(metrics.rpc.layer())
         // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next

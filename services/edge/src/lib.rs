@@ -175,7 +175,10 @@ pub async fn serve(
     // The web client the edge serves itself calls the API from the HTTP port's origin.
     origins.push(http_url);
 
-    let served = Server::builder()
+    // TLS when the edge has a certificate (atelier_runtime::tls); never a client
+    // certificate from browsers.
+    let served = atelier_runtime::tls::current()
+        .serve(Server::builder(), atelier_runtime::tls::Port::Public)?
         // Browsers speak grpc-web over HTTP/1.1; everyone else HTTP/2.
         .accept_http1(true)
         // WatchEvents streams stay open for hours: find the connections of clients that

@@ -133,7 +133,9 @@ pub async fn serve(
         service::EnhancementApi { state },
         RequireServiceToken(service_token),
     );
-    Server::builder()
+    // TLS, and mutual TLS with the mesh's CA, when configured (atelier_runtime::tls).
+    atelier_runtime::tls::current()
+        .serve(Server::builder(), atelier_runtime::tls::Port::Internal)?
         // Every call's latency and status, refusals and timeouts included: outermost.
         .layer(rpc_metrics)
         // Bounded load (atelier_runtime::load): past MAX_IN_FLIGHT running calls the next

@@ -173,11 +173,16 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn lazy(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("bad service URL {url:?}"))?
+    let origin: tonic::codegen::http::Uri = url
+        .parse()
+        .with_context(|| format!("bad service URL {url:?}"))?;
+    let endpoint = Endpoint::from(origin.clone())
         .tcp_nodelay(true)
         .connect_timeout(ChannelSettings::default().connect_timeout)
-        .timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    // TLS for an https:// URL (atelier_runtime::tls).
+    Ok(atelier_runtime::tls::current()
+        .client(endpoint, &origin)?
         .connect_lazy())
 }
 

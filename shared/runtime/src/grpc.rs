@@ -211,7 +211,11 @@ pub async fn serve_frame(
 ) -> anyhow::Result<()> {
     let (health, reflection_and_health) =
         health_and_reflection(atelier_proto::FILE_DESCRIPTOR_SET, &[])?;
-    tonic::transport::Server::builder()
+    crate::tls::current()
+        .serve(
+            tonic::transport::Server::builder(),
+            crate::tls::Port::Internal,
+        )?
         // Latency and status of every call, as every server.
         .layer(rpc_metrics.layer())
         // Bounded load, as every server (see `crate::load`).

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod process;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

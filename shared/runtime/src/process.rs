@@ -50,6 +50,7 @@ where
             "ATELIER_DRAIN_GRACE_SECS",
             0,
         )?));
+        crate::tls::set(crate::tls::TlsConfig::from_env()?);
         Ok((config, listen_addr(default_listen)?))
     }) {
         Ok(loaded) => loaded,
@@ -122,9 +123,7 @@ pub fn health_check(name: &str, default_listen: &str) -> ExitCode {
     };
     let asked = runtime.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(3), async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
-                .connect()
-                .await?;
+            let channel = probe_endpoint(target)?.connect().await?;
             let answer = tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
@@ -146,6 +145,23 @@ pub fn health_check(name: &str, default_listen: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The probe's endpoint: plaintext, or TLS when the server has a certificate
+/// (`ATELIER_TLS_CERT_FILE`), verified against `ATELIER_TLS_CA_FILE` as `localhost` (so
+/// the certificate must name `localhost` for the probe to pass), presenting this
+/// process's certificate for an internal port's mutual TLS.
+fn probe_endpoint(target: SocketAddr) -> anyhow::Result<tonic::transport::Endpoint> {
+    let tls = crate::tls::TlsConfig::from_env()?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!(
+        "{}://{target}",
+        if tls.serves_tls() { "https" } else { "http" }
+    ))?;
+    if !tls.serves_tls() {
+        return Ok(endpoint);
+    }
+    let origin: http::Uri = format!("https://localhost:{}", target.port()).parse()?;
+    tls.client(endpoint, &origin)
 }
 
 /// `ATELIER_LISTEN_ADDR` without the development-mode loopback rule: the probe only

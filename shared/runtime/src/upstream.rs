@@ -126,28 +126,32 @@ impl Target {
             .filter(|authority| authority.port_u16().is_some())
             .ok_or_else(|| anyhow::anyhow!("upstream URL {url:?} needs a host and a port"))?
             .to_string();
-        Ok(Self {
+        let target = Self {
             authority,
             scheme: origin.scheme_str().unwrap_or("http").to_owned(),
             origin,
             connect_timeout: settings.connect_timeout,
             request_timeout: settings.request_timeout,
             last_resolved: Vec::new(),
-        })
+        };
+        // The TLS settings fail now, at start-up, if they ever do.
+        target.endpoint(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        Ok(target)
     }
 
-    fn endpoint(&self, addr: SocketAddr) -> Endpoint {
-        let uri: http::Uri = format!("{}://{addr}", self.scheme)
-            .parse()
-            .expect("a scheme and a socket address make a URI");
+    /// The endpoint of one address, over TLS for an `https://` URL
+    /// ([`crate::tls::TlsConfig::client`]: the certificate is checked for the URL's host).
+    fn endpoint(&self, addr: SocketAddr) -> anyhow::Result<Endpoint> {
+        let uri: http::Uri = format!("{}://{addr}", self.scheme).parse()?;
         let endpoint = Endpoint::from(uri)
             .tcp_nodelay(true)
             .connect_timeout(self.connect_timeout)
             .origin(self.origin.clone());
-        match self.request_timeout {
+        let endpoint = match self.request_timeout {
             Some(timeout) => endpoint.timeout(timeout),
             None => endpoint,
-        }
+        };
+        crate::tls::current().client(endpoint, &self.origin)
     }
 }
 
@@ -183,13 +187,19 @@ impl Prober {
         let mut serving = BTreeSet::new();
         let mut checks = tokio::task::JoinSet::new();
         for (addr, index) in &resolved {
-            let client = self
-                .probes
-                .entry(*addr)
-                .or_insert_with(|| {
-                    HealthClient::new(self.targets[*index].endpoint(*addr).connect_lazy())
-                })
-                .clone();
+            if !self.probes.contains_key(addr) {
+                match self.targets[*index].endpoint(*addr) {
+                    Ok(endpoint) => {
+                        self.probes
+                            .insert(*addr, HealthClient::new(endpoint.connect_lazy()));
+                    }
+                    Err(err) => {
+                        tracing::warn!(upstream = %addr, error = %err, "cannot probe");
+                        continue;
+                    }
+                }
+            }
+            let client = self.probes[addr].clone();
             let (addr, service) = (*addr, self.service);
             let deadline = self.settings.connect_timeout;
             checks.spawn(async move { (addr, is_serving(client, service, deadline).await) });
@@ -245,15 +255,26 @@ impl Prober {
                 .await
                 .map_err(drop)?;
         }
+        let mut in_rotation = BTreeSet::new();
+        for kept in self.in_rotation.intersection(&wanted) {
+            in_rotation.insert(*kept);
+        }
         for new in wanted.difference(&self.in_rotation) {
-            let endpoint = self.targets[resolved[new]].endpoint(*new);
+            let endpoint = match self.targets[resolved[new]].endpoint(*new) {
+                Ok(endpoint) => endpoint,
+                Err(err) => {
+                    tracing::warn!(upstream = %new, error = %err, "cannot reach an upstream");
+                    continue;
+                }
+            };
             tracing::info!(upstream = %new, "upstream instance joined the rotation");
             self.changes
                 .send(Change::Insert(*new, endpoint))
                 .await
                 .map_err(drop)?;
+            in_rotation.insert(*new);
         }
-        self.in_rotation = wanted;
+        self.in_rotation = in_rotation;
         Ok(())
     }
 }
