@@ -20,6 +20,7 @@ pub mod outbox;
 mod pagination;
 mod pipeline;
 pub mod queue;
+mod readiness;
 pub mod reaper;
 pub mod relay;
 mod requests;
@@ -103,6 +104,11 @@ pub async fn run(
         queue: nudge,
         metrics: metrics.clone(),
     });
+    let ready = readiness::watch_database(
+        pool.clone(),
+        readiness::PING_INTERVAL,
+        until_stopped(stopped.clone()),
+    );
     let reaper = tokio::spawn(reaper::run_until(
         Arc::clone(&state),
         reaper_interval,
@@ -141,7 +147,8 @@ pub async fn run(
         .add_service(api)
         .serve_with_incoming_shutdown(
             grpc::incoming(listener),
-            grpc::serve_until(health, vec![CONVERSATION_SERVICE_NAME], async move {
+            // SERVING only while the database answers (see `readiness`).
+            grpc::serve_while_ready(health, vec![CONVERSATION_SERVICE_NAME], ready, async move {
                 shutdown.await;
                 let _ = stop.send(true);
             }),

@@ -1223,3 +1223,55 @@ async fn a_send_its_caller_abandons_mid_transaction_still_ends_whole_and_a_retry
     assert_eq!(message.client_request_id, "abandoned-1");
     assert_eq!(balance(&mut alice).await, 100 - message.cost);
 }
+
+/// An instance whose database stops answering reports NOT_SERVING (so the callers'
+/// balancers route around it) and SERVING again once it answers.
+#[tokio::test]
+async fn an_instance_whose_database_does_not_answer_is_not_serving_until_it_does() {
+    use std::time::Duration;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let app = TestApp::spawn().await;
+    let options = app.db.options();
+    let postgres = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .expect("resolve PostgreSQL")
+        .next()
+        .expect("an address");
+    let proxy = atelier_testkit::TcpProxy::start(postgres, true)
+        .await
+        .expect("proxy");
+    let port = proxy.addr.port();
+    let replica = app
+        .spawn_replica(|config| {
+            config.database = config.database.clone().host("127.0.0.1").port(port);
+        })
+        .await;
+    let status = || {
+        let mut health = HealthClient::new(replica.channel.clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: atelier_proto::CONVERSATION_SERVICE_NAME.to_owned(),
+                })
+                .await
+                .expect("health answers")
+                .into_inner()
+                .status()
+        }
+    };
+    let until = |wanted: ServingStatus| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while status().await != wanted {
+            assert!(tokio::time::Instant::now() < deadline, "never {wanted:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until(ServingStatus::Serving).await;
+    proxy.set_up(false);
+    until(ServingStatus::NotServing).await;
+    proxy.set_up(true);
+    until(ServingStatus::Serving).await;
+}

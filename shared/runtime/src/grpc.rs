@@ -96,6 +96,40 @@ pub async fn serve_until(
     serve_until_with_grace(reporter, services, shutdown, crate::shutdown::drain_grace()).await;
 }
 
+/// [`serve_until`] for a service that can serve only while something it depends on
+/// answers (the conversation service and its database): `services` and the overall `""`
+/// entry are SERVING while `ready` is true and NOT_SERVING while it is false, so probes
+/// and the callers' balancers (`crate::upstream`) send calls elsewhere meanwhile.
+pub async fn serve_while_ready(
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    mut ready: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let status = if *ready.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in services.iter().copied().chain([""]) {
+            reporter.set_service_status(name, status).await;
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = ready.changed() => {
+                if changed.is_err() {
+                    // Nobody reports readiness any more: keep the last status.
+                    shutdown.as_mut().await;
+                    break;
+                }
+            }
+        }
+    }
+    drain(reporter, services, crate::shutdown::drain_grace()).await;
+}
+
 /// [`serve_until`] with an explicit drain grace.
 pub async fn serve_until_with_grace(
     reporter: HealthReporter,
@@ -109,6 +143,11 @@ pub async fn serve_until_with_grace(
             .await;
     }
     shutdown.await;
+    drain(reporter, services, grace).await;
+}
+
+/// NOT_SERVING for `services` and `""`, then the drain grace.
+async fn drain(reporter: HealthReporter, services: Vec<&'static str>, grace: std::time::Duration) {
     for name in services.iter().copied().chain([""]) {
         reporter
             .set_service_status(name, ServingStatus::NotServing)
