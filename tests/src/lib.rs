@@ -10,7 +10,7 @@ use atelier_conversation::catalog::Catalog;
 use atelier_edge::auth::{JwtVerifier, mint_hs256};
 use atelier_edge::rate_limit::RateLimit;
 use atelier_runtime::internal_call::ServiceToken;
-use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
+use atelier_runtime::mesh::{MeshConfig, NatsConfig, ServiceInstances};
 use atelier_testkit::{RunningServer, TcpProxy, TestDatabase, TestNats, spawn_server};
 use tonic::transport::{Channel, Endpoint};
 
@@ -34,6 +34,9 @@ pub struct MeshOptions {
     /// all of them. Each beyond the first is reached through a [`TcpProxy`] a test can
     /// cut ([`Mesh::cut_off`]).
     pub conversation_instances: usize,
+    /// Instances of each other service (edge, intent, enhancement, title, generation);
+    /// the extra ones are in [`Mesh::replicas`] and [`Mesh::more_edges`], without metrics.
+    pub replicas: usize,
 }
 
 impl Default for MeshOptions {
@@ -53,6 +56,7 @@ impl Default for MeshOptions {
             watch: atelier_edge::config::WatchConfig::default(),
             web_dir: None,
             conversation_instances: 1,
+            replicas: 1,
         }
     }
 }
@@ -68,6 +72,11 @@ pub struct Mesh {
     /// with the proxy its callers reach it through.
     pub cut_off: Vec<(RunningServer, TcpProxy)>,
     pub workers: Vec<RunningServer>,
+    /// Edges beyond the first ([`MeshOptions::replicas`]): a test spreads its clients
+    /// over them.
+    pub more_edges: Vec<RunningServer>,
+    /// The other services' extra instances.
+    pub replicas: Vec<RunningServer>,
     pub db: TestDatabase,
     pub nats: TestNats,
     images: ImagesDir,
@@ -146,7 +155,7 @@ impl Mesh {
             atelier_conversation::run(conversation_config, listener, shutdown)
         })
         .await?;
-        let conversation_upstream = ConversationUpstream {
+        let conversation_upstream = ServiceInstances {
             urls: std::iter::once(conversation.url())
                 .chain(cut_off.iter().map(|(_, proxy)| proxy.url("http")))
                 .collect(),
@@ -180,10 +189,25 @@ impl Mesh {
             },
             metrics_addr: metrics_of("edge"),
         };
+        let mut more_edges = Vec::new();
+        for _ in 1..options.replicas {
+            let config = atelier_edge::Config {
+                metrics_addr: None,
+                ..edge_config.clone()
+            };
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            more_edges.push(
+                spawn_server(|listener, shutdown| {
+                    atelier_edge::serve(config, listener, http, shutdown)
+                })
+                .await?,
+            );
+        }
         let edge = spawn_server(|listener, shutdown| {
             atelier_edge::serve(edge_config, listener, edge_http_listener, shutdown)
         })
         .await?;
+        let mut replicas = Vec::new();
         let token = || ServiceToken::new(&service_token);
         let llm = options.llm_url.as_deref().map(atelier_llm::LlmConfig::new);
         let intent_config = atelier_intent::Config {
@@ -192,20 +216,47 @@ impl Mesh {
             metrics_addr: metrics_of("intent"),
             ..atelier_intent::Config::default()
         };
+        let mut intents = ServiceInstances { urls: Vec::new() };
+        for _ in 1..options.replicas {
+            let config = atelier_intent::Config {
+                metrics_addr: None,
+                ..intent_config.clone()
+            };
+            let replica =
+                spawn_server(|listener, shutdown| atelier_intent::run(config, listener, shutdown))
+                    .await?;
+            intents.urls.push(replica.url());
+            replicas.push(replica);
+        }
         let intent = spawn_server(|listener, shutdown| {
             atelier_intent::run(intent_config, listener, shutdown)
         })
         .await?;
+        intents.urls.push(intent.url());
         let enhancement_config = atelier_enhancement::Config {
             service_token: token(),
             llm,
             metrics_addr: metrics_of("enhancement"),
             ..atelier_enhancement::Config::default()
         };
+        let mut enhancements = ServiceInstances { urls: Vec::new() };
+        for _ in 1..options.replicas {
+            let config = atelier_enhancement::Config {
+                metrics_addr: None,
+                ..enhancement_config.clone()
+            };
+            let replica = spawn_server(|listener, shutdown| {
+                atelier_enhancement::run(config, listener, shutdown)
+            })
+            .await?;
+            enhancements.urls.push(replica.url());
+            replicas.push(replica);
+        }
         let enhancement = spawn_server(|listener, shutdown| {
             atelier_enhancement::run(enhancement_config, listener, shutdown)
         })
         .await?;
+        enhancements.urls.push(enhancement.url());
         let title_config = atelier_title::Config {
             mesh: MeshConfig {
                 service_token: token(),
@@ -215,6 +266,16 @@ impl Mesh {
             metrics_addr: metrics_of("title"),
             ..atelier_title::Config::default()
         };
+        for _ in 1..options.replicas {
+            let config = atelier_title::Config {
+                metrics_addr: None,
+                ..title_config.clone()
+            };
+            replicas.push(
+                spawn_server(|listener, shutdown| atelier_title::run(config, listener, shutdown))
+                    .await?,
+            );
+        }
         let title =
             spawn_server(|listener, shutdown| atelier_title::run(title_config, listener, shutdown))
                 .await?;
@@ -224,8 +285,8 @@ impl Mesh {
                 nats: NatsConfig::local(&nats.url, &nats.prefix),
                 conversation: conversation_upstream.clone(),
             },
-            intent_url: intent.url(),
-            enhancement_url: enhancement.url(),
+            intent: intents,
+            enhancement: enhancements,
             storage: atelier_images::Storage::Local(images.0.clone()),
             providers: atelier_generation::providers::ProvidersConfig {
                 automatic1111_url: options.automatic1111_url.clone(),
@@ -237,6 +298,18 @@ impl Mesh {
         };
         let mut workers = vec![intent, enhancement, title];
         if options.run_generation {
+            for _ in 1..options.replicas {
+                let config = atelier_generation::Config {
+                    metrics_addr: None,
+                    ..generation_config.clone()
+                };
+                replicas.push(
+                    spawn_server(|listener, shutdown| {
+                        atelier_generation::run(config, listener, shutdown)
+                    })
+                    .await?,
+                );
+            }
             workers.push(
                 spawn_server(|listener, shutdown| {
                     atelier_generation::run(generation_config, listener, shutdown)
@@ -250,6 +323,8 @@ impl Mesh {
             conversation,
             cut_off,
             workers,
+            more_edges,
+            replicas,
             db,
             nats,
             images,

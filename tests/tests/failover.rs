@@ -1,6 +1,6 @@
-//! Two conversation instances under load, one of them cut off from every caller midway (its
-//! connections reset, new ones refused, as a crashed or partitioned instance looks from
-//! outside). Every send must be answered OK or UNAVAILABLE, never INTERNAL; a send retried
+//! Two instances of every service, the senders spread over both edges, and one of the two
+//! conversation instances cut off from every caller midway (its connections reset, new
+//! ones refused, as a crashed or partitioned instance looks from outside). Every send must be answered OK or UNAVAILABLE, never INTERNAL; a send retried
 //! with its idempotency key after an UNAVAILABLE replays the message the first attempt
 //! committed, if it did; every message completes, each charged exactly once; and each
 //! message's events arrive in causal order.
@@ -12,7 +12,7 @@ use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, kind};
 use tonic::Code;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 const SENDERS: usize = 4;
 const SENDS_EACH: usize = 8;
@@ -61,6 +61,7 @@ async fn a_conversation_instance_cut_off_under_load_loses_and_double_charges_not
     let starting_credits = 1_000;
     let mesh = Mesh::start(MeshOptions {
         conversation_instances: 2,
+        replicas: 2,
         starting_credits,
         rate_limit: atelier_edge::rate_limit::RateLimit {
             per_second: 1_000.0,
@@ -89,9 +90,20 @@ async fn a_conversation_instance_cut_off_under_load_loses_and_double_charges_not
         .await
         .expect("watch");
 
+    // Every other sender goes through the second edge.
+    let second_edge = Endpoint::from_shared(mesh.more_edges[0].url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("the second edge");
     let mut senders = tokio::task::JoinSet::new();
     for (sender, conversation_id) in conversations.iter().cloned().enumerate() {
-        let (mut chat, bearer) = (chat.clone(), bearer.clone());
+        let mut chat = if sender % 2 == 0 {
+            chat.clone()
+        } else {
+            ChatServiceClient::new(second_edge.clone())
+        };
+        let bearer = bearer.clone();
         senders.spawn(async move {
             let mut sent = Vec::new();
             for n in 0..SENDS_EACH {

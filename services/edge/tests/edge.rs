@@ -12,7 +12,7 @@ use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_runtime::internal_call::ServiceToken;
-use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
+use atelier_runtime::mesh::{MeshConfig, NatsConfig, ServiceInstances};
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use prost::Message as _;
 use tokio_stream::StreamExt as _;
@@ -72,7 +72,7 @@ impl Mesh {
             mesh: MeshConfig {
                 service_token: ServiceToken::new(SERVICE_TOKEN),
                 nats: NatsConfig::local(&nats.url, &nats.prefix),
-                conversation: ConversationUpstream::at(&conversation.url()),
+                conversation: ServiceInstances::at(&conversation.url()),
             },
             jwt: JwtVerifier::hs256(JWT_SECRET),
             cors_origins: vec![ALLOWED_ORIGIN.to_owned()],
@@ -869,7 +869,7 @@ async fn an_unreachable_conversation_service_is_unavailable_not_internal() {
     let edge_config = atelier_edge::Config {
         mesh: MeshConfig {
             service_token: ServiceToken::new(SERVICE_TOKEN),
-            conversation: ConversationUpstream::at(&url),
+            conversation: ServiceInstances::at(&url),
             ..MeshConfig::default()
         },
         jwt: JwtVerifier::hs256(JWT_SECRET),

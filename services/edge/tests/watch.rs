@@ -13,7 +13,7 @@ use atelier_proto::error_reason;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_runtime::internal_call::ServiceToken;
-use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
+use atelier_runtime::mesh::{MeshConfig, NatsConfig, ServiceInstances};
 use atelier_testkit::{RunningServer, TcpProxy, TestNats, spawn_server};
 use prost::Message as _;
 use tonic::Code;
@@ -72,7 +72,7 @@ impl Events {
             mesh: MeshConfig {
                 service_token: ServiceToken::new("watch-test-service-token"),
                 nats: NatsConfig::local(nats_url, &self.nats.prefix),
-                conversation: ConversationUpstream::at(conversation_url),
+                conversation: ServiceInstances::at(conversation_url),
             },
             jwt: JwtVerifier::hs256(JWT_SECRET),
             watch,

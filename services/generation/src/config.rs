@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use atelier_runtime::config::{ConfigError, var_or};
-use atelier_runtime::mesh::MeshConfig;
+use atelier_runtime::config::var_or;
+use atelier_runtime::mesh::{MeshConfig, ServiceInstances};
 
 use crate::providers::{ProvidersConfig, RetryPolicy};
 
@@ -12,8 +12,10 @@ pub struct Config {
     /// The service credential, NATS (where the jobs wait) and the conversation service's
     /// instances.
     pub mesh: MeshConfig,
-    pub intent_url: String,
-    pub enhancement_url: String,
+    /// The intent and enhancement services' instances, balanced like the conversation
+    /// service's.
+    pub intent: ServiceInstances,
+    pub enhancement: ServiceInstances,
     pub providers: ProvidersConfig,
     pub provider_retries: RetryPolicy,
     /// Where images go: `ATELIER_S3_BUCKET` for S3, else `ATELIER_STORAGE_DIR`.
@@ -38,8 +40,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             mesh: MeshConfig::default(),
-            intent_url: "http://127.0.0.1:50053".to_owned(),
-            enhancement_url: "http://127.0.0.1:50054".to_owned(),
+            intent: ServiceInstances::at("http://127.0.0.1:50053"),
+            enhancement: ServiceInstances::at("http://127.0.0.1:50054"),
             providers: ProvidersConfig::default(),
             provider_retries: RetryPolicy::default(),
             storage: atelier_images::Storage::default(),
@@ -66,8 +68,11 @@ impl Config {
         let environment = atelier_runtime::config::Environment::from_env()?;
         Ok(Self {
             mesh: MeshConfig::from_env(environment)?,
-            intent_url: service_url("ATELIER_INTENT_URL", defaults.intent_url)?,
-            enhancement_url: service_url("ATELIER_ENHANCEMENT_URL", defaults.enhancement_url)?,
+            intent: ServiceInstances::from_var("ATELIER_INTENT_URL", "http://127.0.0.1:50053")?,
+            enhancement: ServiceInstances::from_var(
+                "ATELIER_ENHANCEMENT_URL",
+                "http://127.0.0.1:50054",
+            )?,
             metrics_addr: environment.metrics_addr()?,
             providers: ProvidersConfig::from_env()?,
             provider_retries: RetryPolicy {
@@ -90,12 +95,4 @@ impl Config {
             drain_timeout: defaults.drain_timeout,
         })
     }
-}
-
-/// An `http(s)://host:port` URL from `name`, checked before the worker binds.
-fn service_url(name: &str, default: String) -> Result<String, ConfigError> {
-    let url: String = var_or(name, default)?;
-    atelier_runtime::mesh::ConversationUpstream::parse(&url)
-        .map_err(|reason| ConfigError::new(name, &url, reason))?;
-    Ok(url)
 }

@@ -17,18 +17,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use atelier_events::jobs::{self, JobConsumerConfig, JobMetrics};
 use atelier_events::{Publisher, Subjects};
-use atelier_proto::CONVERSATION_SERVICE_NAME;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::enhancement::v1::enhancement_service_client::EnhancementServiceClient;
 use atelier_proto::intent::v1::intent_service_client::IntentServiceClient;
+use atelier_proto::{CONVERSATION_SERVICE_NAME, ENHANCEMENT_SERVICE_NAME, INTENT_SERVICE_NAME};
 use atelier_runtime::internal_call::OutgoingCall;
+use atelier_runtime::mesh::ServiceInstances;
 use atelier_runtime::metrics::RpcMetrics;
 use atelier_runtime::upstream::{ChannelSettings, Upstream};
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
 
 pub use crate::config::Config;
 use crate::worker::{Providers, Worker};
@@ -83,15 +82,11 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let nats = atelier_events::connect(&config.mesh.nats, "atelier-generation").await?;
     // Balanced over every conversation instance that answers; while none does, the worker
     // takes no jobs (it could neither record nor finish them).
-    let conversation = Upstream::new(
-        &config.mesh.conversation.urls,
-        CONVERSATION_SERVICE_NAME,
-        ChannelSettings {
-            request_timeout: Some(CALL_TIMEOUT),
-            ..ChannelSettings::default()
-        },
-    )
-    .await?;
+    let conversation = balanced(&config.mesh.conversation, CONVERSATION_SERVICE_NAME).await?;
+    // Intent and enhancement too: a dead instance of either leaves the rotation, and the
+    // worker falls back (heuristics, the plain prompt) only when none answers.
+    let intent = balanced(&config.intent, INTENT_SERVICE_NAME).await?;
+    let enhancement = balanced(&config.enhancement, ENHANCEMENT_SERVICE_NAME).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let consumer_config = JobConsumerConfig {
         durable_name: "generation".to_owned(),
@@ -109,11 +104,8 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
             conversation.channel(),
             token.clone(),
         ),
-        intent: IntentServiceClient::with_interceptor(lazy(&config.intent_url)?, token.clone()),
-        enhancement: EnhancementServiceClient::with_interceptor(
-            lazy(&config.enhancement_url)?,
-            token,
-        ),
+        intent: IntentServiceClient::with_interceptor(intent.channel(), token.clone()),
+        enhancement: EnhancementServiceClient::with_interceptor(enhancement.channel(), token),
         providers: Providers::from_config(&config.providers)?,
         store,
         publisher: Publisher::new(js.clone()),
@@ -172,18 +164,17 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
 /// A hung call must not hold a job (and its keep-alives) forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn lazy(url: &str) -> anyhow::Result<Channel> {
-    let origin: tonic::codegen::http::Uri = url
-        .parse()
-        .with_context(|| format!("bad service URL {url:?}"))?;
-    let endpoint = Endpoint::from(origin.clone())
-        .tcp_nodelay(true)
-        .connect_timeout(ChannelSettings::default().connect_timeout)
-        .timeout(CALL_TIMEOUT);
-    // TLS for an https:// URL (atelier_runtime::tls).
-    Ok(atelier_runtime::tls::current()
-        .client(endpoint, &origin)?
-        .connect_lazy())
+/// A balanced channel to the instances of `service`, with the worker's call timeout.
+async fn balanced(instances: &ServiceInstances, service: &'static str) -> anyhow::Result<Upstream> {
+    Upstream::new(
+        &instances.urls,
+        service,
+        ChannelSettings {
+            request_timeout: Some(CALL_TIMEOUT),
+            ..ChannelSettings::default()
+        },
+    )
+    .await
 }
 
 async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {

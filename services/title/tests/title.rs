@@ -17,7 +17,7 @@ use atelier_llm::LlmConfig;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
-use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
+use atelier_runtime::mesh::{MeshConfig, NatsConfig, ServiceInstances};
 use atelier_testkit::{RunningServer, TcpProxy, TestDatabase, TestNats, spawn_server};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -122,7 +122,7 @@ impl Mesh {
                         .map_or_else(|| nats.url.clone(), |proxy| proxy.url("nats")),
                     &nats.prefix,
                 ),
-                conversation: ConversationUpstream::at(
+                conversation: ServiceInstances::at(
                     &conversation_proxy
                         .as_ref()
                         .map_or_else(|| conversation.url(), |proxy| proxy.url("http")),

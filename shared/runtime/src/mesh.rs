@@ -34,7 +34,7 @@ pub struct MeshConfig {
     /// The credential internal calls carry and internal ports demand.
     pub service_token: ServiceToken,
     pub nats: NatsConfig,
-    pub conversation: ConversationUpstream,
+    pub conversation: ServiceInstances,
 }
 
 impl MeshConfig {
@@ -42,7 +42,7 @@ impl MeshConfig {
         Ok(Self {
             service_token: ServiceToken::from_env(environment)?,
             nats: NatsConfig::from_env()?,
-            conversation: ConversationUpstream::from_env()?,
+            conversation: ServiceInstances::from_env()?,
         })
     }
 
@@ -52,7 +52,7 @@ impl MeshConfig {
         Self {
             service_token: ServiceToken::new(DEVELOPMENT_SERVICE_TOKEN),
             nats: NatsConfig::local(nats_url, subject_prefix),
-            conversation: ConversationUpstream::local(),
+            conversation: ServiceInstances::local(),
         }
     }
 }
@@ -216,18 +216,24 @@ pub fn check_subject_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
-/// Where the conversation service's instances are: a comma-separated list of URLs, each
-/// an instance or a DNS name that resolves to several (a Kubernetes headless Service).
-/// Callers balance over all of them ([`crate::upstream`]).
+/// Where one service's instances are: a comma-separated list of URLs, each an instance
+/// or a DNS name that resolves to several (a Kubernetes headless Service). Callers
+/// balance over all of them ([`crate::upstream`]).
 #[derive(Clone, Debug)]
-pub struct ConversationUpstream {
+pub struct ServiceInstances {
     pub urls: Vec<String>,
 }
 
-impl ConversationUpstream {
+impl ServiceInstances {
+    /// The conversation service's instances, `ATELIER_CONVERSATION_URL`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let raw: String = var_or(CONVERSATION_URL, DEFAULT_CONVERSATION_URL.to_owned())?;
-        Self::parse(&raw).map_err(|reason| ConfigError::new(CONVERSATION_URL, &raw, reason))
+        Self::from_var(CONVERSATION_URL, DEFAULT_CONVERSATION_URL)
+    }
+
+    /// The instances listed in variable `name`, or at `default`.
+    pub fn from_var(name: &str, default: &str) -> Result<Self, ConfigError> {
+        let raw: String = var_or(name, default.to_owned())?;
+        Self::parse(&raw).map_err(|reason| ConfigError::new(name, &raw, reason))
     }
 
     pub fn local() -> Self {
@@ -306,9 +312,8 @@ mod tests {
 
     #[test]
     fn conversation_urls_are_a_list_of_instances() {
-        let upstream =
-            ConversationUpstream::parse("http://a:50052, http://conversation.ns.svc:50052")
-                .expect("two");
+        let upstream = ServiceInstances::parse("http://a:50052, http://conversation.ns.svc:50052")
+            .expect("two");
         assert_eq!(upstream.urls.len(), 2);
         for bad in [
             "",
@@ -317,7 +322,7 @@ mod tests {
             "http://a",
             "http://a:50052,http:// b",
         ] {
-            assert!(ConversationUpstream::parse(bad).is_err(), "{bad:?}");
+            assert!(ServiceInstances::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

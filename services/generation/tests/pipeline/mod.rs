@@ -18,7 +18,7 @@ use atelier_llm::LlmConfig;
 use atelier_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use atelier_proto::v1 as proto;
 use atelier_runtime::internal_call::{SERVICE_TOKEN_HEADER, ServiceToken, on_behalf_of};
-use atelier_runtime::mesh::{ConversationUpstream, MeshConfig, NatsConfig};
+use atelier_runtime::mesh::{MeshConfig, NatsConfig, ServiceInstances};
 use atelier_testkit::{RunningServer, TestDatabase, TestNats, spawn_server};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -204,10 +204,10 @@ impl Pipeline {
             mesh: MeshConfig {
                 service_token: ServiceToken::new(SERVICE_TOKEN),
                 nats: NatsConfig::local(&self.nats.url, &self.nats.prefix),
-                conversation: ConversationUpstream::at(&self.conversation.url()),
+                conversation: ServiceInstances::at(&self.conversation.url()),
             },
-            intent_url: self.intent.url(),
-            enhancement_url: self.enhancement.url(),
+            intent: ServiceInstances::at(&self.intent.url()),
+            enhancement: ServiceInstances::at(&self.enhancement.url()),
             providers: ProvidersConfig {
                 automatic1111_url: self.options.automatic1111_url.clone(),
                 openai_base_url: self.options.openai_url.clone(),
