@@ -57,9 +57,15 @@ pub async fn run(
     .await?;
     // Both run inside this future (not spawned): dropping it, as a crash would, ends them
     // and their jobs at once, unacknowledged.
-    let frame =
-        atelier_runtime::grpc::serve_frame(listener, &rpc_metrics, until_stopped(stopped.clone()));
-    let jobs = take_jobs(prepared, until_stopped(stopped));
+    // SERVING once the job consumer is set up, and while NATS stays connected.
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let frame = atelier_runtime::grpc::serve_frame(
+        listener,
+        &rpc_metrics,
+        ready,
+        until_stopped(stopped.clone()),
+    );
+    let jobs = take_jobs(prepared, ready_tx, until_stopped(stopped));
     let signal = async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -123,7 +129,11 @@ async fn prepare(config: Config) -> anyhow::Result<Prepared> {
 }
 
 /// Sets up the consumer (retrying while NATS is unreachable) and runs the job loop.
-async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+async fn take_jobs(
+    prepared: Prepared,
+    ready: tokio::sync::watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let Prepared {
         worker,
         js,
@@ -151,6 +161,8 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
         backoff = (backoff * 2).min(Duration::from_secs(5));
     };
     tracing::info!("taking generation jobs");
+    let readiness = tokio::spawn(jobs::ready_while_connected(worker.nats.clone(), ready));
+    let _stop_readiness = AbortOnDrop(readiness);
     jobs::run(
         consumer,
         consumer_config,
@@ -159,6 +171,15 @@ async fn take_jobs(prepared: Prepared, shutdown: impl Future<Output = ()>) -> an
         move |job| worker::handle(Arc::clone(&worker), job),
     )
     .await
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A hung call must not hold a job (and its keep-alives) forever.

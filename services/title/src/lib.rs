@@ -107,8 +107,10 @@ pub async fn run(
     // One trigger for both halves. If the server fails, its future (and the sender with
     // it) is dropped, which stops the jobs as well.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let consuming = tokio::spawn(worker::consume(worker, source, stopped));
-    let served = atelier_runtime::grpc::serve_frame(listener, &rpc_metrics, async move {
+    // SERVING once the job consumer is set up, and while NATS stays connected.
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let consuming = tokio::spawn(worker::consume(worker, source, ready_tx, stopped));
+    let served = atelier_runtime::grpc::serve_frame(listener, &rpc_metrics, ready, async move {
         shutdown.await;
         let _ = stop.send(true);
     })

@@ -68,7 +68,12 @@ pub struct Source {
 /// NATS may be down, slow, or missing the streams when this starts: setting up the
 /// consumer is retried with backoff, and so is the whole loop if the job stream ever ends
 /// before shutdown, so the process never has to be restarted to recover.
-pub async fn consume(worker: Arc<Worker>, source: Source, stopped: watch::Receiver<bool>) {
+pub async fn consume(
+    worker: Arc<Worker>,
+    source: Source,
+    ready: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+) {
     let mut js = None;
     let mut backoff = SETUP_BACKOFF_MIN;
     loop {
@@ -82,6 +87,9 @@ pub async fn consume(worker: Arc<Worker>, source: Source, stopped: watch::Receiv
                 backoff = SETUP_BACKOFF_MIN;
                 let worker = Arc::clone(&worker);
                 let handle = move |job: Job| Arc::clone(&worker).handle(job);
+                let readiness = js.as_ref().map(|js| {
+                    tokio::spawn(jobs::ready_while_connected(js.client(), ready.clone()))
+                });
                 let outcome = jobs::run(
                     consumer,
                     source.jobs.clone(),
@@ -90,6 +98,10 @@ pub async fn consume(worker: Arc<Worker>, source: Source, stopped: watch::Receiv
                     handle,
                 )
                 .await;
+                if let Some(readiness) = readiness {
+                    readiness.abort();
+                }
+                ready.send_replace(false);
                 if is_stopping(&stopped) {
                     return;
                 }

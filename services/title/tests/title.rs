@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tonic_health::pb::health_check_response::ServingStatus;
+
 use async_nats::jetstream::consumer::{self, pull};
 use atelier_conversation::catalog::Catalog;
 use atelier_events::Subjects;
@@ -39,7 +41,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// a service token.
 struct Mesh {
     // Fields drop in order: the servers stop before their streams and database go away.
-    _servers: [RunningServer; 2],
+    /// The conversation service, then the title worker.
+    servers: [RunningServer; 2],
     conversation: Client,
     /// The link the test cuts, if any: it starts down.
     outage: Option<TcpProxy>,
@@ -77,6 +80,21 @@ impl tonic::service::Interceptor for AsUser {
 type Client = ConversationServiceClient<InterceptedService<Channel, AsUser>>;
 
 impl Mesh {
+    /// The title worker's grpc.health.v1 status.
+    async fn worker_health(&self) -> ServingStatus {
+        let channel = tonic::transport::Endpoint::from_shared(self.servers[1].url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("the worker's port");
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status()
+    }
+
     async fn start(llm: LlmConfig) -> Self {
         Self::start_with(llm, Outage::None).await
     }
@@ -144,7 +162,7 @@ impl Mesh {
             nats,
             outage: nats_proxy.or(conversation_proxy),
             conversation: ConversationServiceClient::with_interceptor(channel, AsUser(USER)),
-            _servers: [conversation, title],
+            servers: [conversation, title],
             _db: db,
         }
     }
@@ -396,6 +414,8 @@ async fn title_jobs_wait_for_nats_to_come_back() {
     // while the worker cannot reach NATS.
     let mesh = Mesh::start_with(LlmConfig::new(llm.uri()), Outage::Nats).await;
     let created = mesh.first_message().await;
+    // Without NATS the worker cannot consume: its health says so.
+    assert_eq!(mesh.worker_health().await, ServingStatus::NotServing);
     assert_eq!(
         mesh.conversation(&created.id).await.title,
         atelier_conversation::automatic_title(PROMPT)
@@ -405,6 +425,11 @@ async fn title_jobs_wait_for_nats_to_come_back() {
 
     eventually("the LLM title once NATS is back", || async {
         (mesh.conversation(&created.id).await.title == LLM_TITLE).then_some(())
+    })
+    .await;
+    // Consuming again: SERVING.
+    eventually("the worker to report SERVING", || async {
+        (mesh.worker_health().await == ServingStatus::Serving).then_some(())
     })
     .await;
 }

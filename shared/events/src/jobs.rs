@@ -239,6 +239,20 @@ impl Drop for KeepAlive {
     }
 }
 
+/// Keeps `ready` equal to whether `client` is connected, checked every second, until the
+/// task is aborted: a job consumer's readiness once its consumer is set up (see
+/// `atelier_runtime::grpc::serve_frame`).
+pub async fn ready_while_connected(
+    client: async_nats::Client,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    loop {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        ready.send_if_modified(|ready| std::mem::replace(ready, connected) != connected);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Runs `handle` on every job of `consumer`, at most `config.concurrency` at once, until
 /// `shutdown` resolves; then stops taking jobs and waits up to `drain_timeout` for the
 /// running ones. A job still running after that is dropped unacknowledged: JetStream

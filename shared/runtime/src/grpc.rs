@@ -243,9 +243,13 @@ impl Extractor for HeaderExtractor<'_> {
 /// Serves only health and reflection until `shutdown`: the frame of a service whose own
 /// RPCs are not yet part of the mesh, so orchestration, probes and the local scripts
 /// already treat it like every other service.
+///
+/// The health is SERVING only while `ready` is true: for a job consumer, while its
+/// consumer is set up and NATS connected.
 pub async fn serve_frame(
     listener: tokio::net::TcpListener,
     rpc_metrics: &crate::metrics::RpcMetrics,
+    ready: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, reflection_and_health) =
@@ -262,7 +266,10 @@ pub async fn serve_frame(
         .layer(crate::load::ShedLoadLayer::default())
         .layer(trace_layer())
         .add_routes(reflection_and_health)
-        .serve_with_incoming_shutdown(incoming(listener), serve_until(health, vec![], shutdown))
+        .serve_with_incoming_shutdown(
+            incoming(listener),
+            serve_while_ready(health, vec![], ready, shutdown),
+        )
         .await?;
     Ok(())
 }
