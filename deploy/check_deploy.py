@@ -206,7 +206,16 @@ def check_kubernetes(ports, rendered):
             port(env.get("ATELIER_METRICS_ADDR", ":0")) == metrics,
             f"{where}: {app} does not serve metrics on {metrics}",
         )
+        # Readiness is grpc.health.v1 everywhere. The job consumers' health is NOT_SERVING
+        # while they cannot consume (NATS away), so their startup and liveness probes only
+        # check that the port accepts: a restart would not bring NATS back.
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if name in JOB_DRAIN_SECS and probe != "readinessProbe":
+                check(
+                    container.get(probe, {}).get("tcpSocket", {}).get("port") == grpc,
+                    f"{where}: {app}'s {probe} is not a TCP check of {grpc}",
+                )
+                continue
             check(
                 container.get(probe, {}).get("grpc", {}).get("port") == grpc,
                 f"{where}: {app}'s {probe} is not grpc.health.v1 on {grpc}",
