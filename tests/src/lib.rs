@@ -453,3 +453,25 @@ pub async fn new_conversation(
     .conversation
     .ok_or_else(|| anyhow::anyhow!("CreateConversation answered without a conversation"))
 }
+
+/// Sends `prompt` into the conversation as `bearer`'s user, with default settings, and
+/// returns the message SendMessage answered with.
+pub async fn send_prompt(
+    chat: &mut atelier_proto::v1::chat_service_client::ChatServiceClient<Channel>,
+    bearer: &str,
+    conversation_id: &str,
+    prompt: &str,
+) -> anyhow::Result<atelier_proto::v1::Message> {
+    chat.send_message(authorized(
+        atelier_proto::v1::SendMessageRequest {
+            conversation_id: conversation_id.to_owned(),
+            prompt: prompt.to_owned(),
+            ..Default::default()
+        },
+        bearer,
+    )?)
+    .await?
+    .into_inner()
+    .message
+    .ok_or_else(|| anyhow::anyhow!("SendMessage answered without a message"))
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
-use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, new_conversation};
+use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, new_conversation, send_prompt};
 
 /// The value of the sample named exactly `series` (name and labels) in `page`.
 fn value(page: &str, series: &str) -> Option<f64> {
@@ -78,23 +78,9 @@ async fn every_service_serves_its_series_after_a_completed_message() {
     // A first picture, then an edit of it: the edit is what asks for the intent.
     let mut cost = 0;
     for prompt in ["a red fox in the snow", "make it night-time"] {
-        let message = chat
-            .send_message(
-                authorized(
-                    proto::SendMessageRequest {
-                        conversation_id: conversation.id.clone(),
-                        prompt: prompt.into(),
-                        ..Default::default()
-                    },
-                    &bearer,
-                )
-                .expect("request"),
-            )
+        let message = send_prompt(&mut chat, &bearer, &conversation.id, prompt)
             .await
-            .expect("send")
-            .into_inner()
-            .message
-            .expect("message");
+            .expect("send");
         cost += message.cost;
         loop {
             let event = watcher

@@ -14,7 +14,7 @@ use std::time::Duration;
 use atelier_proto::v1 as proto;
 use atelier_proto::v1::chat_service_client::ChatServiceClient;
 use atelier_testkit::SpanCollector;
-use atelier_tests::{Mesh, MeshOptions, Watcher, authorized, new_conversation};
+use atelier_tests::{Mesh, MeshOptions, Watcher, new_conversation, send_prompt};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 
@@ -200,23 +200,9 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
             before_the_second = watcher.cursor;
         }
         // No traceparent: the edge starts the trace.
-        let message = chat
-            .send_message(
-                authorized(
-                    proto::SendMessageRequest {
-                        conversation_id: conversation.id.clone(),
-                        prompt: prompt.into(),
-                        ..Default::default()
-                    },
-                    &bearer,
-                )
-                .expect("request"),
-            )
+        let message = send_prompt(&mut chat, &bearer, &conversation.id, prompt)
             .await
-            .expect("send")
-            .into_inner()
-            .message
-            .expect("message");
+            .expect("send");
         loop {
             let event = watcher
                 .next(Duration::from_secs(30))

@@ -161,8 +161,7 @@ async fn take_jobs(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     };
     tracing::info!("taking generation jobs");
-    let readiness = tokio::spawn(jobs::ready_while_connected(worker.nats.clone(), ready));
-    let _stop_readiness = AbortOnDrop(readiness);
+    let _ready = jobs::ready_while_connected(worker.nats.clone(), ready);
     jobs::run(
         consumer,
         consumer_config,
@@ -171,15 +170,6 @@ async fn take_jobs(
         move |job| worker::handle(Arc::clone(&worker), job),
     )
     .await
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A hung call must not hold a job (and its keep-alives) forever.

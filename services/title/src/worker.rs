@@ -87,9 +87,9 @@ pub async fn consume(
                 backoff = SETUP_BACKOFF_MIN;
                 let worker = Arc::clone(&worker);
                 let handle = move |job: Job| Arc::clone(&worker).handle(job);
-                let readiness = js.as_ref().map(|js| {
-                    tokio::spawn(jobs::ready_while_connected(js.client(), ready.clone()))
-                });
+                let readiness = js
+                    .as_ref()
+                    .map(|js| jobs::ready_while_connected(js.client(), ready.clone()));
                 let outcome = jobs::run(
                     consumer,
                     source.jobs.clone(),
@@ -98,10 +98,7 @@ pub async fn consume(
                     handle,
                 )
                 .await;
-                if let Some(readiness) = readiness {
-                    readiness.abort();
-                }
-                ready.send_replace(false);
+                drop(readiness);
                 if is_stopping(&stopped) {
                     return;
                 }

@@ -239,17 +239,40 @@ impl Drop for KeepAlive {
     }
 }
 
-/// Keeps `ready` equal to whether `client` is connected, checked every second, until the
-/// task is aborted: a job consumer's readiness once its consumer is set up (see
-/// `atelier_runtime::grpc::serve_frame`).
-pub async fn ready_while_connected(
+/// A job consumer's readiness once its consumer is set up (see
+/// `atelier_runtime::grpc::serve_frame`): keeps `ready` equal to whether `client` is
+/// connected, checked every second, for as long as the returned guard lives, and sets it
+/// false when the guard is dropped.
+pub fn ready_while_connected(
     client: async_nats::Client,
     ready: tokio::sync::watch::Sender<bool>,
-) {
-    loop {
-        let connected = client.connection_state() == async_nats::connection::State::Connected;
-        ready.send_if_modified(|ready| std::mem::replace(ready, connected) != connected);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+) -> ReadyWhileConnected {
+    let reporter = {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            loop {
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                ready.send_if_modified(|ready| std::mem::replace(ready, connected) != connected);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    ReadyWhileConnected {
+        _reporter: AbortOnDrop(reporter),
+        ready,
+    }
+}
+
+/// See [`ready_while_connected`].
+pub struct ReadyWhileConnected {
+    _reporter: AbortOnDrop,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for ReadyWhileConnected {
+    fn drop(&mut self) {
+        self.ready.send_replace(false);
     }
 }
 
