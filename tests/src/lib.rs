@@ -11,7 +11,9 @@ use atelier_edge::auth::{JwtVerifier, mint_hs256};
 use atelier_edge::rate_limit::RateLimit;
 use atelier_runtime::internal_call::ServiceToken;
 use atelier_runtime::mesh::{MeshConfig, NatsConfig, ServiceInstances};
-use atelier_testkit::{RunningServer, TcpProxy, TestDatabase, TestNats, spawn_server};
+use atelier_testkit::{
+    KillableServer, RunningServer, TestDatabase, TestNats, spawn_killable_server, spawn_server,
+};
 use tonic::transport::{Channel, Endpoint};
 
 /// Knobs a mesh test or benchmark turns; everything else is the deployment default.
@@ -31,8 +33,8 @@ pub struct MeshOptions {
     /// The built web client the edge serves on its HTTP port.
     pub web_dir: Option<PathBuf>,
     /// Conversation service instances on the one database; every caller balances over
-    /// all of them. Each beyond the first is reached through a [`TcpProxy`] a test can
-    /// cut ([`Mesh::cut_off`]).
+    /// all of them. Each beyond the first runs on a runtime of its own, so that a test
+    /// can kill it ([`Mesh::more_conversations`]).
     pub conversation_instances: usize,
     /// Instances of each other service (edge, intent, enhancement, title, generation);
     /// the extra ones are in [`Mesh::replicas`] and [`Mesh::more_edges`], without metrics.
@@ -68,9 +70,8 @@ pub struct Mesh {
     /// The edge's HTTP port: images, the web client, `/config.json`.
     pub edge_http: std::net::SocketAddr,
     pub conversation: RunningServer,
-    /// The instances beyond the first ([`MeshOptions::conversation_instances`]), each
-    /// with the proxy its callers reach it through.
-    pub cut_off: Vec<(RunningServer, TcpProxy)>,
+    /// The instances beyond the first ([`MeshOptions::conversation_instances`]).
+    pub more_conversations: Vec<KillableServer>,
     pub workers: Vec<RunningServer>,
     /// Edges beyond the first ([`MeshOptions::replicas`]): a test spreads its clients
     /// over them.
@@ -138,18 +139,15 @@ impl Mesh {
             reaper_stale_after: Duration::from_secs(1800),
             metrics_addr: metrics_of("conversation"),
         };
-        let mut cut_off = Vec::new();
+        let mut more_conversations = Vec::new();
         for _ in 1..options.conversation_instances {
             let config = atelier_conversation::Config {
                 metrics_addr: None,
                 ..conversation_config.clone()
             };
-            let instance = spawn_server(|listener, shutdown| {
+            more_conversations.push(spawn_killable_server(|listener, shutdown| {
                 atelier_conversation::run(config, listener, shutdown)
-            })
-            .await?;
-            let proxy = TcpProxy::start(instance.addr, true).await?;
-            cut_off.push((instance, proxy));
+            })?);
         }
         let conversation = spawn_server(|listener, shutdown| {
             atelier_conversation::run(conversation_config, listener, shutdown)
@@ -157,7 +155,7 @@ impl Mesh {
         .await?;
         let conversation_upstream = ServiceInstances {
             urls: std::iter::once(conversation.url())
-                .chain(cut_off.iter().map(|(_, proxy)| proxy.url("http")))
+                .chain(more_conversations.iter().map(KillableServer::url))
                 .collect(),
         };
         let images = ImagesDir(
@@ -321,7 +319,7 @@ impl Mesh {
             edge,
             edge_http,
             conversation,
-            cut_off,
+            more_conversations,
             workers,
             more_edges,
             replicas,

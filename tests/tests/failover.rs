@@ -1,8 +1,10 @@
 //! Two instances of every service, the senders spread over both edges, and one of the two
-//! conversation instances cut off from every caller midway (its connections reset, new
-//! ones refused, as a crashed or partitioned instance looks from outside). Every send must be answered OK or UNAVAILABLE, never INTERNAL; a send retried
-//! with its idempotency key after an UNAVAILABLE replays the message the first attempt
-//! committed, if it did; every message completes, each charged exactly once; and each
+//! conversation instances killed midway: its runtime dropped with every task on it (its
+//! connections, transactions, relay and sweeper end at once, as when its process dies;
+//! new connections are refused). Every send must be answered OK or UNAVAILABLE, never
+//! INTERNAL; a send retried with its idempotency key after an UNAVAILABLE replays the
+//! message the first attempt committed, if it did; every message completes, each charged
+//! exactly once (the survivor publishes the outbox rows the dead relay left); and each
 //! message's events arrive in causal order.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,10 +58,10 @@ async fn send_until_ok(
 }
 
 #[tokio::test]
-async fn a_conversation_instance_cut_off_under_load_loses_and_double_charges_nothing() {
+async fn a_conversation_instance_killed_under_load_loses_and_double_charges_nothing() {
     atelier_testkit::init_logging();
     let starting_credits = 1_000;
-    let mesh = Mesh::start(MeshOptions {
+    let mut mesh = Mesh::start(MeshOptions {
         conversation_instances: 2,
         replicas: 2,
         starting_credits,
@@ -114,10 +116,9 @@ async fn a_conversation_instance_cut_off_under_load_loses_and_double_charges_not
             sent
         });
     }
-    // Cut the second instance while the sends are under way.
+    // Kill the second instance while the sends are under way.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_instance, proxy) = &mesh.cut_off[0];
-    proxy.set_up(false);
+    mesh.more_conversations[0].kill();
 
     let mut messages = BTreeMap::new();
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();

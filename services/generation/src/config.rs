@@ -66,6 +66,9 @@ impl Config {
             Ok(Duration::from_millis(var_or(name, default)?))
         };
         let environment = atelier_runtime::config::Environment::from_env()?;
+        let storage = atelier_images::Storage::from_env()?;
+        // A worker that cannot store what it renders must not start (and report healthy).
+        storage.check_writable()?;
         Ok(Self {
             mesh: MeshConfig::from_env(environment)?,
             intent: ServiceInstances::from_var("ATELIER_INTENT_URL", "http://127.0.0.1:50053")?,
@@ -83,7 +86,7 @@ impl Config {
                 )?),
                 ..RetryPolicy::default()
             },
-            storage: atelier_images::Storage::from_env()?,
+            storage,
             concurrency: var_or("ATELIER_GENERATION_CONCURRENCY", defaults.concurrency)?,
             max_deliver: var_or("ATELIER_GENERATION_MAX_DELIVER", defaults.max_deliver)?,
             ack_wait: millis("ATELIER_GENERATION_ACK_WAIT_MS", defaults.ack_wait)?,

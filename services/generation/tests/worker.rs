@@ -935,3 +935,28 @@ fn refuses_to_start_unsafely() {
     assert_development_is_loopback_only(binary, "ATELIER_LISTEN_ADDR", &[]);
     assert_development_warns(binary, "ATELIER_SERVICE_TOKEN", &[]);
 }
+
+/// A storage directory the worker cannot write stops it before it listens, naming the
+/// variable: it must not report healthy and then fail every image.
+#[test]
+fn refuses_to_start_without_a_writable_storage_directory() {
+    let binary = env!("CARGO_BIN_EXE_atelier-generation");
+    let dir = std::env::temp_dir().join(format!("atelier-storage-check-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // A directory under a regular file cannot be made, even by root.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").expect("a file");
+    atelier_testkit::startup::assert_refused(
+        binary,
+        &[
+            ("ATELIER_SERVICE_TOKEN", atelier_testkit::random_secret()),
+            (
+                "ATELIER_STORAGE_DIR",
+                file.join("images").display().to_string(),
+            ),
+        ],
+        "ATELIER_STORAGE_DIR",
+        "a storage directory under a file",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -65,6 +65,25 @@ impl Storage {
         })
     }
 
+    /// For a process that writes images, before it binds: the local directory exists (or
+    /// is created) and takes a file, checked by writing and removing one. S3 is not
+    /// contacted (a wrong credential shows on the first put).
+    pub fn check_writable(&self) -> anyhow::Result<()> {
+        let Self::Local(dir) = self else {
+            return Ok(());
+        };
+        let unusable = |err: std::io::Error| {
+            anyhow::anyhow!(
+                "ATELIER_STORAGE_DIR: cannot write images to {}: {err}",
+                dir.display()
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(unusable)?;
+        let probe = dir.join(format!(".write-check-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(unusable)?;
+        std::fs::remove_file(&probe).map_err(unusable)
+    }
+
     /// Opens the store: creates the local directory, or configures the S3 client.
     pub fn open(&self) -> anyhow::Result<ImageStore> {
         match self {
@@ -291,6 +310,29 @@ mod tests {
             }
         }
         files
+    }
+
+    #[test]
+    fn a_writable_directory_passes_the_check_and_keeps_nothing_of_it() {
+        let dir = TempDir::new();
+        let images = dir.0.join("nested/images");
+        Storage::Local(images.clone())
+            .check_writable()
+            .expect("a directory that can be created is writable");
+        assert!(files_under(&images).is_empty());
+    }
+
+    #[test]
+    fn a_directory_that_cannot_exist_fails_the_check_naming_the_variable() {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        // Under a regular file: refused even to root, unlike a read-only directory.
+        let file = dir.0.join("a-file");
+        std::fs::write(&file, b"").expect("a file");
+        let err = Storage::Local(file.join("images"))
+            .check_writable()
+            .expect_err("no directory can be made under a file");
+        assert!(err.to_string().contains("ATELIER_STORAGE_DIR"), "{err}");
     }
 
     #[tokio::test]

@@ -5,7 +5,8 @@
 //! - [`TestNats`]: a subject prefix of its own on the real NATS, its streams deleted at
 //!   the end.
 //! - [`TcpProxy`]: a connection a test can cut, to play a broker or service outage.
-//! - [`spawn_server`]: runs any service's `run(config, listener, shutdown)` on 127.0.0.1:0.
+//! - [`spawn_server`]: runs any service's `run(config, listener, shutdown)` on 127.0.0.1:0;
+//!   [`spawn_killable_server`] on a runtime of its own, for a test that kills it.
 //! - [`StatementCounter`]: counts the SQL statements sqlx sends, to prove query budgets.
 //! - [`rerun_with_env`]: config tests read the environment in a child process.
 //! - [`fakes`]: HTTP fakes of the image providers' public APIs.
@@ -28,7 +29,10 @@ pub use database::TestDatabase;
 pub use env::rerun_with_env;
 pub use nats::TestNats;
 pub use proxy::TcpProxy;
-pub use server::{RunningServer, free_local_addr, scrape_metrics, spawn_server};
+pub use server::{
+    KillableServer, RunningServer, free_local_addr, scrape_metrics, spawn_killable_server,
+    spawn_server,
+};
 pub use spans::SpanCollector;
 pub use statements::StatementCounter;
 

@@ -60,6 +60,69 @@ where
     })
 }
 
+/// A service running on a runtime of its own, so that a test can kill it: [`kill`]
+/// drops every task of that runtime at once (the accept loop, each connection tonic
+/// spawned, its database pool, its NATS client, its background loops), which closes
+/// all its sockets as the death of its process would. Killed when dropped.
+///
+/// [`kill`]: KillableServer::kill
+pub struct KillableServer {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableServer {
+    /// `http://127.0.0.1:port`, for tonic channels.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops the service mid-flight: no drain, no goodbye, the way SIGKILL ends a process.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Binds 127.0.0.1:0 and runs `run(listener, shutdown)` on a runtime of its own (two
+/// worker threads); the shutdown future never completes, since the server is only ever
+/// killed.
+pub fn spawn_killable_server<Run, Served>(run: Run) -> anyhow::Result<KillableServer>
+where
+    Run: FnOnce(TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> Served + Send + 'static,
+    Served: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("killable-server")
+        .enable_all()
+        .build()?;
+    runtime.spawn(async move {
+        let served = match TcpListener::from_std(listener) {
+            Ok(listener) => run(listener, Box::pin(std::future::pending())).await,
+            Err(err) => Err(err.into()),
+        };
+        // Nobody awaits a server that is only ever killed: say why it ended early.
+        if let Err(err) = served {
+            tracing::error!(%addr, "a killable server stopped: {err:#}");
+        }
+    });
+    Ok(KillableServer {
+        addr,
+        runtime: Some(runtime),
+    })
+}
+
 /// A free loopback address, for a port a service binds itself (such as its metrics port).
 /// The port is free when returned; another process could take it before the service does,
 /// which the tests accept.
