@@ -386,9 +386,9 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
         assert!(spans.descends_from(published, job));
     }
 
-    // Every event of the message the client received is in this trace, but the queue
-    // reporter's generation_queued: one report covers many messages, so it has a trace of
-    // its own (see ARCHITECTURE.md, Telemetry).
+    // Every event of the message the client received is in this trace, the queue
+    // reporter's generation_queued too (its run reports many messages, and publishes
+    // each in its own message's trace).
     let deliveries: Vec<&SpanData> = spans
         .0
         .iter()
@@ -397,13 +397,11 @@ async fn one_message_is_one_trace_across_grpc_and_nats() {
     let mut kinds: Vec<String> = Vec::new();
     for delivery in &deliveries {
         let event = Spans::attribute(delivery, "event").unwrap_or_default();
-        if event != "generation_queued" {
-            assert_eq!(
-                delivery.span_context.trace_id(),
-                trace,
-                "{event} is delivered in the message's trace"
-            );
-        }
+        assert_eq!(
+            delivery.span_context.trace_id(),
+            trace,
+            "{event} is delivered in the message's trace"
+        );
         kinds.push(event);
     }
     for expected in ["message_created", "generation_started", "intent_resolved"] {

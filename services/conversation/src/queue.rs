@@ -245,7 +245,13 @@ impl Reporter {
                 message_id: Some(message.id),
                 at,
             };
-            events.push(context.event(queued_payload(position, &generation_ids)));
+            let mut event = context.event(queued_payload(position, &generation_ids));
+            // A run reports many messages: each event joins its own message's trace (its
+            // outbox.publish span is a child of the SendMessage), not the run's.
+            if message.traceparent.is_some() {
+                event.traceparent.clone_from(&message.traceparent);
+            }
+            events.push(event);
             reported_ids.push(message.id);
             reported_positions.push(i32::try_from(position).unwrap_or(i32::MAX));
         }

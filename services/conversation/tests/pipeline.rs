@@ -687,7 +687,7 @@ async fn the_users_negative_prompt_stays_in_the_settings() {
 }
 
 #[tokio::test]
-async fn the_job_of_a_message_continues_the_senders_trace() {
+async fn the_job_and_the_queue_report_of_a_message_continue_the_senders_trace() {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -724,6 +724,34 @@ async fn the_job_of_a_message_continues_the_senders_trace() {
         .and_then(|headers| headers.get("traceparent"))
         .map(|value| value.as_str().to_owned())
         .expect("the job carries a trace context");
+    assert!(traceparent.contains(trace_id), "{traceparent}");
+
+    // The queue reporter runs outside any request, and reports many messages at once:
+    // the message's generation_queued still joins the sender's trace.
+    let events = read_stream(
+        &app,
+        &subjects.events_stream(),
+        subjects.user_events("alice"),
+        8,
+    )
+    .await;
+    let queued = events
+        .iter()
+        .find(|message| {
+            matches!(
+                proto::Event::decode(message.payload.clone())
+                    .expect("event")
+                    .payload,
+                Some(proto::event::Payload::GenerationQueued(_))
+            )
+        })
+        .expect("the message's generation_queued");
+    let traceparent = queued
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("traceparent"))
+        .map(|value| value.as_str().to_owned())
+        .expect("generation_queued carries a trace context");
     assert!(traceparent.contains(trace_id), "{traceparent}");
 }
 

@@ -106,9 +106,9 @@ pub async fn insert_new(
              ), message AS ( \
                  INSERT INTO messages (id, conversation_id, owner_id, content, model, width, \
                      height, image_count, style_preset, seed, negative_prompt, status, cost, \
-                     client_request_id, created_at, updated_at, unset_settings) \
+                     client_request_id, created_at, updated_at, unset_settings, traceparent) \
                  SELECT $5, $1, $2, $6, $7, $8, $9, $3, $10, $11, $12, 'queued', $4, $13, $14, $14, \
-                     $25 \
+                     $25, $24 \
                  FROM account \
                  RETURNING id \
              ), generation AS ( \

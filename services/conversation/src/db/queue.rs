@@ -115,6 +115,8 @@ pub struct LockedQueued {
     pub id: Uuid,
     pub owner_id: String,
     pub conversation_id: Uuid,
+    /// The trace context of the SendMessage that created it.
+    pub traceparent: Option<String>,
 }
 
 /// Locks the given messages that are still queued and were not reported since the caller
@@ -128,7 +130,7 @@ pub async fn lock_still_queued(
     seen_reported_at: &[Option<DateTime<Utc>>],
 ) -> sqlx::Result<Vec<LockedQueued>> {
     sqlx::query_as(
-        "SELECT m.id, m.owner_id, m.conversation_id \
+        "SELECT m.id, m.owner_id, m.conversation_id, m.traceparent \
          FROM messages m \
          JOIN unnest($1::uuid[], $2::timestamptz[]) AS seen(id, reported_at) ON m.id = seen.id \
          WHERE m.status = 'queued' AND m.queue_reported_at IS NOT DISTINCT FROM seen.reported_at \
