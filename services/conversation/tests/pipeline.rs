@@ -718,12 +718,7 @@ async fn the_job_and_the_queue_report_of_a_message_continue_the_senders_trace() 
 
     let subjects = subjects(&app);
     let job = read_stream(&app, &subjects.jobs_stream(), subjects.generate_jobs(), 1).await;
-    let traceparent = job[0]
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("traceparent"))
-        .map(|value| value.as_str().to_owned())
-        .expect("the job carries a trace context");
+    let traceparent = traceparent_of(&job[0]).expect("the job carries a trace context");
     assert!(traceparent.contains(trace_id), "{traceparent}");
 
     // The queue reporter runs outside any request, and reports many messages at once:
@@ -746,13 +741,17 @@ async fn the_job_and_the_queue_report_of_a_message_continue_the_senders_trace() 
             )
         })
         .expect("the message's generation_queued");
-    let traceparent = queued
+    let traceparent = traceparent_of(queued).expect("generation_queued carries a trace context");
+    assert!(traceparent.contains(trace_id), "{traceparent}");
+}
+
+/// The W3C trace context a stream message carries in its headers.
+fn traceparent_of(message: &async_nats::jetstream::Message) -> Option<String> {
+    message
         .headers
         .as_ref()
         .and_then(|headers| headers.get("traceparent"))
         .map(|value| value.as_str().to_owned())
-        .expect("generation_queued carries a trace context");
-    assert!(traceparent.contains(trace_id), "{traceparent}");
 }
 
 /// RecordIntent for `message_id` as the worker sends it for an edit of the previous image.
