@@ -1,9 +1,15 @@
 """Cross-checks of the deployment files that no schema can make (validate-deploy.sh runs
 this with the rendered Kubernetes manifests as arguments).
 
-The ports come from deploy/local/run.sh, the NATS version from ensure-deps.sh and the
-variables from the README's configuration table, so the deployment files cannot drift
-from the code's own wiring unnoticed.
+The ports come from deploy/local/run.sh, the NATS version from ensure-deps.sh, the
+variables from the README's configuration table and the health check's deadline from
+shared/runtime/src/process.rs, so the deployment files cannot drift from the code's own
+wiring unnoticed.
+
+A rendered manifest where any service has ATELIER_TLS_CERT_FILE is checked as a TLS one
+(overlays/tls): every service then needs its certificate, key and CA from its own
+mounted Secret, https:// upstream URLs and exec probes, since the kubelet's grpc probes
+cannot speak TLS.
 """
 
 import pathlib
@@ -17,6 +23,21 @@ SERVICES = ["edge", "conversation", "intent", "enhancement", "title", "generatio
 # How long each service's own drain may take after the drain grace (ARCHITECTURE.md,
 # "Shutdown and health"): the job loops' fixed drains.
 JOB_DRAIN_SECS = {"title": 10, "generation": 20}
+# The upstream URLs in atelier-config and the service each one names.
+UPSTREAM_URLS = {
+    "ATELIER_CONVERSATION_URL": "conversation",
+    "ATELIER_INTENT_URL": "intent",
+    "ATELIER_ENHANCEMENT_URL": "enhancement",
+}
+# With TLS on, each variable names this key of the service's Secret atelier-tls-<service>
+# (the shape cert-manager writes; the README's "Deploy" section documents it).
+TLS_FILES = {
+    "ATELIER_TLS_CERT_FILE": "tls.crt",
+    "ATELIER_TLS_KEY_FILE": "tls.key",
+    "ATELIER_TLS_CA_FILE": "ca.crt",
+}
+# Where the Dockerfile puts the binaries, which exec probes run.
+BIN_DIR = "/usr/local/bin"
 
 errors = []
 
@@ -44,6 +65,14 @@ def run_sh_ports():
         if check(listen and metrics, f"run.sh: no listen or metrics port found for {service}"):
             ports[service] = (int(listen.group(1)), int(metrics.group(1)))
     return ports
+
+
+def health_check_deadline():
+    """Seconds `--health-check` waits for an answer (process.rs, `health_check`)."""
+    text = (REPO / "shared/runtime/src/process.rs").read_text()
+    found = re.search(r"no answer within (\d+) s", text)
+    check(found, "process.rs: the health check's deadline (\"no answer within N s\") is not found")
+    return int(found.group(1)) if found else 3
 
 
 def pinned_nats():
@@ -77,6 +106,10 @@ def check_image():
             f"-p atelier-{name}" in dockerfile and f"target/release/atelier-{name}" in dockerfile,
             f"Dockerfile: atelier-{name} is not built and copied into the image",
         )
+    check(
+        f"COPY --from=build /out/ {BIN_DIR}/" in dockerfile,
+        f"Dockerfile: the binaries are not copied into {BIN_DIR}, where the exec probes run them",
+    )
     check("--locked" in dockerfile, "Dockerfile: the build does not use the workspace's Cargo.lock (--locked)")
     ignored = set((REPO / ".dockerignore").read_text().split())
     for path in (".git", "target", ".dev", ".data", "web/node_modules", "deploy/compose/.env"):
@@ -155,7 +188,36 @@ def check_prometheus(ports, compose_services):
             )
 
 
-def check_kubernetes(ports, rendered):
+def check_tls_files(where, name, container, pod):
+    """The three TLS variables name tls.crt, tls.key and ca.crt of the service's own
+    Secret, atelier-tls-<service>, mounted read-only into the container."""
+    app, secret = f"atelier-{name}", f"atelier-tls-{name}"
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
+    mounts = {
+        mount["mountPath"].rstrip("/"): (mount, volumes[mount["name"]]["secret"])
+        for mount in container.get("volumeMounts", [])
+        if volumes.get(mount["name"], {}).get("secret", {}).get("secretName") == secret
+    }
+    if not check(mounts, f"{where}: {app} does not mount its Secret {secret}"):
+        return
+    for mount, _ in mounts.values():
+        check(mount.get("readOnly"), f"{where}: {app} mounts {secret} writable")
+    for variable, key in TLS_FILES.items():
+        path = env.get(variable)
+        if not check(path, f"{where}: {app} has TLS on but no {variable}"):
+            continue
+        directory, _, file = path.rpartition("/")
+        if not check(directory in mounts, f"{where}: {app}'s {variable} {path} is not in its Secret {secret}"):
+            continue
+        items = {item["key"]: item["path"] for item in mounts[directory][1].get("items", [])}
+        check(
+            file == items.get(key, None if items else key),
+            f"{where}: {app}'s {variable} {path} is not the Secret's {key}",
+        )
+
+
+def check_kubernetes(ports, rendered, deadline):
     docs = [doc for doc in yaml.safe_load_all(rendered.read_text()) if doc]
     where = rendered.name
     by_kind = {}
@@ -184,6 +246,31 @@ def check_kubernetes(ports, rendered):
         for doc in by_kind.get("PodDisruptionBudget", {}).values()
     }
     scaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in by_kind.get("HorizontalPodAutoscaler", {}).values()}
+    # TLS is on when any service has a certificate: its port then serves TLS only, so
+    # every caller must use https:// (which needs the CA), and every probe must speak TLS.
+    tls = any(
+        item["name"] == "ATELIER_TLS_CERT_FILE"
+        for doc in by_kind.get("Deployment", {}).values()
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        for item in container.get("env", [])
+    )
+    services = by_kind.get("Service", {})
+    for variable, target in UPSTREAM_URLS.items():
+        url = config.get(variable, "")
+        match = re.fullmatch(r"(\w+)://([^:/]+):(\d+)", url)
+        if not check(match, f"{where}: {variable} {url!r} is not scheme://host:port"):
+            continue
+        scheme, host, number = match.group(1), match.group(2), int(match.group(3))
+        expected = "https" if tls else "http"
+        check(
+            scheme == expected,
+            f"{where}: {variable} is {scheme}:// but TLS is {'on' if tls else 'off'} (want {expected}://)",
+        )
+        check(number == ports[target][0], f"{where}: {variable} is not {target}'s port {ports[target][0]}")
+        check(
+            any(item.get("port") == number for item in services.get(host, {}).get("spec", {}).get("ports", [])),
+            f"{where}: {variable} names no Service {host} with port {number}",
+        )
     for name in SERVICES:
         app = f"atelier-{name}"
         deployment = by_kind.get("Deployment", {}).get(app)
@@ -208,18 +295,35 @@ def check_kubernetes(ports, rendered):
         )
         # Readiness is grpc.health.v1 everywhere. The job consumers' health is NOT_SERVING
         # while they cannot consume (NATS away), so their startup and liveness probes only
-        # check that the port accepts: a restart would not bring NATS back.
+        # check that the port accepts: a restart would not bring NATS back. With TLS the
+        # kubelet's grpc probe cannot connect, so the binary probes itself, and the probe
+        # must wait longer than the binary's own deadline.
+        probe_command = [f"{BIN_DIR}/{app}", "--health-check"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            spec = container.get(probe, {})
             if name in JOB_DRAIN_SECS and probe != "readinessProbe":
                 check(
-                    container.get(probe, {}).get("tcpSocket", {}).get("port") == grpc,
+                    spec.get("tcpSocket", {}).get("port") == grpc,
                     f"{where}: {app}'s {probe} is not a TCP check of {grpc}",
                 )
                 continue
+            if tls:
+                check("grpc" not in spec, f"{where}: {app}'s {probe} is a grpc probe, which cannot speak TLS")
+                check(
+                    spec.get("exec", {}).get("command") == probe_command,
+                    f"{where}: {app}'s {probe} is not exec {probe_command}",
+                )
+                check(
+                    spec.get("timeoutSeconds", 1) > deadline,
+                    f"{where}: {app}'s {probe} times out before --health-check's {deadline} s deadline",
+                )
+                continue
             check(
-                container.get(probe, {}).get("grpc", {}).get("port") == grpc,
+                spec.get("grpc", {}).get("port") == grpc,
                 f"{where}: {app}'s {probe} is not grpc.health.v1 on {grpc}",
             )
+        if tls:
+            check_tls_files(where, name, container, pod)
         resources = container.get("resources", {})
         check(
             resources.get("requests") and resources.get("limits"),
@@ -238,11 +342,19 @@ def check_kubernetes(ports, rendered):
                 "replicas" not in deployment["spec"],
                 f"{where}: {app} sets replicas, which its autoscaler owns",
             )
-    conversation = by_kind.get("Service", {}).get("conversation", {})
+    conversation = services.get("conversation", {})
     check(
         conversation.get("spec", {}).get("clusterIP") == "None",
         f"{where}: the conversation Service is not headless",
     )
+    if tls:
+        for service in services.values():
+            for item in service["spec"].get("ports", []):
+                check(
+                    item.get("appProtocol") != "kubernetes.io/h2c",
+                    f"{where}: Service {service['metadata']['name']} says h2c on {item.get('port')}, which serves TLS",
+                )
+    return tls
 
 
 def main(rendered):
@@ -250,8 +362,10 @@ def main(rendered):
     check_image()
     compose_services = check_compose(ports)
     check_prometheus(ports, compose_services)
-    for path in rendered:
-        check_kubernetes(ports, pathlib.Path(path))
+    deadline = health_check_deadline()
+    with_tls = [check_kubernetes(ports, pathlib.Path(path), deadline) for path in rendered]
+    # So the TLS checks cannot stop running unnoticed (overlays/tls renamed or gone).
+    check(not rendered or any(with_tls), "no rendered manifest turns TLS on: the TLS checks ran on nothing")
     check_variables_documented()
     for error in errors:
         print(f"check_deploy: {error}", file=sys.stderr)
