@@ -18,6 +18,7 @@ export const Reason = {
   rateLimited: "RATE_LIMITED",
   slowConsumer: "SLOW_CONSUMER",
   streamClosed: "STREAM_CLOSED",
+  tooManyStreams: "TOO_MANY_STREAMS",
 } as const;
 
 export function errorReason(err: unknown): string | undefined {
@@ -54,6 +55,8 @@ export function describeError(err: unknown): string {
       return "The event stream fell behind and the server closed it.";
     case Reason.streamClosed:
       return "The server closed the event stream (it is shutting down).";
+    case Reason.tooManyStreams:
+      return "Too many event streams are open for this account: close other tabs.";
   }
   const violations = error.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations);
   if (violations.length > 0) {

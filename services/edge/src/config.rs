@@ -41,6 +41,10 @@ pub struct WatchConfig {
     /// Events waiting for one slow stream; one more ends that stream (it resumes from its
     /// cursor) rather than slowing the others or growing memory.
     pub buffer: usize,
+    /// Streams one user may have open on this edge; one more is refused. Each holds a
+    /// queue of `buffer` events, so this bounds what one user (or one leaking client)
+    /// costs the edge.
+    pub max_streams_per_user: usize,
 }
 
 impl Default for WatchConfig {
@@ -48,6 +52,7 @@ impl Default for WatchConfig {
         Self {
             heartbeat: Duration::from_secs(15),
             buffer: 256,
+            max_streams_per_user: 32,
         }
     }
 }
@@ -193,6 +198,11 @@ impl Config {
                 )?),
                 buffer: usize::try_from(positive_var("ATELIER_WATCH_BUFFER", 256)?)
                     .unwrap_or(usize::MAX),
+                max_streams_per_user: usize::try_from(positive_var(
+                    "ATELIER_WATCH_MAX_STREAMS_PER_USER",
+                    32,
+                )?)
+                .unwrap_or(usize::MAX),
             },
             http: HttpConfig {
                 addr: http_addr,

@@ -23,9 +23,16 @@ pub enum EdgeError {
     /// The caller's address failed to authenticate too often: every call from it waits.
     #[error("too many failed authentications; retry in {0:?}")]
     AuthRateLimited(Duration),
+    /// The user has `limit` WatchEvents streams open on this edge already.
+    #[error("too many event streams ({limit} open)")]
+    TooManyStreams { limit: usize },
     #[error("upstream: {0}")]
     Upstream(Status),
 }
+
+/// How long a user refused another stream should wait: long enough for a client's
+/// reconnect loop not to spin, short enough to get in once a tab closes.
+const TOO_MANY_STREAMS_WAIT: Duration = Duration::from_secs(5);
 
 impl From<EdgeError> for Status {
     fn from(err: EdgeError) -> Self {
@@ -66,6 +73,13 @@ impl From<EdgeError> for Status {
                     wait.as_millis().max(1)
                 ),
                 wait,
+            ),
+            EdgeError::TooManyStreams { limit } => retry_later(
+                error_reason::TOO_MANY_STREAMS,
+                format!(
+                    "this user has {limit} event streams open on this server already; close one or retry later"
+                ),
+                TOO_MANY_STREAMS_WAIT,
             ),
             EdgeError::Upstream(status) => relay(status),
         }

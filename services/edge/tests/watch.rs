@@ -727,3 +727,56 @@ async fn a_filtered_stream_shows_one_conversation_and_still_moves_its_cursor() {
     }
     assert_eq!(again, mine[1..].to_vec());
 }
+
+/// Opens a stream for `user`, or answers how it was refused.
+async fn try_watch(edge: &RunningServer, user: &str) -> Result<Stream, tonic::Status> {
+    let token = mint_hs256(JWT_SECRET, user, 600).expect("token");
+    ChatServiceClient::new(channel(edge).await)
+        .watch_events(authorized(proto::WatchEventsRequest::default(), &token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_user_past_the_stream_limit_is_refused_until_one_of_theirs_closes() {
+    let events = Events::new().await;
+    let edge = events
+        .edge(WatchConfig {
+            max_streams_per_user: 2,
+            ..quick()
+        })
+        .await;
+    let mut first = watch(&edge, "alice", None).await;
+    let _second = watch(&edge, "alice", None).await;
+
+    let refused = try_watch(&edge, "alice").await.expect_err("a third stream");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let info = refused.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, error_reason::TOO_MANY_STREAMS);
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+    // The limit is per user: another user is not refused, and Alice's streams still work.
+    let _bobs = watch(&edge, "bob", None).await;
+    let published = events.publish("alice", "c", 1).await;
+    assert_eq!(next_event(&mut first).await.cursor, published[0]);
+
+    // Once the client closes one of them, a new one is let in.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_watch(&edge, "alice").await {
+            Ok(_third) => break,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a closed stream still counts"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}

@@ -86,6 +86,10 @@ pub mod error_reason {
     /// A WatchEvents stream was closed by the server (it drains): reconnect, to another
     /// instance, with the `resume_after` in the ErrorInfo metadata.
     pub const STREAM_CLOSED: &str = "STREAM_CLOSED";
+    /// The user already has as many WatchEvents streams open on this server as it keeps
+    /// for one user: close one (a leaked stream, another tab) or wait for the RetryInfo
+    /// delay.
+    pub const TOO_MANY_STREAMS: &str = "TOO_MANY_STREAMS";
     /// A SendMessage reused a `client_request_id` of this conversation for a different
     /// request (another prompt or other settings). Nothing was written or charged. The
     /// ErrorInfo metadata names the first request's message (`message_id`) and the fields

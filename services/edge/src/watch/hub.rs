@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::Instrument as _;
 
+use crate::error::EdgeError;
 use crate::links::ImageLinks;
 
 /// How long joining may wait for the server to confirm a new subscription.
@@ -50,6 +51,8 @@ pub struct Hub {
     links: ImageLinks,
     /// Events one stream may have waiting.
     buffer: usize,
+    /// Streams one user may have in the feed.
+    max_members: usize,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     next_member: AtomicU64,
 }
@@ -86,12 +89,14 @@ impl Hub {
         subjects: Subjects,
         links: ImageLinks,
         buffer: usize,
+        max_members: usize,
     ) -> Self {
         Self {
             client,
             subjects,
             links,
             buffer: buffer.max(1),
+            max_members: max_members.max(1),
             feeds: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(0),
         }
@@ -99,7 +104,8 @@ impl Hub {
 
     /// Joins `user_id`'s feed, subscribing first if this is the user's first stream here.
     /// Returns once the subscription is in place at the server: every event stored from
-    /// then on reaches the membership.
+    /// then on reaches the membership. Refused (RESOURCE_EXHAUSTED) when the user has the
+    /// most streams a feed takes; a stream dropped for falling behind no longer counts.
     pub async fn join(self: &Arc<Self>, user_id: &str) -> Result<Membership, Status> {
         let (queue, receiver) = mpsc::channel(self.buffer);
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -108,7 +114,15 @@ impl Hub {
             let mut feeds = lock(&self.feeds);
             let feed = match feeds.get(user_id) {
                 // A feed whose subscription ended (NATS closed it) is replaced.
-                Some(feed) if !feed.task.is_finished() => Arc::clone(feed),
+                Some(feed) if !feed.task.is_finished() => {
+                    if lock(&feed.members).len() >= self.max_members {
+                        return Err(EdgeError::TooManyStreams {
+                            limit: self.max_members,
+                        }
+                        .into());
+                    }
+                    Arc::clone(feed)
+                }
                 _ => {
                     let feed = Arc::new(self.subscribe(user_id));
                     feeds.insert(user_id.to_owned(), Arc::clone(&feed));

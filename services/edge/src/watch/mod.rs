@@ -77,6 +77,7 @@ impl Watch {
                 subjects.clone(),
                 links.clone(),
                 config.buffer,
+                config.max_streams_per_user,
             )),
             log,
             links,
