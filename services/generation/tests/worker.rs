@@ -442,6 +442,41 @@ async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
 }
 
 #[tokio::test]
+async fn an_image_cancelled_while_it_was_stored_is_removed_from_the_store() {
+    let sd = pipeline::automatic1111(
+        pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(1)),
+    )
+    .await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    // The image ends while it renders, and the worker does not hear of it (as when the
+    // cancel lands after it last looked): only CompleteGeneration's answer tells it.
+    let generation_id = message.generations[0].id.clone();
+    let pool = pipeline.pool().await;
+    sqlx::query("UPDATE generations SET status = 'cancelled' WHERE id = $1::uuid")
+        .bind(&generation_id)
+        .execute(&pool)
+        .await
+        .expect("ended behind the worker's back");
+
+    pipeline.wait_until_jobs_settled().await;
+    let key = atelier_images::key_for("alice", &generation_id);
+    assert!(
+        matches!(
+            pipeline.store().get(&key).await,
+            Err(atelier_images::StorageError::NotFound { .. })
+        ),
+        "the stored image of a cancelled generation is gone"
+    );
+    assert_eq!(pipeline.ledger_count("capture").await, 0);
+}
+
+#[tokio::test]
 async fn with_the_llm_down_every_step_falls_back_and_the_breaker_recovers() {
     let llm = MockServer::start().await;
     Mock::given(method("POST"))

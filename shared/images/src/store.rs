@@ -179,6 +179,15 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Removes the image at `key`; one already gone is no error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = parse_key(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(backend_error(key, source)),
+        }
+    }
+
     /// The image at `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         Ok(self.get_stored(key).await?.bytes)

@@ -251,19 +251,36 @@ async fn store_and_complete(
         worker.store.put(&key, png),
     );
     stored.map_err(|err| JobError::Transient(format!("storing the image: {err}")))?;
-    worker
+    let answer = worker
         .conversation
         .clone()
         .complete_generation(as_user(
             internal::CompleteGenerationRequest {
                 generation_id: generation_id.to_owned(),
-                image_key: key,
+                image_key: key.clone(),
             },
             &job.user_id,
         )?)
         .await
-        .map_err(|status| transient("CompleteGeneration", &status))?;
+        .map_err(|status| transient("CompleteGeneration", &status))?
+        .into_inner();
+    if ended_without_this_image(&answer) {
+        // Cancelled (or failed) after the worker last looked: nothing will ever refer to
+        // the image just stored. An image completed before (a redelivered job) has this
+        // same key and is kept.
+        if let Err(err) = worker.store.delete(&key).await {
+            tracing::warn!(error = %err, %key, "an image nobody refers to stays in the store");
+        }
+    }
     Ok(())
+}
+
+/// CompleteGeneration found the image ended otherwise than completed.
+fn ended_without_this_image(answer: &internal::CompleteGenerationResponse) -> bool {
+    !answer.completed
+        && answer.generation.as_ref().is_some_and(|generation| {
+            generation.status() != atelier_proto::v1::GenerationStatus::Completed
+        })
 }
 
 /// Fails images (releasing their credits) with a reason for the user.
@@ -308,6 +325,27 @@ fn user_reason(error: &ProviderError) -> String {
 mod tests {
     use super::*;
     use crate::worker::progress::now_timestamp;
+    use atelier_proto::v1::GenerationStatus;
+
+    fn answer(completed: bool, status: GenerationStatus) -> internal::CompleteGenerationResponse {
+        internal::CompleteGenerationResponse {
+            generation: Some(atelier_proto::v1::Generation {
+                status: status.into(),
+                ..Default::default()
+            }),
+            completed,
+        }
+    }
+
+    #[test]
+    fn only_an_image_that_ended_otherwise_is_left_without_a_reference() {
+        use GenerationStatus::{Cancelled, Completed, Failed};
+        assert!(!ended_without_this_image(&answer(true, Completed)));
+        // Completed before, by an earlier delivery: the same key, still referred to.
+        assert!(!ended_without_this_image(&answer(false, Completed)));
+        assert!(ended_without_this_image(&answer(false, Cancelled)));
+        assert!(ended_without_this_image(&answer(false, Failed)));
+    }
 
     #[tokio::test]
     async fn an_image_deadline_counts_from_its_first_start() {

@@ -372,6 +372,12 @@ impl Pipeline {
             .balance
     }
 
+    /// A pool on the test's database, for a test that changes a row behind the services'
+    /// backs.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        self.db.pool().await.expect("pool")
+    }
+
     pub async fn ledger_count(&self, kind: &str) -> i64 {
         let pool = self.db.pool().await.expect("pool");
         sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE kind = $1")
