@@ -407,12 +407,11 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
     assert_eq!(pipeline.ledger_count("capture").await, 1);
 }
 
-#[tokio::test]
-async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
-    let sd = pipeline::automatic1111(
-        pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(60)),
-    )
-    .await;
+/// Alice's one-image message on AUTOMATIC1111, whose render (taking `render`) has begun.
+async fn a_render_under_way(
+    render: Duration,
+) -> (MockServer, Pipeline, pipeline::Client, proto::Message) {
+    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 1).set_delay(render)).await;
     let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
     let conversation = pipeline.conversation(&mut alice).await;
@@ -420,6 +419,12 @@ async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
         .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
         .await;
     pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    (sd, pipeline, alice, message)
+}
+
+#[tokio::test]
+async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
+    let (sd, pipeline, mut alice, message) = a_render_under_way(Duration::from_secs(60)).await;
 
     let cancelled = alice
         .cancel_generation(proto::CancelGenerationRequest {
@@ -443,17 +448,7 @@ async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
 
 #[tokio::test]
 async fn an_image_cancelled_while_it_was_stored_is_removed_from_the_store() {
-    let sd = pipeline::automatic1111(
-        pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(1)),
-    )
-    .await;
-    let pipeline = Pipeline::with_automatic1111(&sd).await;
-    let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
-    let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
-        .await;
-    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    let (_sd, pipeline, _alice, message) = a_render_under_way(Duration::from_secs(1)).await;
     // The image ends while it renders, and the worker does not hear of it (as when the
     // cancel lands after it last looked): only CompleteGeneration's answer tells it.
     let generation_id = message.generations[0].id.clone();
