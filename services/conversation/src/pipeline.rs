@@ -34,16 +34,17 @@ fn events_of<'a>(user_id: &'a str, message: &LockedMessage) -> EventContext<'a> 
     }
 }
 
-/// Commits, then publishes the events and waits for the stream (a failed publish is left
-/// to the sweeper: order is then best effort, nothing is lost).
+/// Writes the events' outbox rows, commits, then publishes them after any older rows of
+/// their subjects a dead instance left, and waits for the stream (a failed publish is
+/// left to the sweeper: order is then best effort, nothing is lost).
 async fn commit_and_announce(
     state: &State,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     events: Vec<OutboxRow>,
 ) -> Result<(), ServiceError> {
-    db::pipeline::insert_outbox(&mut tx, &events, db::now()).await?;
+    let earlier = db::outbox::insert(&mut tx, &events, db::now()).await?;
     tx.commit().await?;
-    state.relay.publish_after_earlier(&events).await;
+    state.relay.publish_after(earlier, &events).await;
     Ok(())
 }
 
@@ -463,17 +464,13 @@ pub async fn apply_title(
     .event(proto::event::Payload::TitleUpdated(proto::TitleUpdated {
         title: rename.title.clone(),
     }));
-    let applied = db::pipeline::apply_title(
-        &state.pool,
-        user_id,
-        rename.conversation_id,
-        &rename.title,
-        &event,
-        now,
-    )
-    .await?;
+    let mut tx = state.pool.begin().await?;
+    let applied =
+        db::pipeline::apply_title(&mut tx, user_id, rename.conversation_id, &rename.title).await?;
     if applied {
-        state.relay.publish_after_earlier(&[event]).await;
+        commit_and_announce(state, tx, vec![event]).await?;
+    } else {
+        tx.rollback().await?;
     }
     Ok(internal::ApplyTitleResponse { applied })
 }

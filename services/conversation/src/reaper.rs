@@ -109,10 +109,13 @@ pub async fn run_once(
 async fn republish(state: &State, message: &ReapedRow) -> Result<(), ServiceError> {
     let job = outbox::generate_job(&message.owner_id, message.conversation_id, message.id);
     let mut tx = state.pool.begin().await?;
-    db::pipeline::insert_outbox(&mut tx, std::slice::from_ref(&job), db::now()).await?;
+    let earlier = db::outbox::insert(&mut tx, std::slice::from_ref(&job), db::now()).await?;
     tx.commit().await?;
     // A failed publish is left to the sweeper, like every outbox row.
-    state.relay.publish(std::slice::from_ref(&job)).await;
+    state
+        .relay
+        .publish_after(earlier, std::slice::from_ref(&job))
+        .await;
     Ok(())
 }
 

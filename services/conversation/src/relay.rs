@@ -123,35 +123,22 @@ impl Relay {
         all
     }
 
-    /// [`Relay::publish`] for the worker-facing RPCs, after any older unpublished rows of
-    /// the same subjects: rows another instance committed and then died before
-    /// publishing (a worker's retry reached this instance instead). Left to the sweeper,
-    /// they would reach the stream seconds later, after these, and a message's
-    /// `generation_started` could follow its `generation_completed`. Publishing them here
-    /// keeps each message's events in commit order; if their instance is alive after
-    /// all, its own publish of them is a duplicate JetStream drops (same `Nats-Msg-Id`).
-    pub async fn publish_after_earlier(&self, rows: &[OutboxRow]) -> bool {
-        let Some(first) = rows.iter().map(|row| row.id).min() else {
-            return true;
-        };
-        let subjects: Vec<&str> = rows.iter().map(|row| row.subject.as_str()).collect();
-        match db::outbox::unpublished_before(&self.pool, &subjects, first).await {
-            Ok(earlier) if !earlier.is_empty() => {
-                tracing::info!(
-                    rows = earlier.len(),
-                    "publishing rows another instance left unpublished first"
-                );
-                let batch: Vec<OutboxRow> =
-                    earlier.into_iter().chain(rows.iter().cloned()).collect();
-                self.publish(&batch).await
-            }
-            Ok(_) => self.publish(rows).await,
-            Err(err) => {
-                // Order is then best effort, as when NATS is down; nothing is lost.
-                tracing::warn!(error = %err, "cannot look for earlier unpublished rows");
-                self.publish(rows).await
-            }
+    /// [`Relay::publish`] after `earlier`: the older unpublished rows of the same subjects
+    /// that `db::outbox::insert` found, which another instance committed and then died
+    /// before publishing (a worker's retry reached this instance instead). Publishing them
+    /// first keeps each message's events in commit order (a `generation_started` never
+    /// follows its `generation_completed`); if their instance is alive after all, its own
+    /// publish of them is a duplicate JetStream drops (same `Nats-Msg-Id`).
+    pub async fn publish_after(&self, earlier: Vec<OutboxRow>, rows: &[OutboxRow]) -> bool {
+        if earlier.is_empty() {
+            return self.publish(rows).await;
         }
+        tracing::info!(
+            rows = earlier.len(),
+            "publishing rows another instance left unpublished first"
+        );
+        let batch: Vec<OutboxRow> = earlier.into_iter().chain(rows.iter().cloned()).collect();
+        self.publish(&batch).await
     }
 
     /// Publishes events that have no outbox row (the queue reporter's) in order and waits

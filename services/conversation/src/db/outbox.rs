@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::OutboxRow;
@@ -36,27 +37,48 @@ pub async fn mark_published<'c>(
     Ok(())
 }
 
-/// Unpublished rows on `subjects` older than `before`, oldest first (at most a sweep's
-/// worth): the rows an instance committed and did not live to publish. Reads the small
-/// partial index of unpublished rows; locks nothing (a row published twice is dropped by
-/// JetStream as a duplicate).
-#[tracing::instrument(skip_all)]
-pub async fn unpublished_before<'c>(
-    executor: impl sqlx::PgExecutor<'c>,
-    subjects: &[&str],
-    before: Uuid,
+/// Inserts outbox rows in the caller's transaction and returns, from the same statement,
+/// the unpublished rows on the same subjects older than them (at most a sweep's worth):
+/// rows an instance committed and did not live to publish, which the caller publishes
+/// first (`Relay::publish_after`). Left to the sweeper, they would reach the stream
+/// seconds later, after these. The read sees the statement's snapshot, not the rows it
+/// inserts; it uses the small partial index of unpublished rows and locks nothing (a
+/// row published twice is dropped by JetStream as a duplicate).
+#[tracing::instrument(skip_all, fields(rows = rows.len()))]
+pub async fn insert(
+    tx: &mut sqlx::PgConnection,
+    rows: &[OutboxRow],
+    now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    let rows: Vec<RowColumns> = sqlx::query_as(
-        "SELECT id, subject, payload, traceparent FROM outbox \
-         WHERE published_at IS NULL AND id < $2 AND subject = ANY($1) \
+    let Some(first) = rows.iter().map(|row| row.id).min() else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let subjects: Vec<&str> = rows.iter().map(|row| row.subject.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
+    let traceparents: Vec<Option<&str>> =
+        rows.iter().map(|row| row.traceparent.as_deref()).collect();
+    let earlier: Vec<RowColumns> = sqlx::query_as(
+        "WITH inserted AS ( \
+             INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
+             SELECT id, subject, payload, $4, traceparent \
+             FROM unnest($1::uuid[], $2::text[], $3::bytea[], $5::text[]) \
+                 AS o(id, subject, payload, traceparent) \
+         ) \
+         SELECT id, subject, payload, traceparent FROM outbox \
+         WHERE published_at IS NULL AND id < $6 AND subject = ANY($2::text[]) \
          ORDER BY id \
          LIMIT 200",
     )
-    .bind(subjects)
-    .bind(before)
-    .fetch_all(executor)
+    .bind(&ids)
+    .bind(&subjects)
+    .bind(&payloads)
+    .bind(now)
+    .bind(&traceparents)
+    .bind(first)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().map(outbox_row).collect())
+    Ok(earlier.into_iter().map(outbox_row).collect())
 }
 
 /// Locks up to `limit` unpublished rows older than `grace`, oldest first, skipping rows

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{GenerationRow, MessageRow, OutboxRow};
+use super::{GenerationRow, MessageRow};
 
 /// The message row, locked for the rest of the transaction.
 #[derive(Debug, sqlx::FromRow)]
@@ -455,69 +455,27 @@ pub async fn settle_message(
     .await
 }
 
-/// Sets an LLM title if the owner's conversation is still auto-titled, with its event.
-/// False when the user's own title stays (or the conversation is not theirs).
-#[tracing::instrument(skip(pool, event))]
+/// Sets an LLM title if the owner's conversation is still auto-titled (the caller writes
+/// its event in the same transaction). False when the user's own title stays (or the
+/// conversation is not theirs).
+#[tracing::instrument(skip(tx))]
 pub async fn apply_title(
-    pool: &sqlx::PgPool,
+    tx: &mut sqlx::PgConnection,
     owner_id: &str,
     conversation_id: Uuid,
     title: &str,
-    event: &OutboxRow,
-    now: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "WITH titled AS ( \
-             UPDATE conversations SET title = $3 \
-             WHERE id = $1 AND owner_id = $2 AND auto_titled AND title IS DISTINCT FROM $3 \
-             RETURNING id \
-         ), announced AS ( \
-             INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
-             SELECT $4, $5, $6, $7, $8 FROM titled \
-         ) \
-         SELECT EXISTS (SELECT 1 FROM titled)",
+    let titled: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE conversations SET title = $3 \
+         WHERE id = $1 AND owner_id = $2 AND auto_titled AND title IS DISTINCT FROM $3 \
+         RETURNING id",
     )
     .bind(conversation_id)
     .bind(owner_id)
     .bind(title)
-    .bind(event.id)
-    .bind(&event.subject)
-    .bind(&event.payload)
-    .bind(now)
-    .bind(&event.traceparent)
-    .fetch_one(pool)
-    .await
-}
-
-/// Inserts outbox rows in the caller's transaction.
-#[tracing::instrument(skip_all, fields(rows = rows.len()))]
-pub async fn insert_outbox(
-    tx: &mut sqlx::PgConnection,
-    rows: &[OutboxRow],
-    now: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let subjects: Vec<&str> = rows.iter().map(|row| row.subject.as_str()).collect();
-    let payloads: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_slice()).collect();
-    let traceparents: Vec<Option<&str>> =
-        rows.iter().map(|row| row.traceparent.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO outbox (id, subject, payload, created_at, traceparent) \
-         SELECT id, subject, payload, $4, traceparent \
-         FROM unnest($1::uuid[], $2::text[], $3::bytea[], $5::text[]) \
-             AS o(id, subject, payload, traceparent)",
-    )
-    .bind(&ids)
-    .bind(&subjects)
-    .bind(&payloads)
-    .bind(now)
-    .bind(&traceparents)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    Ok(titled.is_some())
 }
 
 /// A message the reaper claimed: unfinished and unchanged since before the cutoff.
