@@ -576,7 +576,8 @@ fn grpc_web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn grpc_web_over_http1_works_for_allowed_origins() {
-    let mesh = Mesh::start(generous()).await;
+    let metrics = atelier_testkit::free_local_addr();
+    let mesh = Mesh::start_with(generous(), |config| config.metrics_addr = Some(metrics)).await;
     let http1 = reqwest::Client::builder()
         .http1_only()
         .build()
@@ -614,6 +615,10 @@ async fn grpc_web_over_http1_works_for_allowed_origins() {
     let trailers = String::from_utf8_lossy(&body[5 + length + 5..]).to_lowercase();
     assert_eq!(body[5 + length], 0x80);
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    // Counted with the status of its trailers frame, as a gRPC call's would be.
+    let page = atelier_testkit::scrape_metrics(metrics).await;
+    let series = "atelier_rpc_server_duration_seconds_count{method=\"/atelier.v1.ChatService/GetBalance\",code=\"OK\"} 1\n";
+    assert!(page.contains(series), "{series} in {page}");
 
     // A preflight from an allowed origin is answered; any other origin gets no CORS grant.
     let preflight = |origin: &'static str| {

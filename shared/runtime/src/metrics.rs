@@ -335,9 +335,11 @@ where
                 call.finish(code);
                 return Ok(response.map(tonic::body::Body::new));
             }
+            let framing = Framing::of(response.headers());
             Ok(response.map(|body| {
                 tonic::body::Body::new(MeteredBody {
                     inner: Box::pin(body),
+                    framing,
                     call: Some(call),
                 })
             }))
@@ -358,10 +360,68 @@ impl Call {
     }
 }
 
-/// A response body that records its call when the trailers (the status) pass, or when the
-/// client goes away first (CANCELLED).
+/// Where a response carries its status: in HTTP trailers (gRPC), or in a last body frame
+/// (grpc-web, whose browser clients cannot read trailers; the edge's grpc-web translation
+/// sits inside this layer, so it sees the translated answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Grpc,
+    GrpcWeb,
+    /// `application/grpc-web-text`: the frames in base64, chunk by chunk.
+    GrpcWebText,
+}
+
+impl Framing {
+    fn of(headers: &http::HeaderMap) -> Self {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("application/grpc-web-text") {
+            Self::GrpcWebText
+        } else if content_type.starts_with("application/grpc-web") {
+            Self::GrpcWeb
+        } else {
+            Self::Grpc
+        }
+    }
+
+    /// The status in `data` when it is grpc-web's trailers frame: the flag 0x80, a
+    /// big-endian length, then `name:value` lines. Such a frame arrives as a data chunk of
+    /// its own (tonic-web encodes trailers apart from messages), so a chunk is read whole.
+    fn status_in_data(self, data: &[u8]) -> Option<tonic::Code> {
+        let decoded;
+        let frame = match self {
+            Self::Grpc => return None,
+            Self::GrpcWeb => data,
+            Self::GrpcWebText => {
+                use base64::Engine as _;
+                decoded = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .ok()?;
+                &decoded
+            }
+        };
+        let (&flag, rest) = frame.split_first()?;
+        let (length, block) = rest.split_first_chunk::<4>()?;
+        if flag & 0x80 == 0 || u32::from_be_bytes(*length) as usize != block.len() {
+            return None;
+        }
+        std::str::from_utf8(block)
+            .ok()?
+            .split("\r\n")
+            .filter_map(|line| line.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("grpc-status"))
+            .and_then(|(_, value)| value.trim().parse::<i32>().ok())
+            .map(tonic::Code::from_i32)
+    }
+}
+
+/// A response body that records its call when the status passes (in trailers, or in
+/// grpc-web's trailers frame), or when the client goes away first (CANCELLED).
 struct MeteredBody<B> {
     inner: Pin<Box<B>>,
+    framing: Framing,
     call: Option<Call>,
 }
 
@@ -379,7 +439,11 @@ where
         let polled = self.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_in)
+                let code = match frame.data_ref() {
+                    Some(data) => self.framing.status_in_data(data),
+                    None => frame.trailers_ref().and_then(status_in),
+                };
+                if let Some(code) = code
                     && let Some(call) = self.call.take()
                 {
                     call.finish(code);
@@ -563,6 +627,75 @@ mod tests {
             assert!(text.contains(series), "{series} in {text}");
         }
         assert!(!text.contains("/no.Such/Thing"), "{text}");
+    }
+
+    /// One grpc-web frame: the flag, a big-endian length, the payload.
+    fn grpc_web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![flag];
+        frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// A grpc-web answer as tonic-web sends it: a message frame, then the trailers frame
+    /// (both in base64 for grpc-web-text), and no HTTP trailers.
+    async fn call_grpc_web(metrics: &RpcMetrics, content_type: &'static str, status: u8) {
+        use base64::Engine as _;
+        use http_body_util::BodyExt as _;
+        let text = content_type.starts_with("application/grpc-web-text");
+        let chunks = [
+            grpc_web_frame(0, b"message"),
+            grpc_web_frame(
+                0x80,
+                format!("grpc-status:{status}\r\ngrpc-message:\r\n").as_bytes(),
+            ),
+        ]
+        .map(|chunk| match text {
+            true => base64::engine::general_purpose::STANDARD
+                .encode(chunk)
+                .into_bytes(),
+            false => chunk,
+        });
+        let service = metrics
+            .layer()
+            .layer(tower::service_fn(move |_: http::Request<()>| {
+                let frames = chunks.clone().map(|chunk| {
+                    Ok::<_, Infallible>(http_body::Frame::data(bytes::Bytes::from(chunk)))
+                });
+                async move {
+                    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+                    let mut response = http::Response::new(tonic::body::Body::new(body));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(content_type),
+                    );
+                    Ok::<_, Infallible>(response)
+                }
+            }));
+        let request = http::Request::builder()
+            .uri("/atelier.v1.Chat/GetBalance")
+            .body(())
+            .expect("request");
+        let response = service.oneshot(request).await.expect("answer");
+        let _ = response.into_body().collect().await;
+    }
+
+    #[tokio::test]
+    async fn grpc_web_answers_are_recorded_with_the_status_of_their_trailers_frame() {
+        let mut registry = registry();
+        let metrics = RpcMetrics::default();
+        metrics.register(&mut registry);
+        call_grpc_web(&metrics, "application/grpc-web+proto", 0).await;
+        call_grpc_web(&metrics, "application/grpc-web-text+proto", 0).await;
+        call_grpc_web(&metrics, "application/grpc-web", 5).await;
+        let text = encode(&registry);
+        for series in [
+            "atelier_rpc_server_duration_seconds_count{method=\"/atelier.v1.Chat/GetBalance\",code=\"OK\"} 2\n",
+            "atelier_rpc_server_duration_seconds_count{method=\"/atelier.v1.Chat/GetBalance\",code=\"NotFound\"} 1\n",
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
+        assert!(!text.contains("Canceled"), "{text}");
     }
 
     #[tokio::test]
