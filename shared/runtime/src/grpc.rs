@@ -15,6 +15,8 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
+/// The path of every health RPC: `/grpc.health.v1.Health/Check` and `/Watch`.
+const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
 const REFLECTION_SERVICE_NAMES: [&str; 2] = [
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -209,6 +211,12 @@ pub struct RpcSpan;
 impl<B> MakeSpan<B> for RpcSpan {
     fn make_span(&mut self, request: &http::Request<B>) -> Span {
         let method = request.uri().path();
+        // Probes ask every few seconds on every instance: as traces they would bury the
+        // messages' traces in a viewer (and in sampling budgets) while saying nothing a
+        // probe's own result and the RPC metrics do not.
+        if method.starts_with(HEALTH_PATH_PREFIX) {
+            return Span::none();
+        }
         let span = tracing::info_span!(
             "rpc",
             // What a trace viewer shows: the RPC, as OpenTelemetry names a server span.

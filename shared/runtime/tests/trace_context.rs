@@ -63,3 +63,25 @@ fn the_trace_id_crosses_an_internal_call() {
         );
     });
 }
+
+#[test]
+fn health_checks_open_no_span() {
+    let provider = SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::with_default(subscriber, || {
+        let span_of = |path: &str| {
+            RpcSpan.make_span(
+                &http::Request::builder()
+                    .uri(path)
+                    .body(())
+                    .expect("request"),
+            )
+        };
+        assert!(span_of("/grpc.health.v1.Health/Check").is_none());
+        assert!(span_of("/grpc.health.v1.Health/Watch").is_none());
+        // Every other call, reflection included, is traced.
+        assert!(!span_of("/atelier.v1.ChatService/GetBalance").is_none());
+        assert!(!span_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").is_none());
+    });
+}
