@@ -5,6 +5,9 @@
 //   ATELIER_EXPECT_WIDTH    the width in pixels the image must have (required), e.g. 512
 //   ATELIER_MODEL           the model to pick (default: builtin)
 //   ATELIER_SCREENSHOT      where to save a PNG of the page at the end (optional)
+//   ATELIER_PROGRESS_STAGE  the live progress to see before the reload (default: rendering,
+//                           above 0 %); "any" accepts any stage, for a renderer (builtin)
+//                           that finishes before the page could see it draw
 //   CHROMIUM                the browser binary (default: /usr/bin/chromium)
 //
 // It sends one prompt, reloads the page while the image is being made, and checks that the
@@ -28,6 +31,7 @@ const url = requireEnv("ATELIER_WEB_URL");
 const expectedWidth = Number(requireEnv("ATELIER_EXPECT_WIDTH"));
 const model = process.env.ATELIER_MODEL || "builtin";
 const screenshot = process.env.ATELIER_SCREENSHOT || "";
+const progressStage = process.env.ATELIER_PROGRESS_STAGE || "rendering";
 if (!Number.isInteger(expectedWidth) || expectedWidth <= 0) {
   fail(`ATELIER_EXPECT_WIDTH must be a positive whole number, not ${process.env.ATELIER_EXPECT_WIDTH}`);
 }
@@ -120,16 +124,17 @@ try {
   ).then((handle) => handle.jsonValue());
   const message = `[data-message-id="${messageId}"]`;
 
-  step = `waiting for live progress of message ${messageId}`;
+  step = `waiting for live progress (${progressStage}) of message ${messageId}`;
   await page.waitForFunction(
-    (selector) => {
+    ([selector, stage]) => {
       const card = document.querySelector(selector);
       if (!card) return false;
-      const entries = card.querySelectorAll('.timeline li[data-kind="generationProgress"][data-stage="rendering"]');
-      if (Array.from(entries).some((li) => Number(li.dataset.percent) > 0)) return true;
+      const entries = Array.from(card.querySelectorAll('.timeline li[data-kind="generationProgress"]'));
+      if (stage === "any") return entries.length > 0;
+      if (entries.some((li) => li.dataset.stage === stage && Number(li.dataset.percent) > 0)) return true;
       return Array.from(card.querySelectorAll("progress[data-generation-id]")).some((p) => p.value > 0);
     },
-    message,
+    [message, progressStage],
     { timeout: 30_000 },
   );
 
