@@ -35,6 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::{
     ImageProvider, ImageRequest, ProviderError, ProviderKind, ProvidersConfig, http, http_client,
@@ -100,13 +101,9 @@ impl Automatic1111Provider {
         format!("{}/sdapi/v1/{path}", self.base_url)
     }
 
-    /// A request with the credentials, when the server wants them, and the trace
-    /// context of the current span.
+    /// A request with the credentials, when the server wants them; `http::send` sends it.
     fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self
-            .http
-            .request(method, self.url(path))
-            .headers(atelier_runtime::telemetry::trace_headers());
+        let request = self.http.request(method, self.url(path));
         match &self.auth {
             Some((user, password)) => request.basic_auth(user, Some(password)),
             None => request,
@@ -130,10 +127,7 @@ impl Automatic1111Provider {
             ),
             None => ("txt2img", RenderBody::new(request, count)),
         };
-        let response = self
-            .call(reqwest::Method::POST, path)
-            .json(&body)
-            .send()
+        let response = http::send(NAME, self.call(reqwest::Method::POST, path).json(&body))
             .await
             .map_err(RenderFailure::transport)?;
         let status = response.status();
@@ -179,12 +173,12 @@ impl Automatic1111Provider {
     }
 
     async fn fetch_progress(&self) -> Result<f64, reqwest::Error> {
-        let answer: ProgressResponse = self
-            // Without the flag, every poll would carry the preview image as a large
-            // base64 string.
+        // Without the flag, every poll would carry the preview image as a large base64
+        // string.
+        let poll = self
             .call(reqwest::Method::GET, "progress?skip_current_image=true")
-            .timeout(self.poll_timeout)
-            .send()
+            .timeout(self.poll_timeout);
+        let answer: ProgressResponse = http::send(NAME, poll)
             .await?
             .error_for_status()?
             .json()
@@ -229,6 +223,7 @@ impl ImageProvider for Automatic1111Provider {
         report(progress, 0);
         let mut guard = InterruptOnDrop {
             target: Some(self.call(reqwest::Method::POST, "interrupt")),
+            span: tracing::Span::current(),
         };
         let outcome = tokio::select! {
             outcome = self.render(request, count) => outcome,
@@ -276,6 +271,8 @@ impl RenderFailure {
 /// mid-render.
 struct InterruptOnDrop {
     target: Option<reqwest::RequestBuilder>,
+    /// The render's span: the interrupt belongs to its trace, whoever drops the guard.
+    span: tracing::Span,
 }
 
 impl InterruptOnDrop {
@@ -293,7 +290,7 @@ impl Drop for InterruptOnDrop {
         // (the runtime itself is shutting down) there is nobody left to send it.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(send_interrupt(interrupt));
+                runtime.spawn(send_interrupt(interrupt).instrument(self.span.clone()));
             }
             Err(_) => tracing::debug!("{NAME}: no runtime left to send the interrupt"),
         }
@@ -301,9 +298,7 @@ impl Drop for InterruptOnDrop {
 }
 
 async fn send_interrupt(interrupt: reqwest::RequestBuilder) {
-    let result = interrupt
-        .timeout(INTERRUPT_TIMEOUT)
-        .send()
+    let result = http::send(NAME, interrupt.timeout(INTERRUPT_TIMEOUT))
         .await
         .and_then(reqwest::Response::error_for_status);
     match result {

@@ -31,6 +31,7 @@ use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::{
     ImageProvider, ImageRequest, ProviderError, ProviderKind, ProvidersConfig, http, http_client,
@@ -283,12 +284,9 @@ impl ComfyUiProvider {
         Ok(workflow)
     }
 
-    /// Sends, with the current span's trace context, and turns an error status into its
-    /// class.
+    /// Sends (`http::send`: a span of its own) and turns an error status into its class.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Bytes, ProviderError> {
-        let response = request
-            .headers(atelier_runtime::telemetry::trace_headers())
-            .send()
+        let response = http::send(NAME, request)
             .await
             .map_err(|err| http::from_reqwest(NAME, &err))?;
         let status = response.status();
@@ -430,6 +428,7 @@ impl ImageProvider for ComfyUiProvider {
         let prompt_id = self.queue(workflow, &client_id).await?;
         let mut guard = CancelOnDrop {
             target: Some((self.http.clone(), self.base_url.clone(), prompt_id.clone())),
+            span: tracing::Span::current(),
         };
         let outcome = tokio::time::timeout(
             self.render_timeout,
@@ -459,6 +458,8 @@ impl ImageProvider for ComfyUiProvider {
 /// Removes the prompt from the queue and interrupts it if dropped while armed.
 struct CancelOnDrop {
     target: Option<(reqwest::Client, String, String)>,
+    /// The render's span: the cancel belongs to its trace, whoever drops the guard.
+    span: tracing::Span,
 }
 
 impl CancelOnDrop {
@@ -469,29 +470,29 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        let Some((http, base_url, prompt_id)) = self.target.take() else {
+        let Some((client, base_url, prompt_id)) = self.target.take() else {
             return;
         };
         // Drop cannot await: the requests go on a task of their own. Without a runtime
         // there is nobody left to send them.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(cancel(http, base_url, prompt_id));
+                runtime.spawn(cancel(client, base_url, prompt_id).instrument(self.span.clone()));
             }
             Err(_) => tracing::debug!("{NAME}: no runtime left to cancel the prompt"),
         }
     }
 }
 
-async fn cancel(http: reqwest::Client, base_url: String, prompt_id: String) {
+async fn cancel(client: reqwest::Client, base_url: String, prompt_id: String) {
     let delete = serde_json::json!({ "delete": [prompt_id] });
     let interrupt = serde_json::json!({ "prompt_id": prompt_id });
     for (path, body) in [("queue", delete), ("interrupt", interrupt)] {
-        let result = http
+        let request = client
             .post(format!("{base_url}/{path}"))
             .json(&body)
-            .timeout(CANCEL_TIMEOUT)
-            .send()
+            .timeout(CANCEL_TIMEOUT);
+        let result = http::send(NAME, request)
             .await
             .and_then(reqwest::Response::error_for_status);
         if let Err(err) = result {

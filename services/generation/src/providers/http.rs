@@ -1,5 +1,6 @@
-//! What the two HTTP providers share: URL checks, the mapping of HTTP failures to
-//! [`ProviderError`] classes, and turning base64 from a JSON answer into PNG bytes.
+//! What the HTTP providers share: sending a request as a span of its own, URL checks, the
+//! mapping of HTTP failures to [`ProviderError`] classes, and turning base64 from a JSON
+//! answer into PNG bytes.
 //!
 //! Both APIs fail the same ways (they are HTTP servers in front of a GPU), so one mapping
 //! keeps the classes identical: a 429 from OpenAI and a 503 from a busy web UI are both
@@ -10,6 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
+use tracing::Instrument as _;
 
 use super::ProviderError;
 
@@ -18,6 +20,47 @@ const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 
 /// How much of an error body a reason keeps: enough to read the provider's message.
 const EXCERPT_CHARS: usize = 300;
+
+/// Sends `request` as a client span of its own (`provider.http`, named after the method and
+/// path, with the status), carrying that span's W3C trace context. Every provider call goes
+/// through here, so a slow progress poll, an upload, a retry, a download or a cancel shows
+/// in the message's trace as itself, under the span it was sent from.
+pub(super) async fn send(
+    provider: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let (client, request) = request.build_split();
+    let mut request = request?;
+    let span = tracing::info_span!(
+        "provider.http",
+        otel.name = %format_args!("{} {}", request.method(), request.url().path()),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        provider,
+        http.request.method = %request.method(),
+        server.address = request.url().host_str().unwrap_or_default(),
+        url.path = request.url().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let context = span.in_scope(atelier_runtime::telemetry::trace_headers);
+    request.headers_mut().extend(context);
+    let response = client.execute(request).instrument(span.clone()).await;
+    match &response {
+        Ok(response) => {
+            span.record(
+                "http.response.status_code",
+                i64::from(response.status().as_u16()),
+            );
+            if !response.status().is_success() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    response
+}
 
 /// Checks that `value` is an absolute http(s) URL.
 pub(super) fn check_url(value: &str) -> Result<(), String> {

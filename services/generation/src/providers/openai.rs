@@ -137,13 +137,12 @@ impl OpenAiProvider {
         .await
     }
 
-    /// Sends with the key and the current span's trace context, and turns an error
-    /// status into its class.
+    /// Sends with the key (`http::send`: a span of its own) and turns an error status into
+    /// its class.
     async fn send(
         &self,
         mut request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ProviderError> {
-        request = request.headers(atelier_runtime::telemetry::trace_headers());
         if let Some(key) = &self.api_key {
             request = if self.is_azure() {
                 let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
@@ -158,8 +157,7 @@ impl OpenAiProvider {
                 request.bearer_auth(key)
             };
         }
-        let response = request
-            .send()
+        let response = http::send(NAME, request)
             .await
             .map_err(|err| http::from_reqwest(NAME, &err))?;
         self.checked(response).await
@@ -190,10 +188,7 @@ impl OpenAiProvider {
         http::check_url(url).map_err(|reason| {
             ProviderError::bad_answer(format!("{NAME}: the image URL is unusable: {reason}"))
         })?;
-        let response = self
-            .http
-            .get(url)
-            .send()
+        let response = http::send(NAME, self.http.get(url))
             .await
             .map_err(|err| http::from_reqwest(NAME, &err))?;
         let body = self
