@@ -136,14 +136,12 @@ async fn the_llm_is_asked_while_the_start_waits_to_commit() {
 #[tokio::test]
 async fn the_job_of_a_message_cancelled_before_it_ran_asks_nothing() {
     let (llm, mut pipeline, mut alice, message) = a_message_waiting_for_a_worker().await;
-    alice
-        .cancel_generation(proto::CancelGenerationRequest {
-            target: Some(proto::cancel_generation_request::Target::MessageId(
-                message.id.clone(),
-            )),
-        })
-        .await
-        .expect("cancel");
+    pipeline
+        .cancel(
+            &mut alice,
+            proto::cancel_generation_request::Target::MessageId(message.id.clone()),
+        )
+        .await;
 
     // The worker reads the message, sees it ended and acknowledges the job: no LLM call,
     // no start, no second refund.
@@ -407,36 +405,17 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
     assert_eq!(pipeline.ledger_count("capture").await, 1);
 }
 
-/// Alice's one-image message on AUTOMATIC1111, whose render (taking `render`) has begun.
-async fn a_render_under_way(
-    render: Duration,
-) -> (MockServer, Pipeline, pipeline::Client, proto::Message) {
-    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 1).set_delay(render)).await;
-    let pipeline = Pipeline::with_automatic1111(&sd).await;
-    let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
-    let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
-        .await;
-    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
-    (sd, pipeline, alice, message)
-}
-
 #[tokio::test]
 async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
-    let (sd, pipeline, mut alice, message) = a_render_under_way(Duration::from_secs(60)).await;
+    let (sd, pipeline, mut alice, message) =
+        pipeline::a_render_under_way(Duration::from_secs(60)).await;
 
-    let cancelled = alice
-        .cancel_generation(proto::CancelGenerationRequest {
-            target: Some(proto::cancel_generation_request::Target::MessageId(
-                message.id.clone(),
-            )),
-        })
-        .await
-        .expect("cancel")
-        .into_inner()
-        .message
-        .expect("message");
+    let cancelled = pipeline
+        .cancel(
+            &mut alice,
+            proto::cancel_generation_request::Target::MessageId(message.id.clone()),
+        )
+        .await;
     assert_eq!(cancelled.status(), proto::MessageStatus::Cancelled);
     assert_eq!(pipeline.balance(&mut alice).await, 100);
     // The worker saw the cancellation and dropped the render: the server is told to stop.
@@ -448,7 +427,8 @@ async fn cancelling_during_a_slow_render_stops_it_and_refunds() {
 
 #[tokio::test]
 async fn an_image_cancelled_while_it_was_stored_is_removed_from_the_store() {
-    let (_sd, pipeline, _alice, message) = a_render_under_way(Duration::from_secs(1)).await;
+    let (_sd, pipeline, _alice, message) =
+        pipeline::a_render_under_way(Duration::from_secs(1)).await;
     // The image ends while it renders, and the worker does not hear of it (as when the
     // cancel lands after it last looked): only CompleteGeneration's answer tells it.
     let generation_id = message.generations[0].id.clone();
@@ -590,14 +570,12 @@ async fn cancelling_one_image_leaves_the_others_to_finish() {
         .expect("message");
     pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 2).await;
     let cancelled_id = message.generations[0].id.clone();
-    alice
-        .cancel_generation(proto::CancelGenerationRequest {
-            target: Some(proto::cancel_generation_request::Target::GenerationId(
-                cancelled_id.clone(),
-            )),
-        })
-        .await
-        .expect("cancel one");
+    pipeline
+        .cancel(
+            &mut alice,
+            proto::cancel_generation_request::Target::GenerationId(cancelled_id.clone()),
+        )
+        .await;
 
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(
@@ -761,14 +739,12 @@ async fn cancelling_one_image_of_a_batch_lets_the_call_make_the_others() {
     let message = send_sdxl(&mut alice, &conversation, 3, Some(41)).await;
     pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
     let cancelled_id = message.generations[0].id.clone();
-    alice
-        .cancel_generation(proto::CancelGenerationRequest {
-            target: Some(proto::cancel_generation_request::Target::GenerationId(
-                cancelled_id.clone(),
-            )),
-        })
-        .await
-        .expect("cancel one");
+    pipeline
+        .cancel(
+            &mut alice,
+            proto::cancel_generation_request::Target::GenerationId(cancelled_id.clone()),
+        )
+        .await;
 
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Completed);
@@ -807,14 +783,12 @@ async fn cancelling_every_image_of_a_batch_stops_the_call() {
     let conversation = pipeline.conversation(&mut alice).await;
     let message = send_sdxl(&mut alice, &conversation, 2, Some(41)).await;
     pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
-    alice
-        .cancel_generation(proto::CancelGenerationRequest {
-            target: Some(proto::cancel_generation_request::Target::MessageId(
-                message.id.clone(),
-            )),
-        })
-        .await
-        .expect("cancel");
+    pipeline
+        .cancel(
+            &mut alice,
+            proto::cancel_generation_request::Target::MessageId(message.id.clone()),
+        )
+        .await;
 
     // The worker dropped the batch's call: the server is told to stop.
     pipeline::wait_for_request(&sd, "/sdapi/v1/interrupt", 1).await;

@@ -46,6 +46,16 @@ impl TraceContext {
         atelier_runtime::telemetry::record_trace_id(span);
     }
 
+    /// Links `span` to this context: a related trace that is not its parent (a cancel's
+    /// span to the job it stops). Nothing when this context names no span.
+    pub fn link(&self, span: &tracing::Span) {
+        use opentelemetry::trace::TraceContextExt as _;
+        let linked = self.0.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+
     /// Writes this context into `headers` as `traceparent`.
     pub(crate) fn inject(&self, headers: &mut HeaderMap) {
         opentelemetry::global::get_text_map_propagator(|propagator| {

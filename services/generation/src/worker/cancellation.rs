@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use atelier_events::trace::TraceContext;
 use atelier_proto::jobs::v1::GenerateJob;
 use atelier_proto::v1 as proto;
 use futures::StreamExt as _;
@@ -46,18 +47,33 @@ pub(super) async fn watch_cancellation(
         .map_err(|err| JobError::Transient(format!("flushing the subscription: {err}")))?;
     let (cancel, cancelled) = watch::channel(HashSet::new());
     let message_id = job.message_id.clone();
+    // Called inside the job's span: what a cancel's span links to.
+    let job_context = TraceContext::of(&tracing::Span::current());
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 // Every job's receiver gone: the job is over.
                 () = cancel.closed() => return,
-                event = live.next() => {
-                    let Some(event) = event else { return };
-                    let Ok(event) = proto::Event::decode(event.payload) else { continue };
+                delivered = live.next() => {
+                    let Some(delivered) = delivered else { return };
+                    let Ok(event) = proto::Event::decode(delivered.payload) else { continue };
                     if event.message_id != message_id {
                         continue;
                     }
                     if let Some(proto::event::Payload::GenerationCancelled(ended)) = event.payload {
+                        // In the cancel's trace (its CancelGeneration), linked to the job it
+                        // stops, which is another trace: each leads to the other.
+                        let received = tracing::info_span!(
+                            "cancel.receive",
+                            otel.kind = "consumer",
+                            message_id = %message_id,
+                            trace_id = tracing::field::Empty,
+                        );
+                        TraceContext::from_headers(delivered.headers.as_ref()).adopt(&received);
+                        job_context.link(&received);
+                        received.in_scope(|| {
+                            tracing::info!(generations = ?ended.generation_ids, "generations cancelled");
+                        });
                         cancel.send_modify(|ids| ids.extend(ended.generation_ids));
                     }
                 }

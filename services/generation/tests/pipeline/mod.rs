@@ -2,7 +2,8 @@
 //! the conversation, intent and enhancement services and a generation worker, all
 //! in-process on port 0, images in a temporary directory.
 
-#![allow(dead_code)]
+// Each test binary that includes it uses a part of it.
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -273,6 +274,24 @@ impl Pipeline {
             })
             .await
             .expect("send")
+            .into_inner()
+            .message
+            .expect("message")
+    }
+
+    /// Cancels `target` (every image of a message, or one image) and returns the message
+    /// as CancelGeneration answered it.
+    pub async fn cancel(
+        &self,
+        client: &mut Client,
+        target: proto::cancel_generation_request::Target,
+    ) -> proto::Message {
+        client
+            .cancel_generation(proto::CancelGenerationRequest {
+                target: Some(target),
+            })
+            .await
+            .expect("cancel")
             .into_inner()
             .message
             .expect("message")
@@ -656,4 +675,19 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
         buffer.extend_from_slice(&chunk[..read]);
     }
     Some(String::from_utf8_lossy(&buffer[header_end..header_end + length]).into_owned())
+}
+
+/// Alice's one-image message on AUTOMATIC1111, whose render (taking `render`) has begun.
+pub async fn a_render_under_way(
+    render: Duration,
+) -> (wiremock::MockServer, Pipeline, Client, proto::Message) {
+    let sd = automatic1111(png_answer(1024, 1024, 1).set_delay(render)).await;
+    let pipeline = Pipeline::with_automatic1111(&sd).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+    wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    (sd, pipeline, alice, message)
 }
