@@ -362,9 +362,12 @@ async fn a_provider_being_retried_shows_it_in_the_progress_events() {
     assert!(retrying < completed);
 }
 
-#[tokio::test]
-async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() {
-    // The first render hangs (the worker doing it is killed); the next is quick.
+/// Alice's message on a pipeline started with `options` and a fake AUTOMATIC1111 whose
+/// first render hangs (its worker is to be stopped or killed) and whose next is quick,
+/// once the first render has begun.
+async fn a_first_render_hanging(
+    options: PipelineOptions,
+) -> (MockServer, Pipeline, pipeline::Client, proto::Message) {
     let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 2)).await;
     Mock::given(method("POST"))
         .and(path("/sdapi/v1/txt2img"))
@@ -373,10 +376,9 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
         .with_priority(1)
         .mount(&sd)
         .await;
-    let mut pipeline = Pipeline::start(PipelineOptions {
+    let pipeline = Pipeline::start(PipelineOptions {
         automatic1111_url: Some(sd.uri()),
-        ack_wait: Duration::from_secs(2),
-        ..PipelineOptions::default()
+        ..options
     })
     .await;
     let mut alice = pipeline.client("alice");
@@ -384,16 +386,20 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
     let message = pipeline
         .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
         .await;
-
-    // Once the first worker is rendering, kill it: no ack, no nak, nothing.
     pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
-    pipeline.kill_worker();
-    pipeline.start_worker().await;
+    (sd, pipeline, alice, message)
+}
 
-    let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
+/// Waits for `message` to settle and checks it completed exactly once: charged once, one
+/// completion event however many deliveries its job had, nothing refunded.
+async fn assert_completed_once(
+    pipeline: &Pipeline,
+    alice: &mut pipeline::Client,
+    message: &proto::Message,
+) {
+    let done = pipeline.wait_until_settled(alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Completed);
-    assert_eq!(pipeline.balance(&mut alice).await, 100 - done.cost);
-    // Completed once: one completion event, however many deliveries the job had.
+    assert_eq!(pipeline.balance(alice).await, 100 - done.cost);
     let kinds = pipeline
         .event_kinds_once("alice", "generation_completed")
         .await;
@@ -403,6 +409,50 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() 
         .count();
     assert_eq!(completions, 1, "{kinds:?}");
     assert_eq!(pipeline.ledger_count("capture").await, 1);
+    assert_eq!(
+        pipeline.ledger_count("release").await,
+        0,
+        "nothing refunded"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once() {
+    let (_sd, mut pipeline, mut alice, message) = a_first_render_hanging(PipelineOptions {
+        ack_wait: Duration::from_secs(2),
+        ..PipelineOptions::default()
+    })
+    .await;
+
+    // Kill the rendering worker: no ack, no nak, nothing; the job comes back after its
+    // ack wait.
+    pipeline.kill_worker();
+    pipeline.start_worker().await;
+    assert_completed_once(&pipeline, &mut alice, &message).await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_job_hands_it_back_to_another_which_completes_it_once() {
+    let (sd, mut pipeline, mut alice, message) = a_first_render_hanging(PipelineOptions {
+        // Far longer than the test waits: only the hand-back can bring the job back soon.
+        ack_wait: Duration::from_secs(120),
+        drain_timeout: Duration::from_millis(500),
+        ..PipelineOptions::default()
+    })
+    .await;
+
+    // Stop the rendering worker as SIGTERM does: the drain ends the render it cannot
+    // finish (the server is told to stop) and hands the job back.
+    pipeline.stop_worker().await;
+    pipeline::wait_for_request(&sd, "/sdapi/v1/interrupt", 1).await;
+    let restarted = std::time::Instant::now();
+    pipeline.start_worker().await;
+    assert_completed_once(&pipeline, &mut alice, &message).await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(30),
+        "taken again at once, not after the ack wait: {:?}",
+        restarted.elapsed()
+    );
 }
 
 #[tokio::test]

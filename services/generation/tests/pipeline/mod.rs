@@ -42,6 +42,8 @@ pub struct PipelineOptions {
     pub max_deliver: i64,
     /// The provider deadline per image.
     pub provider_deadline: Duration,
+    /// How long a stopping worker waits for its running jobs before handing them back.
+    pub drain_timeout: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -54,6 +56,7 @@ impl Default for PipelineOptions {
             breaker_open_for: Duration::from_secs(30),
             max_deliver: 6,
             provider_deadline: RetryPolicy::DEFAULT_DEADLINE,
+            drain_timeout: atelier_generation::Config::default().drain_timeout,
         }
     }
 }
@@ -224,6 +227,7 @@ impl Pipeline {
             storage: atelier_images::Storage::Local(self.images.0.clone()),
             ack_wait: self.options.ack_wait,
             max_deliver: self.options.max_deliver,
+            drain_timeout: self.options.drain_timeout,
             intent_deadline: Duration::from_secs(8),
             enhancement_deadline: Duration::from_secs(8),
             ..atelier_generation::Config::default()
@@ -233,6 +237,13 @@ impl Pipeline {
                 .await
                 .expect("worker");
         self.worker = Some(worker);
+    }
+
+    /// Stops the worker as SIGTERM does (its shutdown signal), and waits for it to end.
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await.expect("the worker stops cleanly");
+        }
     }
 
     /// Kills the worker as a crash would: its jobs stay unacknowledged.
