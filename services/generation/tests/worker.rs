@@ -362,20 +362,26 @@ async fn a_provider_being_retried_shows_it_in_the_progress_events() {
     assert!(retrying < completed);
 }
 
+/// A fake AUTOMATIC1111 whose first render takes `render` and whose next are quick.
+async fn automatic1111_whose_first_render_takes(render: Duration) -> MockServer {
+    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 2)).await;
+    Mock::given(method("POST"))
+        .and(path("/sdapi/v1/txt2img"))
+        .respond_with(pipeline::png_answer(1024, 1024, 1).set_delay(render))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&sd)
+        .await;
+    sd
+}
+
 /// Alice's message on a pipeline started with `options` and a fake AUTOMATIC1111 whose
 /// first render hangs (its worker is to be stopped or killed) and whose next is quick,
 /// once the first render has begun.
 async fn a_first_render_hanging(
     options: PipelineOptions,
 ) -> (MockServer, Pipeline, pipeline::Client, proto::Message) {
-    let sd = pipeline::automatic1111(pipeline::png_answer(1024, 1024, 2)).await;
-    Mock::given(method("POST"))
-        .and(path("/sdapi/v1/txt2img"))
-        .respond_with(pipeline::png_answer(1024, 1024, 1).set_delay(Duration::from_secs(60)))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&sd)
-        .await;
+    let sd = automatic1111_whose_first_render_takes(Duration::from_secs(60)).await;
     let pipeline = Pipeline::start(PipelineOptions {
         automatic1111_url: Some(sd.uri()),
         ..options
@@ -453,6 +459,44 @@ async fn a_worker_stopped_mid_job_hands_it_back_to_another_which_completes_it_on
         "taken again at once, not after the ack wait: {:?}",
         restarted.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_last_delivery_that_cannot_settle_comes_back_and_settles_once() {
+    // Every delivery is the last (one attempt). The first render ends while the worker
+    // cannot reach the conversation service; the next is quick.
+    let sd = automatic1111_whose_first_render_takes(Duration::from_secs(2)).await;
+    let mut pipeline = Pipeline::start(PipelineOptions {
+        automatic1111_url: Some(sd.uri()),
+        max_deliver: 1,
+        ..PipelineOptions::default()
+    })
+    .await;
+    // The worker reaches the conversation service through a link the test can cut.
+    pipeline.kill_worker();
+    let link = atelier_testkit::TcpProxy::start(pipeline.conversation_addr(), true)
+        .await
+        .expect("proxy");
+    pipeline.start_worker_reaching(&link.url("http")).await;
+    let mut alice = pipeline.client("alice");
+    let conversation = pipeline.conversation(&mut alice).await;
+    let message = pipeline
+        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .await;
+
+    // While the render runs, the conversation service goes out of reach: the image cannot
+    // be recorded, nor the message failed and refunded. The job must come back.
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
+    link.set_up(false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        pipeline.message(&mut alice, &message.id).await.status(),
+        proto::MessageStatus::Processing,
+        "nothing settled while the service was away"
+    );
+    link.set_up(true);
+    assert_completed_once(&pipeline, &mut alice, &message).await;
+    pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 2).await;
 }
 
 #[tokio::test]

@@ -204,11 +204,23 @@ impl Pipeline {
 
     /// Starts a generation worker (another replica, if one runs).
     pub async fn start_worker(&mut self) {
+        let conversation = self.conversation.url();
+        self.start_worker_reaching(&conversation).await;
+    }
+
+    /// Where the conversation service listens (for a `TcpProxy` in front of it).
+    pub fn conversation_addr(&self) -> SocketAddr {
+        self.conversation.addr
+    }
+
+    /// Starts a generation worker that reaches the conversation service at
+    /// `conversation_url`: a `TcpProxy` in front of it, to take it away and bring it back.
+    pub async fn start_worker_reaching(&mut self, conversation_url: &str) {
         let config = atelier_generation::Config {
             mesh: MeshConfig {
                 service_token: ServiceToken::new(SERVICE_TOKEN),
                 nats: NatsConfig::local(&self.nats.url, &self.nats.prefix),
-                conversation: ServiceInstances::at(&self.conversation.url()),
+                conversation: ServiceInstances::at(conversation_url),
             },
             intent: ServiceInstances::at(&self.intent.url()),
             enhancement: ServiceInstances::at(&self.enhancement.url()),
