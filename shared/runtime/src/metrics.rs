@@ -394,6 +394,10 @@ impl Framing {
         let frame = match self {
             Self::Grpc => return None,
             Self::GrpcWeb => data,
+            // In base64 a chunk starting with the byte 0x80 starts with 'g', and a message's
+            // (0x00 or 0x01) with 'A': only a possible trailers frame is decoded, not every
+            // event of a stream.
+            Self::GrpcWebText if data.first() != Some(&b'g') => return None,
             Self::GrpcWebText => {
                 use base64::Engine as _;
                 decoded = base64::engine::general_purpose::STANDARD

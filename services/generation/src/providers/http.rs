@@ -51,7 +51,8 @@ pub(super) async fn send(
                 "http.response.status_code",
                 i64::from(response.status().as_u16()),
             );
-            if !response.status().is_success() {
+            // OpenTelemetry's rule for a client span: a 4xx or 5xx answer is an error.
+            if response.status().is_client_error() || response.status().is_server_error() {
                 span.record("otel.status_code", "ERROR");
             }
         }
