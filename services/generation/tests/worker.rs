@@ -17,9 +17,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 async fn a_message_goes_from_queued_to_a_stored_image_with_captured_credits() {
     let pipeline = Pipeline::start(PipelineOptions::default()).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .send_in_new_conversation(&mut alice, "a red fox in the snow", None)
         .await;
 
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
@@ -66,9 +65,8 @@ async fn no_image_event_overtakes_the_recorded_intent() {
     let llm = pipeline::enhancing_llm(Duration::from_millis(300)).await;
     let pipeline = Pipeline::with_llm(&llm).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox in the snow", None)
+        .send_in_new_conversation(&mut alice, "a red fox in the snow", None)
         .await;
 
     // The worker has started the message and waits 300 ms for its enhancement. Holding
@@ -273,9 +271,8 @@ async fn a_provider_failing_for_good_fails_the_message_and_refunds_once() {
     .await;
     let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .send_in_new_conversation(&mut alice, "a red fox", Some("sdxl"))
         .await;
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Failed);
@@ -324,9 +321,8 @@ async fn a_provider_being_retried_shows_it_in_the_progress_events() {
         .await;
     let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .send_in_new_conversation(&mut alice, "a red fox", Some("sdxl"))
         .await;
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Completed);
@@ -388,9 +384,8 @@ async fn a_first_render_hanging(
     })
     .await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .send_in_new_conversation(&mut alice, "a red fox", Some("sdxl"))
         .await;
     pipeline::wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
     (sd, pipeline, alice, message)
@@ -479,9 +474,8 @@ async fn a_last_delivery_that_cannot_settle_comes_back_and_settles_once() {
         .expect("proxy");
     pipeline.start_worker_reaching(&link.url("http")).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .send_in_new_conversation(&mut alice, "a red fox", Some("sdxl"))
         .await;
 
     // While the render runs, the conversation service goes out of reach: the image cannot
@@ -621,9 +615,8 @@ async fn with_the_llm_down_every_step_falls_back_and_the_breaker_recovers() {
 async fn a_repeated_start_after_completion_changes_nothing() {
     let pipeline = Pipeline::start(PipelineOptions::default()).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", None)
+        .send_in_new_conversation(&mut alice, "a red fox", None)
         .await;
     pipeline.wait_until_settled(&mut alice, &message.id).await;
     // A late redelivery of the same job finds nothing to do.
@@ -903,9 +896,8 @@ async fn the_last_delivery_fails_the_message_and_refunds() {
     })
     .await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .send_in_new_conversation(&mut alice, "a red fox", Some("sdxl"))
         .await;
     let done = pipeline.wait_until_settled(&mut alice, &message.id).await;
     assert_eq!(done.status(), proto::MessageStatus::Failed);

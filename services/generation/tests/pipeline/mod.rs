@@ -320,6 +320,17 @@ impl Pipeline {
             .expect("message")
     }
 
+    /// Sends `prompt` as the first message of a new conversation of `client`'s user.
+    pub async fn send_in_new_conversation(
+        &self,
+        client: &mut Client,
+        prompt: &str,
+        model: Option<&str>,
+    ) -> proto::Message {
+        let conversation = self.conversation(client).await;
+        self.send(client, &conversation, prompt, model).await
+    }
+
     /// The message as GetMessage answers now.
     pub async fn message(&self, client: &mut Client, message_id: &str) -> proto::Message {
         client
@@ -707,9 +718,8 @@ pub async fn a_render_under_way(
     let sd = automatic1111(png_answer(1024, 1024, 1).set_delay(render)).await;
     let pipeline = Pipeline::with_automatic1111(&sd).await;
     let mut alice = pipeline.client("alice");
-    let conversation = pipeline.conversation(&mut alice).await;
     let message = pipeline
-        .send(&mut alice, &conversation, "a red fox", Some("sdxl"))
+        .send_in_new_conversation(&mut alice, "a red fox", Some("sdxl"))
         .await;
     wait_for_request(&sd, "/sdapi/v1/txt2img", 1).await;
     (sd, pipeline, alice, message)
