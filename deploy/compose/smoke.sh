@@ -34,27 +34,31 @@ wait_secs="${ATELIER_SMOKE_WAIT_SECS:-180}"
 say() { printf 'smoke: %s\n' "$*"; }
 die() { printf 'smoke: FAILED: %s\n' "$*" >&2; exit 1; }
 
-# Retries "$@" once a second until it succeeds or wait_secs pass.
+# Retries "$@" once a second until it succeeds or wait_secs pass. A check may leave what
+# it last saw in `seen`, for the failure to name.
+seen=""
 eventually() {
   local what="$1"; shift
   local deadline=$((SECONDS + wait_secs))
+  seen=""
   until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || die "$what (waited ${wait_secs}s)"
+    [ "$SECONDS" -lt "$deadline" ] || die "$what (waited ${wait_secs}s)${seen:+: $seen}"
     sleep 1
   done
 }
 
 # --------------------------------------------------------------------------- 1. health
 all_healthy() {
-  local ids states
+  local ids
   ids="$("${compose[@]}" ps -q)"
   [ -n "$ids" ] || return 1
   # shellcheck disable=SC2086 # one id per word
-  states="$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $ids)"
-  ! grep -qvE ' (healthy|running)$' <<<"$states"
+  seen="$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $ids \
+    | grep -vE ' (healthy|running)$' | tr '\n' ' ')"
+  [ -z "$seen" ]
 }
 say "waiting for every container to be healthy"
-eventually "containers not healthy: $(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $("${compose[@]}" ps -q) 2>/dev/null | grep -vE ' (healthy|running)$' | tr '\n' ' ')" all_healthy
+eventually "containers not healthy" all_healthy
 say "$("${compose[@]}" ps -q | wc -l) containers healthy"
 
 # ------------------------------------------------------------------------ 2. the page
@@ -82,14 +86,17 @@ query() {
   curl -fsS --get "$prometheus/api/v1/query" --data-urlencode "query=$1"
 }
 all_scraped() {
-  query 'up{job="atelier"}' | python3 -c '
+  local answer
+  answer="$(query 'up{job="atelier"}' 2>&1)"
+  seen="${answer:0:600}"
+  python3 -c '
 import json, sys
 results = json.load(sys.stdin)["data"]["result"]
 up = {r["metric"]["service"] for r in results if r["value"][1] == "1"}
-sys.exit(0 if len(up) == 6 else 1)'
+sys.exit(0 if len(up) == 6 else 1)' <<<"$answer"
 }
 say "Prometheus: every service scraped"
-eventually "Prometheus does not scrape all six services: $(query 'up{job="atelier"}' 2>&1 | head -c 600)" all_scraped
+eventually "Prometheus does not scrape all six services" all_scraped
 send_seen() {
   query 'sum(atelier_rpc_server_duration_seconds_count{service="edge",method="/atelier.v1.ChatService/SendMessage",code="OK"})' \
     | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) >= 1 else 1)'
